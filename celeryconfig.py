@@ -1,0 +1,1 @@
+"""Celery defaults for Tidings; every value can be overridden from the environment."""

@@ -1,0 +1,550 @@
+"""The Domain: registry, composition root and message processing entry points."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from domain import config as cfg
+from domain.context import current_message, current_uow, pop_domain, push_domain
+from domain.database import Database
+from domain.envelope import Message, MessageKind, stream_matches
+from domain.errors import (
+    ConfigurationError,
+    IncorrectUsageError,
+    InvalidMessageError,
+    UnknownMessageTypeError,
+    ValidationError,
+)
+from domain.memory import MemoryDatabase
+from domain.naming import camel, snake
+from domain.registry import OPTIONS, derive_element, handler_targets, query_targets
+from domain.repository import Repository
+from domain.sql import SqlDatabase
+from domain.tables import define_model_table
+from domain.uow import UnitOfWork
+
+log = logging.getLogger("tidings")
+
+_sync_queue: ContextVar[deque | None] = ContextVar("tidings_sync_queue", default=None)
+SKIPPED = object()  # run_handler's result for a message this handler already applied
+
+
+class Domain:
+    """Declare elements with the decorators, call `init()`, then work inside `domain_context()`."""
+
+    def __init__(self, name: str | None = None, root_path: str | Path | None = None) -> None:
+        caller = inspect.stack()[1]
+        module = caller.frame.f_globals.get("__name__", "domain")
+        if name is None:
+            name = module.rsplit(".", 1)[-1]
+            if name == "__main__":
+                name = Path(caller.filename).stem
+        self.name = snake(name)
+        self.camel_name = camel(name)
+        self.prefix = f"{self.name}::"
+        self.root_path = Path(root_path or Path(caller.filename).resolve().parent)
+        self.config: dict[str, Any] = cfg.load_config(self.root_path)
+        self.registry: dict[str, dict[str, type]] = {kind: {} for kind in OPTIONS}
+        self.initialized = False
+        self.databases: dict[str, Database] = {}
+        self._types: dict[str, type] = {}
+        self._routes: dict[str, list[type]] = {}
+        self._after_commit_hooks: list[Callable[[list[Message]], None]] = []
+        self._external_hooks: list[Callable[[str, dict], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Domain {self.name}>"
+
+    # ---- registration ---------------------------------------------------------------------
+    def register(self, kind: str, cls: type, **options: Any) -> type:
+        unknown = set(options) - OPTIONS[kind]
+        if unknown:
+            raise ConfigurationError(
+                f"{cls.__name__}: unknown option(s) {sorted(unknown)} for a {kind}; "
+                f"allowed: {sorted(OPTIONS[kind])}")
+        element = derive_element(kind, cls, options)
+        self.registry[kind][element.__name__] = element
+        self.initialized = False
+        return element
+
+    def _decorator(kind: str):  # noqa: N805 - builds methods at class creation
+        def decorate(self, cls: type | None = None, **options: Any):
+            if cls is None:
+                return lambda c: self.register(kind, c, **options)
+            return self.register(kind, cls, **options)
+
+        decorate.__name__ = kind
+        decorate.__doc__ = f"Register a {kind.replace('_', ' ')}: `@domain.{kind}` or with options."
+        return decorate
+
+    aggregate = _decorator("aggregate")
+    entity = _decorator("entity")
+    value_object = _decorator("value_object")
+    event = _decorator("event")
+    command = _decorator("command")
+    projection = _decorator("projection")
+    query = _decorator("query")
+    event_handler = _decorator("event_handler")
+    command_handler = _decorator("command_handler")
+    projector = _decorator("projector")
+    subscriber = _decorator("subscriber")
+    query_handler = _decorator("query_handler")
+    del _decorator
+
+    # ---- init: validate and wire once ------------------------------------------------------
+    def init(self) -> Domain:
+        """Validate the registry and configuration, then build databases and routing tables.
+
+        Raises one ConfigurationError listing every problem found.
+        """
+        from domain.validation import check_registry
+
+        problems: list[str] = []
+        try:
+            config = cfg.interpolate(copy.deepcopy(self.config))
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{self.name}: {exc}") from None
+        problems += cfg.validate_config(config)
+        self._rebuild_models()
+        problems += check_registry(self)
+        if problems:
+            raise ConfigurationError(
+                f"domain '{self.name}' has {len(problems)} problem(s):\n  - "
+                + "\n  - ".join(problems))
+        self.settings = config
+        self._build_databases(config)
+        self._build_routes()
+        self.initialized = True
+        return self
+
+    def _rebuild_models(self) -> None:
+        names = {n: c for kind in self.registry.values() for n, c in kind.items()}
+        for kind in ("value_object", "entity", "aggregate", "projection", "event", "command",
+                     "query"):
+            for model in self.registry[kind].values():
+                try:
+                    model.model_rebuild(force=True, _types_namespace=names)
+                except Exception as exc:  # noqa: BLE001 - reported, not swallowed
+                    log.debug("rebuild of %s failed: %s", model.__name__, exc)
+
+    def _build_databases(self, config: dict[str, Any]) -> None:
+        for db in self.databases.values():
+            db.dispose()
+        self.databases = {}
+        for name, settings in config["databases"].items():
+            if settings["provider"] == "memory":
+                self.databases[name] = MemoryDatabase(name)
+            else:
+                self.databases[name] = SqlDatabase(name, settings["database_uri"])
+        for kind in ("aggregate", "projection"):
+            for model in self.registry[kind].values():
+                db = self.database_for(model)
+                if isinstance(db, SqlDatabase):
+                    define_model_table(db.metadata, model, versioned=kind == "aggregate")
+        default = self.databases["default"]
+        self.outbox_database = default
+        if isinstance(default, SqlDatabase):
+            default.add_message_tables()
+        store = config["event_store"]
+        if store["provider"] == "memory":
+            self.event_store_database = default if isinstance(default, MemoryDatabase) \
+                else MemoryDatabase("event_store")
+        else:
+            uri = store.get("database_uri")
+            if not uri and isinstance(default, SqlDatabase):
+                uri = default.uri
+            if isinstance(default, SqlDatabase) and uri == default.uri:
+                self.event_store_database = default
+            else:
+                self.event_store_database = SqlDatabase("event_store", uri)
+            self.event_store_database.add_event_store()
+        self.databases.setdefault(self.event_store_database.name, self.event_store_database)
+
+    def _build_routes(self) -> None:
+        self._types = {self.type_of(c): c for k in ("event", "command")
+                       for c in self.registry[k].values()}
+        self._routes = {}
+        for kind in ("event_handler", "command_handler", "projector"):
+            for handler in self.registry[kind].values():
+                for category in self.handler_categories(handler):
+                    self._routes.setdefault(category, []).append(handler)
+
+    def _require_init(self) -> None:
+        if not self.initialized:
+            raise IncorrectUsageError(f"call domain.init() before using domain '{self.name}'")
+
+    # ---- naming ------------------------------------------------------------------------------
+    def category(self, aggregate: type | str) -> str:
+        name = aggregate if isinstance(aggregate, str) else aggregate.__name__
+        cls = self.registry["aggregate"].get(name)
+        custom = cls.meta_.get("stream_category") if cls else None
+        if custom:
+            return custom if "::" in custom else self.prefix + custom
+        return self.prefix + snake(name)
+
+    def qualify(self, category: str) -> str:
+        """`order` -> `shop::order`; already-qualified names pass through."""
+        return category if "::" in category else self.prefix + category
+
+    def type_of(self, cls: type) -> str:
+        return f"{self.camel_name}.{cls.__name__}.v{cls.meta_.get('version', 1)}"
+
+    def part_of(self, cls: type) -> type:
+        target = cls.meta_.get("part_of")
+        name = target if isinstance(target, str) else getattr(target, "__name__", None)
+        for kind in ("aggregate", "projection"):
+            if name in self.registry[kind]:
+                return self.registry[kind][name]
+        raise ConfigurationError(f"{cls.__name__}: part_of {target!r} is not registered")
+
+    def handler_categories(self, handler: type) -> list[str]:
+        kind, meta = handler.element_kind, handler.meta_
+        if kind == "command_handler":
+            return [self.category(self.part_of(handler)) + ":command"]
+        if kind == "projector":
+            if meta.get("stream_categories"):
+                return [self.qualify(c) for c in meta["stream_categories"]]
+            return [self.category(a) for a in meta.get("aggregates") or []]
+        if kind == "event_handler":
+            if meta.get("stream_category"):
+                return [self.qualify(meta["stream_category"])]
+            return [self.category(self.part_of(handler))]
+        return []
+
+    # ---- composition -----------------------------------------------------------------------
+    def database_for(self, model: type) -> Database:
+        name = model.meta_.get("provider", "default")
+        try:
+            return self.databases[name]
+        except KeyError:
+            raise ConfigurationError(f"{model.__name__}: no database named '{name}'") from None
+
+    def repository_for(self, model: type) -> Repository:
+        self._require_init()
+        if model.element_kind not in ("aggregate", "projection"):
+            raise IncorrectUsageError(f"{model.__name__} is not an aggregate or projection")
+        return Repository(self, model, self.database_for(model))
+
+    def unit_of_work(self) -> UnitOfWork:
+        self._require_init()
+        return UnitOfWork(self)
+
+    @contextmanager
+    def domain_context(self) -> Iterator[Domain]:
+        token = push_domain(self)
+        try:
+            yield self
+        finally:
+            pop_domain(token)
+
+    @property
+    def metadata(self) -> sa.MetaData:
+        """The SQLAlchemy MetaData of the default database (hand it to Alembic)."""
+        self._require_init()
+        default = self.databases["default"]
+        if isinstance(default, SqlDatabase):
+            return default.metadata
+        metadata = sa.MetaData()
+        for kind in ("aggregate", "projection"):
+            for model in self.registry[kind].values():
+                define_model_table(metadata, model, versioned=kind == "aggregate")
+        return metadata
+
+    def create_tables(self) -> None:
+        self._require_init()
+        for db in self.databases.values():
+            db.create_tables()
+
+    def drop_tables(self) -> None:
+        self._require_init()
+        for db in self.databases.values():
+            db.drop_tables()
+
+    def dispose(self) -> None:
+        """Close connection pools (call after a fork, or at shutdown)."""
+        for db in self.databases.values():
+            db.dispose()
+
+    @property
+    def outbox_enabled(self) -> bool:
+        return self.initialized and cfg.outbox_enabled(self.settings)
+
+    def is_sync(self, message: Message) -> bool:
+        key = "event_processing" if message.kind == MessageKind.EVENT else "command_processing"
+        return self.settings[key] == "sync"
+
+    def on_commit(self, hook: Callable[[list[Message]], None]) -> None:
+        """Call `hook(messages)` after each commit that wrote asynchronous messages."""
+        self._after_commit_hooks.append(hook)
+
+    def on_external_publish(self, hook: Callable[[str, dict], None]) -> None:
+        """Call `hook(stream, payload)` for external messages when message processing is async."""
+        self._external_hooks.append(hook)
+
+    # ---- envelopes -------------------------------------------------------------------------
+    def _new_message(self, obj: Any, kind: MessageKind, stream: str, category: str,
+                     sequence: int | None) -> Message:
+        parent: Message | None = current_message.get()
+        return Message(
+            type=self.type_of(type(obj)), kind=kind, stream=stream, stream_category=category,
+            origin_stream=parent.stream if parent else None,
+            correlation_id=parent.correlation_id if parent else Message.model_fields[
+                "correlation_id"].default_factory(),
+            causation_id=parent.id if parent else None,
+            sequence=sequence, data=obj.model_dump(mode="json"),
+        )
+
+    def event_message(self, event: Any, aggregate: Any | None = None) -> Message:
+        """The envelope for an event raised by `aggregate` (or published on its own)."""
+        self._check_registered(event, "event")
+        agg_cls = self.part_of(type(event))
+        category = self.category(agg_cls)
+        if aggregate is not None:
+            identity, sequence = aggregate.identity, aggregate.version
+        else:
+            identity = self._identity_in(event, agg_cls)
+            sequence = None
+        msg = self._new_message(event, MessageKind.EVENT, f"{category}-{identity}", category,
+                                sequence)
+        event._message = msg
+        return msg
+
+    def command_message(self, command: Any) -> Message:
+        self._check_registered(command, "command")
+        agg_cls = self.part_of(type(command))
+        category = self.category(agg_cls) + ":command"
+        identity = self._identity_in(command, agg_cls)
+        msg = self._new_message(command, MessageKind.COMMAND, f"{category}-{identity}",
+                                category, None)
+        command._message = msg
+        return msg
+
+    def _identity_in(self, obj: Any, agg_cls: type) -> str:
+        """The aggregate identity a message carries (`<aggregate>_id` or the id field)."""
+        for name in (f"{snake(agg_cls.__name__)}_{agg_cls._id_field}", agg_cls._id_field):
+            value = getattr(obj, name, None)
+            if value:
+                return str(value)
+        from uuid import uuid4
+
+        return str(uuid4())
+
+    def _check_registered(self, obj: Any, kind: str) -> None:
+        self._require_init()
+        cls = type(obj)
+        if self.registry[kind].get(cls.__name__) is not cls:
+            raise IncorrectUsageError(f"{cls.__name__} is not a registered {kind} of '{self.name}'")
+
+    def from_message(self, message: Message | dict) -> Any:
+        """The typed event/command in an envelope; unknown type or bad data is a typed error."""
+        self._require_init()
+        if not isinstance(message, Message):
+            message = Message.from_dict(message)
+        cls = self._types.get(message.type)
+        if cls is None:
+            raise UnknownMessageTypeError(f"unknown message type {message.type!r} in {self.name}")
+        try:
+            obj = cls(**message.data)
+        except ValidationError as exc:
+            raise InvalidMessageError(f"{message.type}: {exc}") from exc
+        obj._message = message
+        return obj
+
+    # ---- routing -----------------------------------------------------------------------------
+    def handlers_for(self, message: Message) -> list[type]:
+        """Every handler that must receive this message (category, type and source_stream)."""
+        self._require_init()
+        out = []
+        for handler in self._routes.get(message.stream_category, []):
+            if not self.methods_for(handler, message.type):
+                continue
+            source = handler.meta_.get("source_stream")
+            if source and not stream_matches(message.origin_stream, source):
+                continue
+            out.append(handler)
+        return out
+
+    def methods_for(self, handler: type, type_string: str) -> list[str]:
+        names: list[str] = []
+        for target, methods in handler_targets(handler).items():
+            key = target if isinstance(target, str) else self.type_of(target)
+            if key == type_string or key == "$any":
+                names += methods
+        return names
+
+    def subscribers_for(self, stream: str) -> list[type]:
+        return [s for s in self.registry["subscriber"].values()
+                if stream_matches(stream, s.meta_["stream"]) or s.meta_["stream"] == stream]
+
+    # ---- processing ----------------------------------------------------------------------------
+    def process(self, command: Any, asynchronous: bool | None = None) -> Any:
+        """Handle a command: inline in sync mode (returns the handler's value), else via the
+        outbox (returns the command's message id at once)."""
+        message = self.command_message(command)
+        handlers = self.handlers_for(message)
+        if not handlers:
+            raise IncorrectUsageError(f"no command handler for {type(command).__name__}")
+        run_async = (self.settings["command_processing"] == "async") if asynchronous is None \
+            else asynchronous
+        if run_async:
+            with self.unit_of_work() as uow:
+                uow.record([message])
+            return message.id
+        with self._draining() as queue:
+            result = self.run_handler(handlers[0], message, store_message=True)
+            self._drain(queue)
+        return result
+
+    def publish(self, events: Any) -> list[Message]:
+        """Publish events raised outside an aggregate; they commit with the current unit of work."""
+        events = events if isinstance(events, list | tuple) else [events]
+        messages = [self.event_message(e) for e in events]
+        uow = current_uow.get()
+        if uow is not None and uow.in_progress and uow.domain is self:
+            uow.record(messages)
+        else:
+            with self.unit_of_work() as own:
+                own.record(messages)
+        return messages
+
+    def dispatch(self, query: Any) -> Any:
+        """Run the query handler for this query and return its result."""
+        self._check_registered(query, "query")
+        for handler in self.registry["query_handler"].values():
+            method = next((m for q, m in query_targets(handler).items()
+                           if q is type(query) or q == type(query).__name__), None)
+            if method:
+                with self.domain_context():
+                    return getattr(handler(), method)(query)
+        raise IncorrectUsageError(f"no query handler for {type(query).__name__}")
+
+    def publish_external(self, stream: str, payload: dict, broker: str = "default") -> None:
+        """Hand an external message to the subscribers of `stream` (inline when sync)."""
+        self._require_init()
+        if self.settings["message_processing"] == "sync":
+            for subscriber in self.subscribers_for(stream):
+                self.run_subscriber(subscriber, payload)
+            return
+        if not self._external_hooks:
+            raise IncorrectUsageError(
+                "message_processing is async but no engine is attached: create the Celery app "
+                "with app.create_celery_app(domain) first")
+        for hook in self._external_hooks:
+            hook(stream, payload)
+
+    def after_commit(self, messages: list[Message]) -> None:
+        """Called by the unit of work once its transaction committed."""
+        if not messages:
+            return
+        sync = [m for m in messages if self.is_sync(m)]
+        relayed = [m for m in messages if not self.is_sync(m)]
+        if relayed:
+            for hook in self._after_commit_hooks:
+                try:
+                    hook(relayed)
+                except Exception:  # noqa: BLE001 - committed rows are relayed by the next tick
+                    log.warning("after-commit hook failed; the relay tick will pick the rows up",
+                                exc_info=True)
+        if sync:
+            with self._draining() as queue:
+                queue.extend(sync)
+                self._drain(queue)
+
+    @contextmanager
+    def _draining(self) -> Iterator[deque]:
+        """The breadth-first queue of sync messages; the outermost caller owns and drains it."""
+        queue = _sync_queue.get()
+        if queue is not None:
+            yield _Nested(queue)
+            return
+        queue = deque()
+        token = _sync_queue.set(queue)
+        try:
+            yield queue
+        finally:
+            _sync_queue.reset(token)
+
+    def _drain(self, queue: deque) -> None:
+        if isinstance(queue, _Nested):
+            return  # the outer loop drains, so nested handling stays breadth-first
+        while queue:
+            message = queue.popleft()
+            for handler in self.handlers_for(message):
+                self.run_handler(handler, message)
+
+    def run_handler(self, handler: type, message: Message, *, store_message: bool = False,
+                    idempotency_key: str | None = None) -> Any:
+        """Run one handler for one message in its own unit of work.
+
+        With `idempotency_key`, an inbox row (key, message id) commits with the handler's
+        effects; a message already applied is skipped and SKIPPED is returned.
+        """
+        obj = self.from_message(message)
+        methods = self.methods_for(handler, message.type)
+        token = current_message.set(message)
+        try:
+            with self.domain_context(), self.unit_of_work() as uow:
+                if idempotency_key and not uow.session_for(self.outbox_database).mark_processed(
+                        idempotency_key, message.id):
+                    log.debug("%s already applied %s; skipped", idempotency_key, message.id)
+                    return SKIPPED
+                if store_message:
+                    uow.store_only([message])
+                instance, result = handler(), None
+                for name in methods:
+                    result = getattr(instance, name)(obj)
+                return result
+        except Exception as exc:
+            call_handle_error(handler, exc, message)
+            raise
+        finally:
+            current_message.reset(token)
+
+    def run_subscriber(self, subscriber: type, payload: dict, *,
+                       idempotency_key: str | None = None, message_id: str | None = None) -> Any:
+        """Run one subscriber for one external payload in its own unit of work."""
+        try:
+            with self.domain_context(), self.unit_of_work() as uow:
+                if idempotency_key and message_id and not uow.session_for(
+                        self.outbox_database).mark_processed(idempotency_key, message_id):
+                    return SKIPPED
+                instance = subscriber()
+                methods = self.methods_for(subscriber, str(payload.get("type", "")))
+                if methods:
+                    result = None
+                    for name in methods:
+                        result = getattr(instance, name)(payload)
+                    return result
+                return instance(payload)
+        except Exception as exc:
+            call_handle_error(subscriber, exc, payload)
+            raise
+
+
+class _Nested(deque):
+    """Marks a queue borrowed from an outer dispatch loop."""
+
+    def __init__(self, outer: deque) -> None:
+        super().__init__()
+        self.outer = outer
+
+    def extend(self, items) -> None:  # type: ignore[override]
+        self.outer.extend(items)
+
+
+def call_handle_error(handler: type, exc: Exception, message: Any) -> None:
+    """Give the handler its `handle_error(exc, message)` hook; a failure there is only logged."""
+    try:
+        handler.handle_error(exc, message)
+    except Exception:  # noqa: BLE001 - the hook must never take the pipeline down
+        log.exception("%s.handle_error raised while handling %r", handler.__name__, exc)

@@ -1,0 +1,271 @@
+"""Base elements (pydantic v2 models) and the metaclass that accepts Protean-style fields.
+
+Both spellings are first class:
+
+    class Order(BaseAggregate):          # plain pydantic
+        quantity: int = 0
+
+    @domain.aggregate
+    class Order:                         # Protean-style
+        quantity: Integer(required=True)
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import ValidationError as PydanticValidationError
+from pydantic._internal._model_construction import ModelMetaclass
+
+from domain import fields as _fields
+from domain.errors import from_pydantic
+from domain.fields import FieldSpec, Identifier
+
+
+def _new_id() -> str:
+    return str(uuid4())
+
+
+def _resolve(annotation: Any, module: str | None) -> Any:
+    """Evaluate a string annotation when it spells a FieldSpec (`from __future__` modules)."""
+    if not isinstance(annotation, str) or "(" not in annotation:
+        return annotation
+    scope = dict(vars(_fields))
+    if module and module in sys.modules:
+        scope.update(vars(sys.modules[module]))
+    scope.update(_user_locals())
+    try:
+        value = eval(annotation, scope)  # noqa: S307 - the user's own class body, as Python would
+    except Exception:
+        return annotation
+    return value if isinstance(value, FieldSpec) else annotation
+
+
+def _user_locals() -> dict[str, Any]:
+    """Locals of the nearest frames outside Tidings and pydantic: a class defined in a function
+    may name other local classes in its string annotations."""
+    found: dict[str, Any] = {}
+    frame = sys._getframe(2)
+    depth = 0
+    while frame is not None and depth < 12:
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith(("domain.", "pydantic", "typing")):
+            found = {**frame.f_locals, **found}
+            if len(found) and depth > 4:
+                break
+        frame, depth = frame.f_back, depth + 1
+    return found
+
+
+class ElementMeta(ModelMetaclass):
+    """Rewrites FieldSpec annotations/assignments into pydantic fields before pydantic runs."""
+
+    def __new__(mcs, name: str, bases: tuple, namespace: dict[str, Any], **kwargs: Any):
+        annotations = dict(namespace.get("__annotations__", {}))
+        specs: dict[str, FieldSpec] = {}
+        for key, ann in list(annotations.items()):
+            ann = _resolve(ann, namespace.get("__module__"))
+            if isinstance(ann, FieldSpec):
+                specs[key] = ann
+        for key, value in list(namespace.items()):
+            if isinstance(value, FieldSpec):
+                specs[key] = value
+        for key, spec in specs.items():
+            annotations[key] = spec.annotation()
+            namespace[key] = spec.field_info()
+        id_field = next((k for k, s in specs.items() if s.identifier), None)
+        auto_id = namespace.get("_auto_id", any(getattr(b, "_auto_id", False) for b in bases))
+        inherited_id = next(
+            (b._id_field for b in bases if getattr(b, "_id_field", None) in getattr(b, "model_fields", {})),
+            None,
+        )
+        if id_field is None and auto_id and not inherited_id and not namespace.get("_abstract"):
+            if "id" in annotations:
+                id_field = "id"
+            else:
+                spec = Identifier(identifier=True, default=_new_id)
+                annotations = {"id": spec.annotation(), **annotations}
+                namespace["id"] = spec.field_info()
+                id_field = "id"
+        namespace["__annotations__"] = annotations
+        if id_field:
+            namespace["_id_field"] = id_field
+        namespace.setdefault("_abstract", False)
+        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+        cls._field_specs = {**getattr(cls, "_field_specs", {}), **specs}
+        return cls
+
+
+class BaseElement(BaseModel, metaclass=ElementMeta):
+    """Common base: typed validation errors and `to_dict()`."""
+
+    model_config = ConfigDict(validate_assignment=True, extra="forbid", arbitrary_types_allowed=True)
+    _abstract: ClassVar[bool] = True
+    _auto_id: ClassVar[bool] = False
+    _field_specs: ClassVar[dict[str, FieldSpec]] = {}
+    meta_: ClassVar[dict[str, Any]] = {}
+    element_kind: ClassVar[str] = "element"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except PydanticValidationError as exc:
+            raise from_pydantic(exc, type(self).__name__) from None
+
+    # Tells pydantic this __init__ behaves like its own, so nested models are validated
+    # natively and their errors keep full locations (`total.currency`).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except PydanticValidationError as exc:
+            raise from_pydantic(exc, type(self).__name__) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The element's data as JSON-compatible values."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BaseElement:
+        return cls(**data)
+
+
+class _Identified(BaseElement):
+    _abstract: ClassVar[bool] = True
+    _auto_id: ClassVar[bool] = True
+    _id_field: ClassVar[str] = ""
+
+    @property
+    def identity(self) -> str:
+        return getattr(self, self._id_field)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.identity == self.identity  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.identity))
+
+
+class BaseValueObject(BaseElement):
+    """Immutable, compared by value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    element_kind: ClassVar[str] = "value_object"
+
+
+class BaseEntity(_Identified):
+    """An object with identity inside an aggregate."""
+
+    element_kind: ClassVar[str] = "entity"
+
+
+class BaseAggregate(_Identified):
+    """A consistency boundary; `raise_()` records events that commit with it."""
+
+    element_kind: ClassVar[str] = "aggregate"
+    _version: int = PrivateAttr(default=-1)
+    _events: list = PrivateAttr(default_factory=list)
+
+    @property
+    def version(self) -> int:
+        """The stored version this object was loaded at (-1 before the first save)."""
+        return self._version
+
+    def raise_(self, event: BaseEvent) -> None:
+        """Record an event; it is stored and dispatched only when this aggregate commits."""
+        self._events.append(event)
+
+
+class BaseProjection(_Identified):
+    """A read model maintained by projectors."""
+
+    element_kind: ClassVar[str] = "projection"
+
+
+class _Message(BaseElement):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    _abstract: ClassVar[bool] = True
+    _message: Any = PrivateAttr(default=None)
+
+    @property
+    def message(self) -> Any:
+        """The envelope this object travelled in, once it has one."""
+        return self._message
+
+
+class BaseEvent(_Message):
+    """A fact that happened, named in the past tense. Immutable."""
+
+    element_kind: ClassVar[str] = "event"
+
+
+class BaseCommand(_Message):
+    """An intention, named in the imperative. Immutable."""
+
+    element_kind: ClassVar[str] = "command"
+
+
+class BaseQuery(_Message):
+    """A structured read request, dispatched with `domain.dispatch(query)`."""
+
+    element_kind: ClassVar[str] = "query"
+
+
+# Handlers are plain classes: they hold behaviour, not data.
+class BaseHandler:
+    element_kind: ClassVar[str] = "handler"
+    meta_: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def handle_error(cls, exc: Exception, message: Any) -> None:
+        """Called on every failure; override to compensate or alert. Must not raise."""
+
+
+class BaseEventHandler(BaseHandler):
+    element_kind: ClassVar[str] = "event_handler"
+
+
+class BaseCommandHandler(BaseHandler):
+    element_kind: ClassVar[str] = "command_handler"
+
+
+class BaseProjector(BaseHandler):
+    element_kind: ClassVar[str] = "projector"
+
+
+class BaseSubscriber(BaseHandler):
+    element_kind: ClassVar[str] = "subscriber"
+
+    def __call__(self, payload: dict) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define __call__ or @handle methods")
+
+
+class BaseQueryHandler(BaseHandler):
+    element_kind: ClassVar[str] = "query_handler"
+
+
+def handle(target: Any):
+    """Bind a handler method to one message class (or a type string, or "$any")."""
+
+    def decorator(fn):
+        fn._tidings_handles = target
+        return fn
+
+    return decorator
+
+
+on = handle  # projectors say @on(Event)
+
+
+def read(query_cls: Any):
+    """Bind a query handler method to one query class."""
+
+    def decorator(fn):
+        fn._tidings_reads = query_cls
+        return fn
+
+    return decorator

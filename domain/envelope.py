@@ -1,0 +1,86 @@
+"""The message envelope: how every event and command travels, as plain JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from domain.errors import InvalidMessageError
+
+
+class MessageKind(StrEnum):
+    EVENT = "EVENT"
+    COMMAND = "COMMAND"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """One event or command with its routing and causation metadata.
+
+    `stream` is `<domain>::<aggregate>-<id>` for events and
+    `<domain>::<aggregate>:command-<id>` for commands; `origin_stream` is the stream of the
+    message whose handling raised this one (what a handler's `source_stream` filters on).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=lambda: str(uuid4()))
+    type: str
+    kind: MessageKind
+    stream: str
+    stream_category: str
+    origin_stream: str | None = None
+    correlation_id: str = Field(default_factory=lambda: uuid4().hex)
+    causation_id: str | None = None
+    sequence: int | None = None
+    time: datetime = Field(default_factory=_now)
+    data: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Message:
+        """Decode an envelope; anything malformed raises InvalidMessageError."""
+        if isinstance(raw, str | bytes):
+            try:
+                raw = json.loads(raw)
+            except ValueError as exc:
+                raise InvalidMessageError(f"message is not JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise InvalidMessageError(f"message must be a JSON object, got {type(raw).__name__}")
+        try:
+            return cls.model_validate(raw)
+        except PydanticValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidMessageError(f"malformed envelope: {problems}") from None
+
+
+def category_of(stream: str) -> str:
+    """`shop::order-42` -> `shop::order`; `shop::order:command-7` -> `shop::order:command`."""
+    return stream.split("-", 1)[0]
+
+
+def stream_matches(stream: str | None, pattern: str) -> bool:
+    """Does `stream` belong to `pattern` (a stream, a category, or a category without prefix)?"""
+    if not stream:
+        return False
+    if stream == pattern:
+        return True
+    category = category_of(stream)
+    return category == pattern or category.split("::", 1)[-1] == pattern

@@ -1,0 +1,164 @@
+"""The in-memory provider: the default database, event store and outbox for tests and demos."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from typing import Any
+
+from domain.database import Row
+from domain.envelope import stream_matches
+from domain.errors import ExpectedVersionError
+
+_DELETED = object()
+
+
+class MemoryDatabase:
+    """Committed state lives here; sessions stage changes and apply them atomically."""
+
+    def __init__(self, name: str = "default") -> None:
+        self.name = name
+        self.lock = threading.RLock()
+        self.tables: dict[str, dict[str, Row]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.outbox: list[dict[str, Any]] = []
+        self.inbox: set[tuple[str, str]] = set()
+        self.outbox_ids = itertools.count(1)
+
+    def session(self) -> MemorySession:
+        return MemorySession(self)
+
+    def create_tables(self) -> None:
+        """Nothing to create in memory."""
+
+    def drop_tables(self) -> None:
+        with self.lock:
+            self.tables.clear()
+            self.events.clear()
+            self.outbox.clear()
+            self.inbox.clear()
+
+    def dispose(self) -> None:
+        """Nothing to release."""
+
+    def read_events(self, stream_or_category: str, from_position: int = 0,
+                    limit: int = 1000) -> list[dict]:
+        with self.lock:
+            return _select_events(self.events, stream_or_category, from_position, limit)
+
+
+def _select_events(events: list[dict], key: str, from_position: int, limit: int) -> list[dict]:
+    out = []
+    for record in events:
+        if record["stream"] == key:
+            if record["position"] >= from_position:
+                out.append(copy.deepcopy(record))
+        elif (record["category"] == key or stream_matches(record["stream"], key)) \
+                and record["global_position"] >= from_position:
+            out.append(copy.deepcopy(record))
+        if len(out) >= limit:
+            break
+    return out
+
+
+class MemorySession:
+    def __init__(self, db: MemoryDatabase) -> None:
+        self.db = db
+        self.writes: dict[tuple[str, str], Any] = {}
+        self.expected: dict[tuple[str, str], int | None] = {}
+        self.events: list[dict] = []
+        self.outbox: list[dict] = []
+        self.inbox: set[tuple[str, str]] = set()
+
+    def _current(self, table: str, identity: str) -> Row | None:
+        key = (table, identity)
+        if key in self.writes:
+            value = self.writes[key]
+            return None if value is _DELETED else value
+        return self.db.tables.get(table, {}).get(identity)
+
+    def get(self, table: str, identity: str) -> Row | None:
+        with self.db.lock:
+            row = self._current(table, identity)
+        return copy.deepcopy(row) if row else None
+
+    def find(self, table: str, filters: dict[str, Any]) -> list[Row]:
+        with self.db.lock:
+            ids = set(self.db.tables.get(table, {})) | {i for t, i in self.writes if t == table}
+            rows = [self._current(table, i) for i in sorted(ids)]
+        return [copy.deepcopy(r) for r in rows
+                if r and all(r[0].get(k) == v for k, v in filters.items())]
+
+    def save(self, table: str, identity: str, data: dict[str, Any], expected_version: int,
+             versioned: bool) -> int:
+        with self.db.lock:
+            current = self._current(table, identity)
+            stored = current[1] if current else -1
+            if versioned and stored != expected_version:
+                raise ExpectedVersionError(
+                    f"{table} {identity}: expected version {expected_version}, found {stored}")
+            key = (table, identity)
+            if key not in self.expected:
+                committed = self.db.tables.get(table, {}).get(identity)
+                self.expected[key] = committed[1] if committed else None
+            version = stored + 1
+            self.writes[key] = (copy.deepcopy(data), version)
+            return version
+
+    def delete(self, table: str, identity: str) -> bool:
+        with self.db.lock:
+            existed = self._current(table, identity) is not None
+            key = (table, identity)
+            if key not in self.expected:
+                committed = self.db.tables.get(table, {}).get(identity)
+                self.expected[key] = committed[1] if committed else None
+            self.writes[key] = _DELETED
+            return existed
+
+    def append_events(self, records: list[dict[str, Any]]) -> None:
+        self.events.extend(copy.deepcopy(records))
+
+    def write_outbox(self, rows: list[dict[str, Any]]) -> None:
+        self.outbox.extend(copy.deepcopy(rows))
+
+    def mark_processed(self, handler: str, message_id: str) -> bool:
+        key = (handler, message_id)
+        with self.db.lock:
+            if key in self.db.inbox or key in self.inbox:
+                return False
+        self.inbox.add(key)
+        return True
+
+    def commit(self) -> None:
+        db = self.db
+        with db.lock:
+            for (table, identity), expected in self.expected.items():
+                committed = db.tables.get(table, {}).get(identity)
+                if (committed[1] if committed else None) != expected:
+                    raise ExpectedVersionError(f"{table} {identity} was changed concurrently")
+            if any(key in db.inbox for key in self.inbox):
+                raise ExpectedVersionError("message already processed by this handler")
+            for (table, identity), value in self.writes.items():
+                rows = db.tables.setdefault(table, {})
+                if value is _DELETED:
+                    rows.pop(identity, None)
+                else:
+                    rows[identity] = value
+            for record in self.events:
+                in_stream = [e for e in db.events if e["stream"] == record["stream"]]
+                record["position"] = len(in_stream)
+                record["global_position"] = len(db.events) + 1
+                db.events.append(record)
+            for row in self.outbox:
+                row["id"] = next(db.outbox_ids)
+                db.outbox.append(row)
+            db.inbox |= self.inbox
+        self._reset()
+
+    def rollback(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.writes, self.expected = {}, {}
+        self.events, self.outbox, self.inbox = [], [], set()

@@ -1,0 +1,80 @@
+"""Turning user classes into registered elements: the decorators only record."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from domain import elements as el
+
+BASES: dict[str, type] = {
+    "aggregate": el.BaseAggregate,
+    "entity": el.BaseEntity,
+    "value_object": el.BaseValueObject,
+    "event": el.BaseEvent,
+    "command": el.BaseCommand,
+    "projection": el.BaseProjection,
+    "query": el.BaseQuery,
+    "event_handler": el.BaseEventHandler,
+    "command_handler": el.BaseCommandHandler,
+    "projector": el.BaseProjector,
+    "subscriber": el.BaseSubscriber,
+    "query_handler": el.BaseQueryHandler,
+}
+HANDLER_KINDS = {"event_handler", "command_handler", "projector", "subscriber", "query_handler"}
+
+# The options each kind accepts; anything else is a typo, reported at registration.
+OPTIONS: dict[str, set[str]] = {
+    "aggregate": {"provider", "stream_category", "table"},
+    "entity": {"part_of"},
+    "value_object": {"part_of"},
+    "event": {"part_of", "version"},
+    "command": {"part_of", "version"},
+    "projection": {"provider", "table"},
+    "query": {"part_of"},
+    "event_handler": {"part_of", "stream_category", "source_stream", "subscription_type",
+                      "subscription_profile", "subscription_config"},
+    "command_handler": {"part_of", "subscription_type", "subscription_profile",
+                        "subscription_config"},
+    "projector": {"projector_for", "aggregates", "stream_categories", "subscription_type",
+                  "subscription_profile", "subscription_config"},
+    "subscriber": {"stream", "broker", "subscription_type", "subscription_profile",
+                   "subscription_config"},
+    "query_handler": {"part_of"},
+}
+
+
+def derive_element(kind: str, cls: type, options: dict[str, Any]) -> type:
+    """The registered class: `cls` itself when it already subclasses the base, else a copy."""
+    base = BASES[kind]
+    if issubclass(cls, base):
+        new_cls = cls
+    elif kind in HANDLER_KINDS:
+        new_cls = type(cls.__name__, (cls, base),
+                       {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                        "__doc__": cls.__doc__})
+    else:
+        namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+        parents = tuple(b for b in cls.__bases__ if b is not object)
+        new_cls = types.new_class(cls.__name__, (*parents, base), {},
+                                  lambda ns: ns.update(namespace))
+    new_cls.meta_ = {**getattr(cls, "meta_", {}), **options}
+    return new_cls
+
+
+def handler_targets(cls: type) -> dict[Any, list[str]]:
+    """Method names by the message class/type string they handle (`@handle`, `@on`)."""
+    targets: dict[Any, list[str]] = {}
+    for klass in reversed(cls.__mro__):
+        for name, attr in vars(klass).items():
+            target = getattr(attr, "_tidings_handles", None)
+            if target is not None:
+                methods = targets.setdefault(target, [])
+                if name not in methods:
+                    methods.append(name)
+    return targets
+
+
+def query_targets(cls: type) -> dict[Any, str]:
+    return {a._tidings_reads: n for klass in reversed(cls.__mro__)
+            for n, a in vars(klass).items() if getattr(a, "_tidings_reads", None) is not None}

@@ -1,0 +1,87 @@
+"""Repositories: `add`, `get`, `find_by`, `filter`, `all`, `remove` for one model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from domain.context import current_uow
+from domain.database import Database
+from domain.errors import ObjectNotFoundError, TooManyObjectsError
+from domain.tables import column_kind, table_name
+
+if TYPE_CHECKING:
+    from domain.domain import Domain
+
+T = TypeVar("T")
+
+
+class Repository(Generic[T]):
+    """Persists one aggregate (versioned, with its events) or projection (upserted)."""
+
+    def __init__(self, domain: Domain, model: type[T], database: Database) -> None:
+        self.domain = domain
+        self.model = model
+        self.database = database
+        self.table = table_name(model)
+        self.versioned = model.element_kind == "aggregate"
+        self._json_fields = {n for n in model.model_fields if column_kind(model, n) == "json"}
+
+    def _run(self, work):
+        uow = current_uow.get()
+        if uow is not None and uow.in_progress and uow.domain is self.domain:
+            return work(uow)
+        with self.domain.unit_of_work() as own:
+            return work(own)
+
+    def _row(self, obj: Any) -> dict[str, Any]:
+        native = obj.model_dump()
+        as_json = obj.model_dump(mode="json")
+        return {k: as_json[k] if k in self._json_fields else native[k] for k in native}
+
+    def _load(self, row: tuple[dict, int]) -> T:
+        data, version = row
+        obj = self.model.model_validate(data)
+        if self.versioned:
+            obj._version = version
+        return obj
+
+    def add(self, obj: T) -> T:
+        """Save the object; an aggregate's raised events commit with it."""
+
+        def work(uow):
+            session = uow.session_for(self.database)
+            version = session.save(self.table, obj.identity, self._row(obj),
+                                   obj.version if self.versioned else -1, self.versioned)
+            if self.versioned:
+                obj._version = version
+                events, obj._events = list(obj._events), []
+                uow.record([self.domain.event_message(e, obj) for e in events])
+            return obj
+
+        return self._run(work)
+
+    def get(self, identity: Any) -> T:
+        """The object with this identity, or ObjectNotFoundError."""
+        row = self._run(lambda uow: uow.session_for(self.database).get(self.table, str(identity)))
+        if row is None:
+            raise ObjectNotFoundError(f"{self.model.__name__} with id {identity!r} does not exist")
+        return self._load(row)
+
+    def filter(self, **filters: Any) -> list[T]:
+        rows = self._run(lambda uow: uow.session_for(self.database).find(self.table, filters))
+        return [self._load(r) for r in rows]
+
+    def all(self) -> list[T]:
+        return self.filter()
+
+    def find_by(self, **filters: Any) -> T:
+        """Exactly one match, else ObjectNotFoundError or TooManyObjectsError."""
+        found = self.filter(**filters)
+        if not found:
+            raise ObjectNotFoundError(f"no {self.model.__name__} matches {filters}")
+        if len(found) > 1:
+            raise TooManyObjectsError(f"{len(found)} {self.model.__name__} objects match {filters}")
+        return found[0]
+
+    def remove(self, obj: T) -> None:
+        self._run(lambda uow: uow.session_for(self.database).delete(self.table, obj.identity))

@@ -1,0 +1,223 @@
+"""The SQL provider (PostgreSQL and SQLite, through SQLAlchemy 2)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from domain.database import Row
+from domain.errors import ExpectedVersionError, IncorrectUsageError, TidingsError
+from domain.tables import VERSION_COLUMN, define_event_store
+from outbox.tables import define_inbox, define_outbox
+
+
+class DuplicateValueError(TidingsError):
+    """A value declared `unique` is already taken."""
+
+
+def normalize_uri(uri: str) -> str:
+    """Plain `postgresql://` URLs use psycopg2 (SQLAlchemy 2.1 would pick psycopg 3)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if uri.startswith(scheme):
+            return "postgresql+psycopg2://" + uri[len(scheme):]
+    return uri
+
+
+def make_engine(uri: str) -> sa.Engine:
+    """An engine; SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` transactions."""
+    uri = normalize_uri(uri)
+    if not uri.startswith("sqlite"):
+        return sa.create_engine(uri, pool_pre_ping=True)
+    engine = sa.create_engine(uri, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # SQLite has no row locks: taking the write lock up front serialises writers safely
+        # (a deferred transaction that upgrades later can fail at once with SQLITE_BUSY).
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class SqlDatabase:
+    """Tables for the models it stores, plus the event store, outbox and inbox when asked."""
+
+    def __init__(self, name: str, uri: str, metadata: sa.MetaData | None = None) -> None:
+        self.name = name
+        self.uri = uri
+        self.metadata = metadata or sa.MetaData()
+        self._engine: sa.Engine | None = None
+        self.event_store_table: sa.Table | None = None
+        self.outbox_table: sa.Table | None = None
+        self.inbox_table: sa.Table | None = None
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:  # built on first use, so nothing is shared across a fork
+            self._engine = make_engine(self.uri)
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def add_event_store(self) -> None:
+        if self.event_store_table is None:
+            self.event_store_table = define_event_store(self.metadata)
+
+    def add_message_tables(self) -> None:
+        if self.outbox_table is None:
+            self.outbox_table = define_outbox(self.metadata)
+            self.inbox_table = define_inbox(self.metadata)
+
+    def session(self) -> SqlSession:
+        return SqlSession(self)
+
+    def create_tables(self) -> None:
+        self.metadata.create_all(self.engine)
+
+    def drop_tables(self) -> None:
+        self.metadata.drop_all(self.engine)
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def read_events(self, stream_or_category: str, from_position: int = 0,
+                    limit: int = 1000) -> list[dict]:
+        t = self.event_store_table
+        if t is None:
+            raise IncorrectUsageError(f"database '{self.name}' holds no event store")
+        is_stream = "-" in stream_or_category
+        query = sa.select(t).order_by(t.c.global_position).limit(limit)
+        if is_stream:
+            query = query.where(t.c.stream == stream_or_category, t.c.position >= from_position)
+        else:
+            query = query.where(t.c.category == stream_or_category,
+                                t.c.global_position >= from_position)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def table(self, name: str) -> sa.Table:
+        try:
+            return self.metadata.tables[name]
+        except KeyError:
+            raise IncorrectUsageError(f"no table '{name}' in database '{self.name}'") from None
+
+
+class SqlSession:
+    def __init__(self, db: SqlDatabase) -> None:
+        self.db = db
+        self.conn = db.engine.connect()
+        self.trans = self.conn.begin()
+
+    @staticmethod
+    def _row(mapping: Any) -> Row:
+        data = dict(mapping)
+        version = data.pop(VERSION_COLUMN, 0)
+        return data, version
+
+    def get(self, table: str, identity: str) -> Row | None:
+        t = self.db.table(table)
+        pk = next(iter(t.primary_key.columns))
+        row = self.conn.execute(sa.select(t).where(pk == identity)).first()
+        return self._row(row._mapping) if row else None
+
+    def find(self, table: str, filters: dict[str, Any]) -> list[Row]:
+        t = self.db.table(table)
+        query = sa.select(t)
+        for key, value in filters.items():
+            if key not in t.c:
+                raise IncorrectUsageError(f"{table} has no field '{key}' to filter on")
+            query = query.where(t.c[key] == value)
+        pk = next(iter(t.primary_key.columns))
+        return [self._row(r._mapping) for r in self.conn.execute(query.order_by(pk))]
+
+    def save(self, table: str, identity: str, data: dict[str, Any], expected_version: int,
+             versioned: bool) -> int:
+        t = self.db.table(table)
+        pk = next(iter(t.primary_key.columns))
+        if versioned and expected_version >= 0:
+            result = self.conn.execute(
+                sa.update(t)
+                .where(pk == identity, t.c[VERSION_COLUMN] == expected_version)
+                .values(**data, **{VERSION_COLUMN: expected_version + 1})
+            )
+            if result.rowcount != 1:
+                raise ExpectedVersionError(
+                    f"{table} {identity}: expected version {expected_version} is stale")
+            return expected_version + 1
+        if not versioned:
+            result = self.conn.execute(sa.update(t).where(pk == identity).values(**data))
+            if result.rowcount == 1:
+                return 0
+        values = {**data, **({VERSION_COLUMN: 0} if versioned else {})}
+        try:
+            with self.conn.begin_nested():
+                self.conn.execute(sa.insert(t).values(**values))
+        except IntegrityError as exc:
+            if self.conn.execute(sa.select(pk).where(pk == identity)).first():
+                raise ExpectedVersionError(f"{table} {identity} already exists") from None
+            raise DuplicateValueError(f"{table}: a unique value is already taken: {exc.orig}") from None
+        return 0
+
+    def delete(self, table: str, identity: str) -> bool:
+        t = self.db.table(table)
+        pk = next(iter(t.primary_key.columns))
+        return self.conn.execute(sa.delete(t).where(pk == identity)).rowcount > 0
+
+    def append_events(self, records: list[dict[str, Any]]) -> None:
+        t = self.db.event_store_table
+        positions: dict[str, int] = {}
+        for record in records:
+            stream = record["stream"]
+            if stream not in positions:
+                last = self.conn.execute(
+                    sa.select(sa.func.max(t.c.position)).where(t.c.stream == stream)).scalar()
+                positions[stream] = -1 if last is None else last
+            positions[stream] += 1
+            values = {**record, "position": positions[stream], "time": _as_datetime(record["time"])}
+            self.conn.execute(sa.insert(t).values(**values))
+
+    def write_outbox(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.conn.execute(sa.insert(self.db.outbox_table), rows)
+
+    def mark_processed(self, handler: str, message_id: str) -> bool:
+        t = self.db.inbox_table
+        try:
+            with self.conn.begin_nested():
+                self.conn.execute(sa.insert(t).values(
+                    handler=handler, message_id=message_id, processed_at=datetime.now(UTC)))
+        except IntegrityError:
+            return False
+        return True
+
+    def commit(self) -> None:
+        try:
+            self.trans.commit()
+        finally:
+            self.conn.close()
+
+    def rollback(self) -> None:
+        try:
+            self.trans.rollback()
+        finally:
+            self.conn.close()
+
+
+def _as_datetime(value: Any) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value

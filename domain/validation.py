@@ -1,0 +1,107 @@
+"""Registry checks run by `domain.init()`: every problem is collected, none is fatal alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from domain.errors import ConfigurationError
+from domain.registry import handler_targets, query_targets
+
+if TYPE_CHECKING:
+    from domain.domain import Domain
+
+
+def check_registry(domain: Domain) -> list[str]:
+    problems: list[str] = []
+    for kind in ("event", "command", "event_handler", "command_handler", "query_handler"):
+        for cls in domain.registry[kind].values():
+            problems += _check_part_of(domain, cls, kind)
+    problems += _check_handler_targets(domain)
+    problems += _check_command_handlers(domain)
+    problems += _check_projectors(domain)
+    problems += _check_categories(domain)
+    for sub in domain.registry["subscriber"].values():
+        if not sub.meta_.get("stream"):
+            problems.append(f"subscriber {sub.__name__}: 'stream' is required")
+    return problems
+
+
+def _check_part_of(domain: Domain, cls: type, kind: str) -> list[str]:
+    if not cls.meta_.get("part_of"):
+        return [f"{kind.replace('_', ' ')} {cls.__name__}: 'part_of' is required"]
+    try:
+        domain.part_of(cls)
+    except ConfigurationError:
+        return [f"{kind.replace('_', ' ')} {cls.__name__}: part_of "
+                f"{_name(cls.meta_['part_of'])!r} is not a registered aggregate"]
+    return []
+
+
+def _name(target: object) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+
+
+def _registered(domain: Domain, target: object, kinds: tuple[str, ...]) -> bool:
+    return any(domain.registry[k].get(_name(target)) is target for k in kinds)
+
+
+def _check_handler_targets(domain: Domain) -> list[str]:
+    problems = []
+    expected = {"event_handler": ("event",), "projector": ("event",),
+                "command_handler": ("command",)}
+    for kind, kinds in expected.items():
+        for handler in domain.registry[kind].values():
+            for target in handler_targets(handler):
+                if isinstance(target, str):
+                    continue  # a type string or "$any"
+                if not _registered(domain, target, kinds):
+                    problems.append(f"{handler.__name__}: @handle({_name(target)}) names a class "
+                                    f"that is not a registered {' or '.join(kinds)}")
+    for handler in domain.registry["query_handler"].values():
+        for target in query_targets(handler):
+            if not isinstance(target, str) and not _registered(domain, target, ("query",)):
+                problems.append(f"{handler.__name__}: @read({_name(target)}) names a class "
+                                f"that is not a registered query")
+    return problems
+
+
+def _check_command_handlers(domain: Domain) -> list[str]:
+    counts: Counter = Counter()
+    owners: dict[str, list[str]] = {}
+    for handler in domain.registry["command_handler"].values():
+        for target in handler_targets(handler):
+            counts[_name(target)] += 1
+            owners.setdefault(_name(target), []).append(handler.__name__)
+    return [f"command {name} has {n} command handlers ({', '.join(owners[name])}); "
+            f"a command has exactly one" for name, n in counts.items() if n > 1]
+
+
+def _check_projectors(domain: Domain) -> list[str]:
+    problems = []
+    for projector in domain.registry["projector"].values():
+        target = projector.meta_.get("projector_for")
+        if not target:
+            problems.append(f"projector {projector.__name__}: 'projector_for' is required")
+        elif _name(target) not in domain.registry["projection"]:
+            problems.append(f"projector {projector.__name__}: projector_for {_name(target)!r} "
+                            f"is not a registered projection")
+        if not projector.meta_.get("aggregates") and not projector.meta_.get("stream_categories"):
+            problems.append(f"projector {projector.__name__}: give 'aggregates' or "
+                            f"'stream_categories'")
+        for agg in projector.meta_.get("aggregates") or []:
+            if _name(agg) not in domain.registry["aggregate"]:
+                problems.append(f"projector {projector.__name__}: aggregate {_name(agg)!r} "
+                                f"is not registered")
+    return problems
+
+
+def _check_categories(domain: Domain) -> list[str]:
+    known = {domain.category(a) for a in domain.registry["aggregate"].values()}
+    problems = []
+    for handler in domain.registry["event_handler"].values():
+        category = handler.meta_.get("stream_category")
+        if category and domain.qualify(category) not in known:
+            problems.append(f"event handler {handler.__name__}: stream_category {category!r} "
+                            f"matches no aggregate (known: {sorted(known)})")
+    return problems

@@ -1,0 +1,1 @@
+"""Handlers as Celery tasks: routing, retries, dead-letter queue, idempotency, subscriptions."""
