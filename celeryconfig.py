@@ -1,1 +1,59 @@
-"""Celery defaults for Tidings; every value can be overridden from the environment."""
+"""Celery defaults for Tidings. Each value can be overridden from the environment
+(`TIDINGS_<NAME>`); the domain's `[celery]` table in domain.toml is applied last.
+
+Why these values:
+- JSON only: a pickled broker message can run code on the worker.
+- acks_late + reject/retry on worker lost: a task whose worker dies is delivered again,
+  and 5.7's `task_retry_on_worker_lost` counts that against the handler's max_retries
+  instead of looping forever. Handlers are idempotent through the inbox table.
+- prefetch 1: a worker holds no more unstarted messages than it has processes, so a crash
+  redelivers little and a slow handler does not hoard work.
+- Redis visibility timeout: how long a delivered-but-unacknowledged message stays invisible
+  before Redis hands it to another worker. It must exceed the longest handler run plus the
+  longest retry countdown (retries are held unacked in the worker until due). 300 s by
+  default; `unacked_restore_interval`/`throttle` (kombu 5.7) make the restore sweep run
+  every few seconds instead of ~100 s, so crash recovery takes VT + a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"TIDINGS_{name}", default)
+
+
+VISIBILITY_TIMEOUT = float(_env("VISIBILITY_TIMEOUT", "300"))
+RESTORE_INTERVAL = float(_env("UNACKED_RESTORE_INTERVAL", "5"))
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_retry_on_worker_lost = True
+task_acks_on_failure = True  # the DLQ is written by Tidings on final failure, on every broker
+task_acks_on_timeout = True
+worker_prefetch_multiplier = int(_env("PREFETCH_MULTIPLIER", "1"))
+worker_cancel_long_running_tasks_on_connection_loss = True
+worker_soft_shutdown_timeout = float(_env("SOFT_SHUTDOWN_TIMEOUT", "10"))
+broker_connection_retry_on_startup = True
+task_ignore_result = True
+result_backend = None
+task_create_missing_queues = True
+worker_hijack_root_logger = False
+worker_send_task_events = _env("TASK_EVENTS", "true") == "true"  # Flower's live view
+task_send_sent_event = worker_send_task_events
+broker_transport_options = {
+    "visibility_timeout": VISIBILITY_TIMEOUT,
+    "unacked_restore_interval": RESTORE_INTERVAL,
+    "unacked_restore_throttle": 1,
+    "polling_interval": float(_env("POLLING_INTERVAL", "0.1")),  # SQLAlchemy/virtual transports
+}
+visibility_timeout = VISIBILITY_TIMEOUT
+beat_max_loop_interval = 5
+timezone = "UTC"
+enable_utc = True

@@ -2,12 +2,52 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+
 import click
+
+from app.factory import celery_app_for
+from app.loading import load_domain
 
 
 @click.group()
 def main() -> None:
     """Tidings: Celery-based orchestration for domain-driven Python."""
+
+
+def _load(domain_path: str):
+    domain = load_domain(domain_path)
+    if not domain.initialized:
+        domain.init()
+    return domain, celery_app_for(domain)
+
+
+@main.command()
+@click.option("--domain", "domain_path", required=True, help="dotted path, e.g. examples.bookshelf")
+@click.option("--debug", is_flag=True, help="log every message")
+@click.option("--test-mode", is_flag=True, help="process everything pending, then exit")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
+@click.option("--concurrency", type=int, default=None)
+@click.option("--no-beat", is_flag=True, help="do not embed beat (run `celery beat` once elsewhere)")
+def server(domain_path: str, debug: bool, test_mode: bool, pool: str, concurrency: int | None,
+           no_beat: bool) -> None:
+    """Start a worker on all of the domain's queues (beat embedded unless --no-beat)."""
+    from app.server import run_until_quiescent, subscription_lines, worker_argv
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    domain, celery = _load(domain_path)
+    click.echo("Registered subscriptions:")
+    for line in subscription_lines(domain):
+        click.echo(f"  {line}")
+    if test_mode:
+        summary = run_until_quiescent(celery, domain, pool="solo" if pool == "prefork" else pool)
+        click.echo(json.dumps(summary, indent=2))
+        sys.exit(0 if summary["quiescent"] and not summary["dead_lettered"] else 1)
+    celery.worker_main(worker_argv(domain, pool=pool, concurrency=concurrency,
+                                   beat=not no_beat, debug=debug))
 
 
 @main.command()

@@ -30,6 +30,8 @@ from domain.naming import camel, snake
 from domain.registry import OPTIONS, derive_element, handler_targets, query_targets
 from domain.repository import Repository
 from domain.sql import SqlDatabase
+from domain.subscriptions import SubscriptionSettings
+from domain.subscriptions import resolve as resolve_subscription
 from domain.tables import define_model_table
 from domain.uow import UnitOfWork
 
@@ -116,7 +118,7 @@ class Domain:
             raise ConfigurationError(f"{self.name}: {exc}") from None
         problems += cfg.validate_config(config)
         self._rebuild_models()
-        problems += check_registry(self)
+        problems += check_registry(self, config)
         if problems:
             raise ConfigurationError(
                 f"domain '{self.name}' has {len(problems)} problem(s):\n  - "
@@ -228,6 +230,11 @@ class Domain:
             return self.databases[name]
         except KeyError:
             raise ConfigurationError(f"{model.__name__}: no database named '{name}'") from None
+
+    def subscription_settings(self, handler: type) -> SubscriptionSettings:
+        """The handler's resolved subscription settings (see `domain.subscriptions`)."""
+        self._require_init()
+        return resolve_subscription(handler, self.settings["server"])
 
     def repository_for(self, model: type) -> Repository:
         self._require_init()

@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING
 
 from domain.errors import ConfigurationError
 from domain.registry import handler_targets, query_targets
+from domain.subscriptions import SettingsError, resolve
 
 if TYPE_CHECKING:
     from domain.domain import Domain
 
 
-def check_registry(domain: Domain) -> list[str]:
+def check_registry(domain: Domain, config: dict) -> list[str]:
     problems: list[str] = []
+    problems += _check_subscriptions(domain, config)
     for kind in ("event", "command", "event_handler", "command_handler", "query_handler"):
         for cls in domain.registry[kind].values():
             problems += _check_part_of(domain, cls, kind)
@@ -104,4 +106,15 @@ def _check_categories(domain: Domain) -> list[str]:
         if category and domain.qualify(category) not in known:
             problems.append(f"event handler {handler.__name__}: stream_category {category!r} "
                             f"matches no aggregate (known: {sorted(known)})")
+    return problems
+
+
+def _check_subscriptions(domain: Domain, config: dict) -> list[str]:
+    problems = []
+    for kind in ("event_handler", "command_handler", "projector", "subscriber"):
+        for handler in domain.registry[kind].values():
+            try:
+                resolve(handler, config.get("server", {}))
+            except SettingsError as exc:
+                problems.append(str(exc))
     return problems

@@ -1,0 +1,108 @@
+"""The Celery app factory: the one place a domain meets Celery."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from tasks.handlers import register_handler_tasks
+from tasks.naming import async_handlers, queue_name, relay_queue, relay_task_name, task_name
+from tasks.relay import register_relay_task
+
+log = logging.getLogger("tidings")
+_apps: dict[int, Celery] = {}
+
+
+def broker_url(settings: dict[str, Any]) -> str:
+    """The kombu URL of a `[brokers.<name>]` table."""
+    provider = settings.get("provider", "inline")
+    if provider in ("inline", "memory"):
+        return "memory://"
+    url = settings.get("url") or settings.get("URI") or settings.get("uri")
+    if not url:
+        raise ValueError(f"broker provider {provider!r} needs a 'url'")
+    if url.startswith("sqla+sqlite:///"):
+        Path(url.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def create_celery_app(domain: Any, **overrides: Any) -> Celery:
+    """A Celery app running `domain`'s handlers, each in its own queue, and the outbox relay.
+
+    Configured from `celeryconfig.py`, then the domain (`brokers.default`, `[celery]`), then
+    `overrides`. Also connects the after-commit kick of the relay.
+    """
+    if not domain.initialized:
+        domain.init()
+    celery = Celery(f"tidings.{domain.name}", set_as_current=False)
+    celery.config_from_object("celeryconfig")
+    routes = {relay_task_name(domain): relay_queue(domain)}
+    routes.update({task_name(domain, h): queue_name(domain, h) for h in async_handlers(domain)})
+    celery.conf.update(
+        broker_url=broker_url(domain.settings["brokers"]["default"]),
+        task_queues=[Queue(q, routing_key=q) for q in routes.values()],
+        task_routes={name: {"queue": q, "routing_key": q} for name, q in routes.items()},
+        task_default_queue=relay_queue(domain),
+    )
+    celery.conf.update(domain.settings.get("celery") or {})
+    celery.conf.update(overrides)
+    _check_retry_delays(celery, domain)
+    register_handler_tasks(celery, domain)
+    relay = register_relay_task(celery, domain)
+    interval = float(domain.settings["outbox"]["interval"])
+    celery.conf.beat_schedule = {
+        relay_task_name(domain): {"task": relay.name, "schedule": interval,
+                                  "options": {"queue": relay_queue(domain),
+                                              "expires": max(interval * 2, 1.0)}},
+    }
+    domain.on_commit(lambda _messages: _kick(relay, domain))
+    domain.on_external_publish(lambda stream, payload: _send_external(celery, domain, stream,
+                                                                      payload))
+    celery.tidings_domain = domain
+    _apps[id(domain)] = celery
+    return celery
+
+
+def celery_app_for(domain: Any) -> Celery:
+    """The app already created for this domain in this process, or a new one."""
+    return _apps.get(id(domain)) or create_celery_app(domain)
+
+
+def _kick(relay: Any, domain: Any) -> None:
+    """Relay right after a commit, so latency is not bounded by the beat period."""
+    relay.apply_async(queue=relay_queue(domain), expires=60)
+
+
+def _send_external(celery: Celery, domain: Any, stream: str, payload: dict) -> None:
+    from uuid import uuid4
+
+    message_id = str(payload.get("id") or uuid4())
+    for subscriber in domain.subscribers_for(stream):
+        celery.send_task(task_name(domain, subscriber), queue=queue_name(domain, subscriber),
+                         args=[{"id": message_id, "stream": stream, "payload": payload}])
+
+
+def _check_retry_delays(celery: Celery, domain: Any) -> None:
+    """On Redis a retry countdown is held unacknowledged in the worker: it must end before the
+    visibility timeout, or the message is delivered twice."""
+    if not str(celery.conf.broker_url).startswith("redis"):
+        return
+    vt = float((celery.conf.broker_transport_options or {}).get("visibility_timeout", 3600))
+    for handler in async_handlers(domain):
+        s = domain.subscription_settings(handler)
+        longest = s.retry_backoff_max if s.retry_backoff else s.retry_delay_seconds
+        if longest >= vt:
+            log.warning("%s: retry delay %ss is not below the Redis visibility timeout %ss",
+                        handler.__name__, longest, vt)
+
+
+@worker_process_init.connect(weak=False)
+def _after_fork(**_: Any) -> None:
+    # Connection pools must never be shared across a fork: each child builds its own.
+    for celery in _apps.values():
+        celery.tidings_domain.dispose()

@@ -1,0 +1,48 @@
+"""Health: database, broker and outbox lag, for `/health`, `tidings health` and monitoring."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery
+
+from domain.sql import SqlDatabase
+from tasks.relay import outbox_store
+
+
+def check_database(domain: Any) -> dict[str, Any]:
+    db = domain.databases["default"]
+    if not isinstance(db, SqlDatabase):
+        return {"ok": True, "provider": "memory"}
+    try:
+        with db.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return {"ok": False, "provider": db.dialect, "error": type(exc).__name__}
+    return {"ok": True, "provider": db.dialect}
+
+
+def check_broker(celery: Celery) -> dict[str, Any]:
+    transport = celery.conf.broker_url.split("://", 1)[0]
+    try:
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return {"ok": False, "transport": transport, "error": type(exc).__name__}
+    return {"ok": True, "transport": transport}
+
+
+def health(domain: Any, celery: Celery | None) -> dict[str, Any]:
+    """`{"status": "ok"|"degraded", "database": …, "broker": …, "outbox": …}`; no secrets."""
+    report: dict[str, Any] = {"database": check_database(domain)}
+    report["broker"] = check_broker(celery) if celery is not None else {"ok": True,
+                                                                          "transport": "none"}
+    try:
+        report["outbox"] = asdict(outbox_store(domain).status())
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        report["outbox"] = {"error": type(exc).__name__}
+    ok = report["database"]["ok"] and report["broker"]["ok"] and "error" not in report["outbox"]
+    report["status"] = "ok" if ok else "degraded"
+    return report

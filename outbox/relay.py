@@ -1,0 +1,166 @@
+"""The relay: claim due outbox rows, publish them, mark them published — in one transaction.
+
+Two relays never publish the same row: PostgreSQL claims with `FOR UPDATE SKIP LOCKED`;
+SQLite transactions begin IMMEDIATE (one writer at a time); the memory store holds a lock.
+A failed publish leaves the rest of the batch pending with `attempts`, `last_error` and an
+exponential backoff in `next_attempt_at`; nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from outbox.tables import PENDING, PUBLISHED
+
+log = logging.getLogger("tidings.outbox")
+
+Publish = Callable[[str], None]  # takes one envelope (JSON text); raises when it cannot publish
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base: float = 1.0
+    maximum: float = 60.0
+
+    def delay(self, attempts: int) -> timedelta:
+        return timedelta(seconds=min(self.maximum, self.base * 2 ** max(attempts - 1, 0)))
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    pending: int
+    published: int
+    failing: int  # pending rows whose last publish failed
+    oldest_pending_age: float  # seconds; 0 when nothing is pending
+
+
+class OutboxStore(Protocol):
+    def relay_batch(self, publish: Publish, batch_size: int, backoff: Backoff) -> int: ...
+    def purge_published(self, older_than: datetime) -> int: ...
+    def status(self) -> OutboxStatus: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlOutbox:
+    def __init__(self, engine: sa.Engine, table: sa.Table) -> None:
+        self.engine = engine
+        self.table = table
+
+    def relay_batch(self, publish: Publish, batch_size: int, backoff: Backoff) -> int:
+        t, now = self.table, _now()
+        claim = (sa.select(t.c.id, t.c.envelope, t.c.attempts)
+                 .where(t.c.status == PENDING, t.c.next_attempt_at <= now)
+                 .order_by(t.c.id).limit(batch_size))
+        if self.engine.dialect.name == "postgresql":
+            claim = claim.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
+            rows = conn.execute(claim).all()
+            done, error = _publish_all(rows, publish)
+            if done:
+                conn.execute(sa.update(t).where(t.c.id.in_(done))
+                             .values(status=PUBLISHED, published_at=now, last_error=None))
+            if error is not None:
+                failed = rows[len(done)]
+                conn.execute(sa.update(t).where(t.c.id == failed.id).values(
+                    attempts=failed.attempts + 1, last_error=error,
+                    next_attempt_at=now + backoff.delay(failed.attempts + 1)))
+        return len(done)
+
+    def purge_published(self, older_than: datetime) -> int:
+        t = self.table
+        with self.engine.begin() as conn:
+            return conn.execute(sa.delete(t).where(
+                t.c.status == PUBLISHED, t.c.published_at < older_than)).rowcount
+
+    def status(self) -> OutboxStatus:
+        t = self.table
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(
+                sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
+            failing = conn.execute(sa.select(sa.func.count()).where(
+                t.c.status == PENDING, t.c.attempts > 0)).scalar()
+            oldest = conn.execute(sa.select(sa.func.min(t.c.created_at)).where(
+                t.c.status == PENDING)).scalar()
+        return OutboxStatus(counts.get(PENDING, 0), counts.get(PUBLISHED, 0), failing or 0,
+                            _age(oldest))
+
+
+def _age(created: datetime | None) -> float:
+    if created is None:
+        return 0.0
+    if created.tzinfo is None:  # SQLite returns naive datetimes
+        created = created.replace(tzinfo=UTC)
+    return max(0.0, (_now() - created).total_seconds())
+
+
+def _publish_all(rows: list[Any], publish: Publish) -> tuple[list[int], str | None]:
+    """Publish rows in order; stop at the first failure and report it."""
+    done: list[int] = []
+    for row in rows:
+        try:
+            publish(row.envelope if hasattr(row, "envelope") else row["envelope"])
+        except Exception as exc:  # noqa: BLE001 - any broker failure leaves the row pending
+            log.warning("outbox publish failed after %d of %d: %s", len(done), len(rows), exc)
+            return done, f"{type(exc).__name__}: {exc}"
+        done.append(row.id if hasattr(row, "id") else row["id"])
+    return done, None
+
+
+class MemoryOutbox:
+    """The outbox of the memory provider: rows in a list, claimed under the database lock."""
+
+    def __init__(self, rows: list[dict], lock: Any) -> None:
+        self.rows = rows
+        self.lock = lock
+
+    def relay_batch(self, publish: Publish, batch_size: int, backoff: Backoff) -> int:
+        now = _now()
+        with self.lock:
+            due = [r for r in self.rows
+                   if r["status"] == PENDING and r["next_attempt_at"] <= now][:batch_size]
+            done, error = _publish_all(due, publish)
+            for row in due[: len(done)]:
+                row.update(status=PUBLISHED, published_at=now, last_error=None)
+            if error is not None:
+                failed = due[len(done)]
+                failed["attempts"] += 1
+                failed.update(last_error=error,
+                              next_attempt_at=now + backoff.delay(failed["attempts"]))
+        return len(done)
+
+    def purge_published(self, older_than: datetime) -> int:
+        with self.lock:
+            keep = [r for r in self.rows
+                    if not (r["status"] == PUBLISHED and r["published_at"] < older_than)]
+            removed = len(self.rows) - len(keep)
+            self.rows[:] = keep
+        return removed
+
+    def status(self) -> OutboxStatus:
+        with self.lock:
+            pending = [r for r in self.rows if r["status"] == PENDING]
+            published = sum(r["status"] == PUBLISHED for r in self.rows)
+            oldest = min((r["created_at"] for r in pending), default=None)
+            failing = sum(r["attempts"] > 0 for r in pending)
+        return OutboxStatus(len(pending), published, failing, _age(oldest))
+
+
+def relay_pending_messages(store: OutboxStore, publish: Publish, batch_size: int,
+                           backoff: Backoff, max_rounds: int = 1000) -> int:
+    """Relay rounds while they come back full; returns how many messages were published."""
+    total = 0
+    for _ in range(max_rounds):
+        published = store.relay_batch(publish, batch_size, backoff)
+        total += published
+        if published < batch_size:
+            break
+    return total

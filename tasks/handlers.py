@@ -1,0 +1,128 @@
+"""Every handler becomes one Celery task bound to its own queue.
+
+A task body is thin: decode the envelope -> inbox check -> the handler in its unit of work
+-> commit (all inside `domain.run_handler`). Retries are Celery's own (`autoretry_for`,
+`retry_backoff`, `retry_jitter`); the final failure goes to the DLQ from the `task_failure`
+signal, the one hook that also fires in the main process when a worker was killed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import task_failure
+
+from domain.domain import SKIPPED
+from domain.envelope import Message
+from domain.errors import InvalidMessageError, ValidationError
+from tasks.dlq import dead_letter
+from tasks.naming import async_handlers, queue_name, task_name
+
+log = logging.getLogger("tidings.tasks")
+stats: Counter = Counter()  # per-process counts: handled, duplicates, dead_lettered
+
+
+@dataclass(frozen=True)
+class HandlerTask:
+    """What the failure hook needs to know about one registered handler task."""
+
+    celery: Celery
+    queue: str
+    enable_dlq: bool
+
+
+_registered: dict[str, HandlerTask] = {}
+
+# Invalid data and broken domain rules fail the same way on every attempt: no retry.
+NOT_RETRIED = (InvalidMessageError, ValidationError)
+
+
+def register_handler_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
+    """Create the task of every handler, subscriber and projector; returns them by name."""
+    created = {}
+    for handler in async_handlers(domain):
+        settings = domain.subscription_settings(handler)
+        name, queue = task_name(domain, handler), queue_name(domain, handler)
+        options = dict(
+            name=name, bind=True, acks_late=True, shared=False,
+            max_retries=settings.max_retries,
+            default_retry_delay=settings.retry_delay_seconds,
+            autoretry_for=(Exception,), dont_autoretry_for=NOT_RETRIED,
+            retry_backoff=settings.retry_delay_seconds if settings.retry_backoff else False,
+            retry_backoff_max=settings.retry_backoff_max, retry_jitter=settings.retry_jitter,
+        )
+        body = _subscriber_body if handler.element_kind == "subscriber" else _handler_body
+        created[name] = celery.task(**options)(body(domain, handler, name, queue))
+        _registered[name] = HandlerTask(celery, queue, settings.enable_dlq)
+    return created
+
+
+def _handler_body(domain: Any, handler: type, name: str, queue: str):
+    def run(task: Task, envelope: Any) -> str:
+        try:
+            message = Message.from_dict(envelope)
+            result = domain.run_handler(handler, message, idempotency_key=name)
+        except InvalidMessageError as exc:
+            _poison(task, queue, envelope, exc)
+            return "dead-lettered"
+        return _count(name, envelope, result)
+
+    run.__name__ = handler.__name__
+    return run
+
+
+def _subscriber_body(domain: Any, handler: type, name: str, queue: str):
+    def run(task: Task, envelope: Any) -> str:
+        if not isinstance(envelope, dict) or not isinstance(envelope.get("payload"), dict):
+            _poison(task, queue, envelope, InvalidMessageError("subscriber message needs a "
+                                                               "'payload' object"))
+            return "dead-lettered"
+        result = domain.run_subscriber(handler, envelope["payload"], idempotency_key=name,
+                                       message_id=envelope.get("id"))
+        return _count(name, envelope, result)
+
+    run.__name__ = handler.__name__
+    return run
+
+
+def _count(name: str, envelope: Any, result: Any) -> str:
+    if result is SKIPPED:
+        stats["duplicates"] += 1
+        log.debug("%s: message %s was already applied; acknowledged and skipped", name,
+                  envelope.get("id"))
+        return "duplicate"
+    stats["handled"] += 1
+    return "handled"
+
+
+def _poison(task: Task, queue: str, envelope: Any, exc: Exception) -> None:
+    """A message that can never be decoded goes straight to the DLQ; the worker goes on."""
+    stats["dead_lettered"] += 1
+    dead_letter(task.app, queue=queue, task=task.name, body=envelope, error=exc,
+                attempts=task.request.retries + 1)
+
+
+@task_failure.connect(weak=False)
+def _on_final_failure(sender: Task | None = None, exception: BaseException | None = None,
+                      args: Any = None, einfo: Any = None, **_: Any) -> None:
+    spec = _registered.get(getattr(sender, "name", ""))
+    if spec is None or sender is None:
+        return
+    envelope = args[0] if args else None
+    attempts = (sender.request.retries or 0) + 1
+    message_id = envelope.get("id") if isinstance(envelope, dict) else None
+    if not spec.enable_dlq:
+        log.error("%s: message %s dropped after %d attempt(s) (DLQ disabled): %r",
+                  sender.name, message_id, attempts, exception)
+        return
+    stats["dead_lettered"] += 1
+    try:
+        dead_letter(spec.celery, queue=spec.queue, task=sender.name, body=envelope,
+                    error=exception or RuntimeError("unknown failure"), attempts=attempts,
+                    traceback=str(einfo) if einfo else None)
+    except Exception:  # noqa: BLE001 - never take the worker down; the error is logged
+        log.exception("%s: could not write message %s to the DLQ", sender.name, message_id)

@@ -1,0 +1,35 @@
+"""Names derived from the registry: task names, queues (consumer groups) and their DLQs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain.naming import snake
+
+
+def task_name(domain: Any, handler: type) -> str:
+    """`tidings.<domain>.<Handler>`: stable across deployments, so queued messages survive."""
+    return f"tidings.{domain.name}.{handler.__name__}"
+
+
+def queue_name(domain: Any, handler: type) -> str:
+    """`<domain>.<handler_snake_name>`: one queue per handler, its consumer group."""
+    return f"{domain.name}.{snake(handler.__name__)}"
+
+
+def dlq_name(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+def relay_task_name(domain: Any) -> str:
+    return f"tidings.{domain.name}.relay_outbox"
+
+
+def relay_queue(domain: Any) -> str:
+    return f"{domain.name}.outbox"
+
+
+def async_handlers(domain: Any) -> list[type]:
+    """Every handler that becomes a Celery task, in registration order."""
+    return [h for kind in ("command_handler", "event_handler", "projector", "subscriber")
+            for h in domain.registry[kind].values()]

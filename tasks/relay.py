@@ -1,0 +1,47 @@
+"""The outbox relay as a Celery task: scheduled by beat and kicked after each commit."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery, Task
+
+from domain.memory import MemoryDatabase
+from outbox.relay import Backoff, MemoryOutbox, OutboxStore, SqlOutbox, relay_pending_messages
+from tasks.dispatch import publisher
+from tasks.naming import relay_task_name
+
+_PURGE_EVERY = 60.0  # seconds between deletions of old published rows, per process
+
+
+def outbox_store(domain: Any) -> OutboxStore:
+    db = domain.outbox_database
+    if isinstance(db, MemoryDatabase):
+        return MemoryOutbox(db.outbox, db.lock)
+    return SqlOutbox(db.engine, db.outbox_table)
+
+
+def relay_now(celery: Celery, domain: Any) -> int:
+    """Relay every due outbox row (rounds of `outbox.batch_size`); returns how many."""
+    settings = domain.settings["outbox"]
+    store = outbox_store(domain)
+    backoff = Backoff(settings["backoff_base"], settings["backoff_max"])
+    with publisher(celery, domain) as publish:
+        return relay_pending_messages(store, publish, int(settings["batch_size"]), backoff)
+
+
+def register_relay_task(celery: Celery, domain: Any) -> Task:
+    last_purge = [0.0]
+
+    @celery.task(name=relay_task_name(domain), ignore_result=True, shared=False, acks_late=False)
+    def relay_outbox() -> int:
+        published = relay_now(celery, domain)
+        if time.monotonic() - last_purge[0] > _PURGE_EVERY:
+            last_purge[0] = time.monotonic()
+            retention = timedelta(seconds=float(domain.settings["outbox"]["retention"]))
+            outbox_store(domain).purge_published(datetime.now(UTC) - retention)
+        return published
+
+    return relay_outbox

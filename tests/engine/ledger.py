@@ -1,0 +1,77 @@
+"""A tiny domain whose handler fails on demand: for retries, DLQ and crash tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from domain import Domain, current_domain, handle
+from domain.fields import Identifier, Integer, String
+
+FAILURES: dict[str, int] = {}  # entry id -> failures still to raise
+ERRORS_SEEN: list[tuple[str, str]] = []
+
+
+def build_ledger(root: Path | None = None) -> Domain:
+    domain = Domain("ledger", root_path=root or Path(__file__).parent)
+    domain.config.update(event_processing="async", command_processing="async",
+                         message_processing="async")
+    domain.config["server"]["stream_subscription"].update(max_retries=3, retry_delay_seconds=0)
+
+    @domain.aggregate
+    class Entry:
+        label: String(required=True)
+
+    @domain.aggregate
+    class Tally:
+        entry_id: Identifier(identifier=True)
+        applied: Integer(default=0)
+
+    @domain.event(part_of=Entry)
+    class EntryMade:
+        entry_id: Identifier(required=True)
+        label: String(required=True)
+
+    @domain.event_handler(part_of=Tally, stream_category="entry")
+    class Apply:
+        @handle(EntryMade)
+        def apply(self, event):
+            if FAILURES.get(event.entry_id, 0) > 0:
+                FAILURES[event.entry_id] -= 1
+                raise ConnectionError(f"flaky downstream for {event.label}")
+            if event.label.startswith("slow") and os.environ.get("LEDGER_SLOW_FILE"):
+                Path(os.environ["LEDGER_SLOW_FILE"]).write_text(event.entry_id)
+                time.sleep(30)  # the crash test kills the worker during this
+            repo = current_domain.repository_for(Tally)
+            try:
+                tally = repo.get(event.entry_id)
+            except Exception:  # noqa: BLE001 - first time: start at zero
+                tally = Tally(entry_id=event.entry_id)
+            tally.applied += 1
+            repo.add(tally)
+
+        @classmethod
+        def handle_error(cls, exc, message):
+            ERRORS_SEEN.append((type(exc).__name__, message.id))
+
+    return domain
+
+
+def make_entry(domain: Domain, label: str) -> str:
+    Entry = domain.registry["aggregate"]["Entry"]
+    EntryMade = domain.registry["event"]["EntryMade"]
+    with domain.domain_context():
+        entry = Entry(label=label)
+        entry.raise_(EntryMade(entry_id=entry.id, label=label))
+        domain.repository_for(Entry).add(entry)
+    return entry.id
+
+
+def applied(domain: Domain, entry_id: str) -> int | None:
+    Tally = domain.registry["aggregate"]["Tally"]
+    with domain.domain_context():
+        try:
+            return domain.repository_for(Tally).get(entry_id).applied
+        except Exception:  # noqa: BLE001
+            return None

@@ -1,0 +1,57 @@
+"""The same domain reaches the same state async (Redis + a real worker) as sync."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engine.conftest import running_worker
+from tests.shop import build_shop
+from tests.waiting import wait_until
+
+
+def ship_one(shop):
+    Order = shop.registry["aggregate"]["Order"]
+    Inventory = shop.registry["aggregate"]["Inventory"]
+    ShipOrder = shop.registry["command"]["ShipOrder"]
+    with shop.domain_context():
+        order = shop.repository_for(Order).add(Order(book_id="b1", quantity=4))
+        shop.repository_for(Inventory).add(Inventory(book_id="b1", in_stock=10))
+        result = shop.process(ShipOrder(order_id=order.id))
+    return order.id, result
+
+
+def state(shop, order_id):
+    with shop.domain_context():
+        return (shop.repository_for(shop.registry["aggregate"]["Order"]).get(order_id).status,
+                shop.repository_for(shop.registry["aggregate"]["Inventory"])
+                .find_by(book_id="b1").in_stock)
+
+
+def test_the_inventory_example_reaches_the_same_state_async_as_sync(use_provider, redis_app):
+    sync_shop = use_provider(build_shop("sync", "sync"))
+    sync_order, _ = ship_one(sync_shop)
+    expected = state(sync_shop, sync_order)
+    sync_shop.drop_tables()
+
+    shop = use_provider(build_shop("async", "async"))
+    celery = redis_app(shop)
+    with running_worker(celery):
+        order_id, message_id = ship_one(shop)
+        assert isinstance(message_id, str)  # async process returns the command's message id
+        wait_until(lambda: state(shop, order_id) == expected, message="async end state")
+    assert expected == ("SHIPPED", 6)
+
+
+def test_eager_mode_gives_the_same_end_state_as_sync(use_provider):
+    from app.factory import create_celery_app
+
+    shop = use_provider(build_shop("async", "async"))
+    create_celery_app(shop, task_always_eager=True, task_eager_propagates=False,
+                      broker_url="memory://")
+    order_id, _ = ship_one(shop)
+    assert state(shop, order_id) == ("SHIPPED", 6)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_celery_logs(caplog):
+    caplog.set_level("WARNING")

@@ -1,0 +1,101 @@
+"""Retries, the dead-letter queue, replay and poison messages, on Redis with a real worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import dlq
+from tasks.handlers import stats
+from tests.engine import ledger
+from tests.engine.conftest import running_worker
+from tests.engine.ledger import applied, build_ledger, make_entry
+from tests.waiting import wait_until
+
+QUEUE = "ledger.apply"
+
+
+@pytest.fixture
+def ledger_app(use_provider, redis_app):
+    ledger.FAILURES.clear()
+    ledger.ERRORS_SEEN.clear()
+    domain = use_provider(build_ledger())
+    return domain, redis_app(domain)
+
+
+@pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
+def test_a_handler_failing_twice_then_succeeding_is_applied_once_on_the_third_attempt(ledger_app):
+    domain, celery = ledger_app
+    with running_worker(celery):
+        entry_id = make_entry_failing(domain, "twice", failures=2)
+        wait_until(lambda: applied(domain, entry_id) == 1, message="applied once")
+    # handle_error saw each of the two failures, of the same message
+    assert [e[0] for e in ledger.ERRORS_SEEN] == ["ConnectionError", "ConnectionError"]
+    assert len({e[1] for e in ledger.ERRORS_SEEN}) == 1
+    assert dlq.list_entries(celery, QUEUE) == []
+
+
+def make_entry_failing(domain, label: str, failures: int) -> str:
+    """Make an entry whose handler fails `failures` times (the id is known before commit)."""
+    Entry = domain.registry["aggregate"]["Entry"]
+    EntryMade = domain.registry["event"]["EntryMade"]
+    with domain.domain_context():
+        entry = Entry(label=label)
+        ledger.FAILURES[entry.id] = failures
+        entry.raise_(EntryMade(entry_id=entry.id, label=label))
+        domain.repository_for(Entry).add(entry)
+    return entry.id
+
+
+@pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
+def test_an_always_failing_handler_is_tried_max_retries_plus_one_times_then_dead_lettered(ledger_app):
+    domain, celery = ledger_app
+    with running_worker(celery):
+        entry_id = make_entry_failing(domain, "always", failures=10**6)
+        entries = wait_until(lambda: dlq.list_entries(celery, QUEUE), message="a DLQ entry")
+        assert len(ledger.ERRORS_SEEN) == 4  # max_retries (3) + 1 attempts
+        assert len(entries) == 1
+        entry = entries[0]
+        assert entry["attempts"] == 4
+        assert entry["error_type"] == "ConnectionError"
+        assert "flaky downstream" in entry["error_message"]
+        assert "Traceback" in entry["traceback"] and entry["failed_at"]
+        assert entry["message_id"] == entry["body"]["id"]
+        assert applied(domain, entry_id) is None
+
+        ledger.FAILURES[entry_id] = 0  # the fix is deployed
+        assert dlq.replay(celery, QUEUE) == 1
+        wait_until(lambda: applied(domain, entry_id) == 1, message="applied after replay")
+    assert dlq.list_entries(celery, QUEUE) == []
+    assert applied(domain, entry_id) == 1
+
+
+@pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
+def test_a_poison_message_goes_to_the_dlq_and_the_worker_keeps_running(ledger_app):
+    domain, celery = ledger_app
+    with running_worker(celery):
+        celery.send_task("tidings.ledger.Apply", args=[{"id": "x", "type": "nonsense"}],
+                         queue=QUEUE)
+        celery.send_task("tidings.ledger.Apply", args=["{not json"], queue=QUEUE)
+        entries = wait_until(lambda: len(dlq.list_entries(celery, QUEUE)) == 2 and
+                             dlq.list_entries(celery, QUEUE), message="two poison entries")
+        assert {e["error_type"] for e in entries} == {"InvalidMessageError"}
+        assert all(e["attempts"] == 1 for e in entries)
+        entry_id = make_entry(domain, "after-poison")
+        wait_until(lambda: applied(domain, entry_id) == 1, message="worker still handles")
+    assert dlq.purge(celery, QUEUE) == 2
+    assert dlq.list_entries(celery, QUEUE) == []
+    assert stats["dead_lettered"] >= 2
+
+
+@pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
+def test_a_redelivered_message_is_acknowledged_and_skipped_by_the_inbox(ledger_app):
+    domain, celery = ledger_app
+    with running_worker(celery):
+        entry_id = make_entry(domain, "once")
+        wait_until(lambda: applied(domain, entry_id) == 1, message="applied")
+        envelope = domain.event_store_database.read_events("ledger::entry")[-1]
+        body = {**envelope["metadata"], "data": envelope["data"]}
+        before = stats["duplicates"]
+        celery.send_task("tidings.ledger.Apply", args=[body], queue=QUEUE)
+        wait_until(lambda: stats["duplicates"] == before + 1, message="duplicate skipped")
+    assert applied(domain, entry_id) == 1
