@@ -50,6 +50,141 @@ def server(domain_path: str, debug: bool, test_mode: bool, pool: str, concurrenc
                                    beat=not no_beat, debug=debug))
 
 
+def _queues(domain, handler: str | None) -> list[str]:
+    from tasks.naming import async_handlers, queue_name
+
+    handlers = async_handlers(domain)
+    if handler:
+        handlers = [h for h in handlers if h.__name__ == handler]
+        if not handlers:
+            raise click.BadParameter(f"no handler named {handler!r}", param_hint="--handler")
+    return [queue_name(domain, h) for h in handlers]
+
+
+domain_option = click.option("--domain", "domain_path", required=True,
+                             help="dotted path, e.g. examples.bookshelf")
+handler_option = click.option("--handler", default=None, help="one handler (default: all)")
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and replay dead-lettered messages (`<queue>.dlq`)."""
+
+
+@dlq.command("list")
+@domain_option
+@handler_option
+@click.option("--limit", default=100, show_default=True)
+def dlq_list(domain_path: str, handler: str | None, limit: int) -> None:
+    """One line per dead-lettered message."""
+    from tasks import dlq as dead
+
+    domain, celery = _load(domain_path)
+    total = 0
+    for queue in _queues(domain, handler):
+        for entry in dead.list_entries(celery, queue, limit):
+            total += 1
+            click.echo(f"{queue}  {entry.get('message_id')}  attempts={entry.get('attempts')}  "
+                       f"{entry.get('failed_at')}  {entry.get('error_type')}: "
+                       f"{entry.get('error_message')}")
+    click.echo(f"{total} dead-lettered message(s)")
+
+
+@dlq.command("show")
+@domain_option
+@handler_option
+@click.argument("message_id")
+def dlq_show(domain_path: str, handler: str | None, message_id: str) -> None:
+    """Everything recorded about one message: body, error, traceback, attempts, time."""
+    from tasks import dlq as dead
+
+    domain, celery = _load(domain_path)
+    for queue in _queues(domain, handler):
+        for entry in dead.list_entries(celery, queue, 10_000):
+            if entry.get("message_id") == message_id:
+                click.echo(dead.as_text(entry))
+                return
+    raise click.ClickException(f"message {message_id} is not in any DLQ")
+
+
+@dlq.command("replay")
+@domain_option
+@handler_option
+@click.option("--message-id", default=None, help="only this message")
+def dlq_replay(domain_path: str, handler: str | None, message_id: str | None) -> None:
+    """Re-queue to the handler with the retry count reset; an entry leaves the DLQ only once
+    its re-publish succeeded."""
+    from tasks import dlq as dead
+
+    domain, celery = _load(domain_path)
+    count = sum(dead.replay(celery, q, message_id) for q in _queues(domain, handler))
+    click.echo(f"replayed {count} message(s)")
+
+
+@dlq.command("purge")
+@domain_option
+@handler_option
+@click.confirmation_option(prompt="Delete the dead-lettered messages for good?")
+def dlq_purge(domain_path: str, handler: str | None) -> None:
+    from tasks import dlq as dead
+
+    domain, celery = _load(domain_path)
+    count = sum(dead.purge(celery, q) for q in _queues(domain, handler))
+    click.echo(f"purged {count} message(s)")
+
+
+@main.command()
+@domain_option
+def subscriptions(domain_path: str) -> None:
+    """Every handler's resolved subscription settings and where each value came from."""
+    from tasks.naming import async_handlers, queue_name
+
+    domain, _ = _load(domain_path)
+    for handler in async_handlers(domain):
+        settings = domain.subscription_settings(handler)
+        click.echo(f"{handler.__name__} ({queue_name(domain, handler)})")
+        for key, value in settings.values.items():
+            click.echo(f"  {key:<26} {value!s:<10} <- {settings.sources[key]}")
+
+
+@main.group()
+def outbox() -> None:
+    """The transactional outbox."""
+
+
+@outbox.command("status")
+@domain_option
+def outbox_status(domain_path: str) -> None:
+    from dataclasses import asdict
+
+    from tasks.relay import outbox_store
+
+    domain, _ = _load(domain_path)
+    click.echo(json.dumps(asdict(outbox_store(domain).status()), indent=2))
+
+
+@outbox.command("relay")
+@domain_option
+def outbox_relay(domain_path: str) -> None:
+    """Relay every due row now (what the beat-driven task does)."""
+    from tasks.relay import relay_now
+
+    domain, celery = _load(domain_path)
+    click.echo(f"published {relay_now(celery, domain)} message(s)")
+
+
+@main.command()
+@domain_option
+def health(domain_path: str) -> None:
+    """Database, broker and outbox lag; exits 1 when degraded."""
+    from app.health import health as check
+
+    domain, celery = _load(domain_path)
+    report = check(domain, celery)
+    click.echo(json.dumps(report, indent=2))
+    sys.exit(0 if report["status"] == "ok" else 1)
+
+
 @main.command()
 def demo() -> None:
     """Run the bookshelf demo on the embedded default (SQLite, no services)."""

@@ -65,6 +65,8 @@ def _handler_body(domain: Any, handler: type, name: str, queue: str):
     def run(task: Task, envelope: Any) -> str:
         try:
             message = Message.from_dict(envelope)
+            log.debug("%s <- %s %s (attempt %d)", name, message.type, message.id,
+                      task.request.retries + 1)
             result = domain.run_handler(handler, message, idempotency_key=name)
         except InvalidMessageError as exc:
             _poison(task, queue, envelope, exc)

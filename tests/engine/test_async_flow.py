@@ -55,3 +55,21 @@ def test_eager_mode_gives_the_same_end_state_as_sync(use_provider):
 @pytest.fixture(autouse=True)
 def _quiet_celery_logs(caplog):
     caplog.set_level("WARNING")
+
+
+def test_the_embedded_default_runs_on_sqlite_and_the_sqlalchemy_transport(tmp_path):
+    from app.factory import create_celery_app
+
+    shop = build_shop("async", "async")
+    shop.config["databases"]["default"] = {"provider": "sqlite",
+                                           "database_uri": f"sqlite:///{tmp_path}/shop.db"}
+    shop.config["event_store"] = {"provider": "sqlite"}
+    shop.config["brokers"]["default"] = {"provider": "sqlalchemy",
+                                         "url": f"sqla+sqlite:///{tmp_path}/broker.db"}
+    shop.init()
+    shop.create_tables()
+    celery = create_celery_app(shop)
+    with running_worker(celery, concurrency=1):
+        order_id, _ = ship_one(shop)
+        wait_until(lambda: state(shop, order_id) == ("SHIPPED", 6), message="embedded end state")
+    shop.dispose()

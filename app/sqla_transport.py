@@ -1,0 +1,30 @@
+"""kombu's SQLAlchemy transport, made fit for the embedded default (SQLite, several processes).
+
+kombu hands every transport option to `create_engine`, so the virtual-transport options we
+rely on (`polling_interval`, ...) would break it; and SQLite needs a busy timeout when the
+API and the workers share the broker file.
+"""
+
+from __future__ import annotations
+
+from kombu.transport import sqlalchemy as kombu_sqla
+from sqlalchemy import create_engine
+
+_NOT_FOR_THE_ENGINE = {"queue_tablename", "message_tablename", "callback", "errback",
+                       "max_retries", "interval_start", "interval_step", "interval_max",
+                       "retry_errors", "polling_interval", "visibility_timeout",
+                       "unacked_restore_interval", "unacked_restore_throttle", "global_keyprefix"}
+
+
+class Channel(kombu_sqla.Channel):
+    def _engine_from_config(self):
+        conninfo = self.connection.client
+        options = {k: v for k, v in conninfo.transport_options.items()
+                   if k not in _NOT_FOR_THE_ENGINE}
+        if conninfo.hostname.startswith("sqlite"):
+            options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+        return create_engine(conninfo.hostname, **options)
+
+
+class Transport(kombu_sqla.Transport):
+    Channel = Channel
