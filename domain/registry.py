@@ -58,8 +58,27 @@ def derive_element(kind: str, cls: type, options: dict[str, Any]) -> type:
         parents = tuple(b for b in cls.__bases__ if b is not object)
         new_cls = types.new_class(cls.__name__, (*parents, base), {},
                                   lambda ns: ns.update(namespace))
+        _rebind_class_cells(namespace, cls, new_cls)
     new_cls.meta_ = {**getattr(cls, "meta_", {}), **options}
     return new_cls
+
+
+def _rebind_class_cells(namespace: dict[str, Any], old: type, new: type) -> None:
+    """Zero-argument `super()` finds its class in the method's `__class__` cell; the copied
+    methods still point at the undecorated class, so point them at the registered one."""
+    for value in namespace.values():
+        if isinstance(value, classmethod | staticmethod):
+            functions = [value.__func__]
+        elif isinstance(value, property):
+            functions = [value.fget, value.fset, value.fdel]
+        else:
+            functions = [value]
+        for fn in functions:
+            code = getattr(fn, "__code__", None)
+            if code is not None and "__class__" in code.co_freevars:
+                cell = fn.__closure__[code.co_freevars.index("__class__")]
+                if cell.cell_contents is old:
+                    cell.cell_contents = new
 
 
 def handler_targets(cls: type) -> dict[Any, list[str]]:

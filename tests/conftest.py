@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from domain.sql import normalize_uri
 from tests.services import DATABASE_URL, require_postgres
 
+pytest_plugins = ["app.testing"]
+
 
 @pytest.fixture(scope="session")
 def postgres_url():

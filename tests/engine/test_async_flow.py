@@ -43,11 +43,10 @@ def test_the_inventory_example_reaches_the_same_state_async_as_sync(use_provider
 
 
 def test_eager_mode_gives_the_same_end_state_as_sync(use_provider):
-    from app.factory import create_celery_app
+    from app.testing import eager_app
 
     shop = use_provider(build_shop("async", "async"))
-    create_celery_app(shop, task_always_eager=True, task_eager_propagates=False,
-                      broker_url="memory://")
+    eager_app(shop)
     order_id, _ = ship_one(shop)
     assert state(shop, order_id) == ("SHIPPED", 6)
 
