@@ -35,19 +35,13 @@ DEFAULTS: dict[str, Any] = {
         "broker": "default",
     },
     "server": {
-        "default_subscription_type": "stream",
+        # Subscription values left unset here come from domain.subscriptions.BUILT_IN, so
+        # that `default_subscription_profile` is not shadowed by defaults nobody wrote.
+        "default_subscription_type": None,
         "default_subscription_profile": None,
-        "messages_per_tick": 100,
-        "stream_subscription": {
-            "blocking_timeout_ms": 100,
-            "max_retries": 3,
-            "retry_delay_seconds": 1,
-            "retry_backoff": False,
-            "retry_backoff_max": 60,
-            "retry_jitter": False,
-            "enable_dlq": True,
-        },
-        "event_store_subscription": {"position_update_interval": 10},
+        "messages_per_tick": None,
+        "stream_subscription": {},
+        "event_store_subscription": {},
         "subscriptions": {},
         "profiles": {},
     },
@@ -75,7 +69,8 @@ _BOOLEAN = {
     ("server", "stream_subscription", "enable_dlq"),
 }
 # Sections whose keys are free-form (names chosen by the user, or provider options).
-_OPEN_SECTIONS = {"databases", "brokers", "event_store", "celery", "subscriptions", "profiles"}
+_OPEN_SECTIONS = {"databases", "brokers", "event_store", "celery", "subscriptions", "profiles",
+                  "stream_subscription", "event_store_subscription"}  # checked by subscriptions.py
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:\|([^}]*))?\}")

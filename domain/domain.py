@@ -403,6 +403,15 @@ class Domain:
             raise IncorrectUsageError(f"no command handler for {type(command).__name__}")
         run_async = (self.settings["command_processing"] == "async") if asynchronous is None \
             else asynchronous
+        uow = current_uow.get()
+        if uow is not None and uow.in_progress and uow.domain is self:
+            # Called from a handler, a subscriber or an explicit unit of work: the command joins
+            # that transaction, so it commits (and is deduplicated) with the caller's work, and
+            # SQLite never waits on a second write transaction opened by the same thread.
+            if run_async:
+                uow.record([message])
+                return message.id
+            return self._handle_within(uow, handlers[0], message)
         if run_async:
             with self.unit_of_work() as uow:
                 uow.record([message])
@@ -511,6 +520,22 @@ class Domain:
                 for name in methods:
                     result = getattr(instance, name)(obj)
                 return result
+        except Exception as exc:
+            call_handle_error(handler, exc, message)
+            raise
+        finally:
+            current_message.reset(token)
+
+    def _handle_within(self, uow: UnitOfWork, handler: type, message: Message) -> Any:
+        """Run a sync command handler inside `uow`; its events dispatch once `uow` commits."""
+        obj = self.from_message(message)
+        token = current_message.set(message)
+        try:
+            uow.store_only([message])
+            instance, result = handler(), None
+            for name in self.methods_for(handler, message.type):
+                result = getattr(instance, name)(obj)
+            return result
         except Exception as exc:
             call_handle_error(handler, exc, message)
             raise

@@ -12,10 +12,10 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-BUILT_IN: dict[str, Any] = {
+BUILT_IN: dict[str, Any] = {  # the reference's effective defaults for a stream subscription
     "subscription_type": "stream",
-    "messages_per_tick": 10,
-    "blocking_timeout_ms": 5000,
+    "messages_per_tick": 100,
+    "blocking_timeout_ms": 100,
     "max_retries": 3,
     "retry_delay_seconds": 1,
     "retry_backoff": False,

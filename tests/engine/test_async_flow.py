@@ -72,3 +72,21 @@ def test_the_embedded_default_runs_on_sqlite_and_the_sqlalchemy_transport(tmp_pa
         order_id, _ = ship_one(shop)
         wait_until(lambda: state(shop, order_id) == ("SHIPPED", 6), message="embedded end state")
     shop.dispose()
+
+
+def test_a_three_handler_chain_reaches_the_same_state_async_as_sync(use_provider, redis_app):
+    from tests.engine.chain import build_chain, chain_state
+
+    sync_chain = use_provider(build_chain("sync"))
+    with sync_chain.domain_context():
+        sync_chain.process(sync_chain.registry["command"]["StartJob"](job_id="j1", name="nightly"))
+    expected = chain_state(sync_chain, "j1")
+    assert expected == ("nightly", 2, "1 hop(s)")
+    sync_chain.drop_tables()
+
+    chain = use_provider(build_chain("async"))
+    celery = redis_app(chain)
+    with running_worker(celery):
+        with chain.domain_context():
+            chain.process(chain.registry["command"]["StartJob"](job_id="j1", name="nightly"))
+        wait_until(lambda: chain_state(chain, "j1") == expected, message="chain end state")
