@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from celery import Celery
 from celery.signals import worker_process_init
@@ -68,9 +69,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
                                   "options": {"queue": relay_queue(domain),
                                               "expires": max(interval * 2, 1.0)}},
     }
-    domain.on_commit(lambda _messages: _kick(relay, domain))
-    domain.on_external_publish(lambda stream, payload: _send_external(celery, domain, stream,
-                                                                      payload))
+    domain.attach_engine(CeleryEngine(celery, domain, relay))
     celery.tidings_domain = domain
     _apps[id(domain)] = celery
     return celery
@@ -81,18 +80,23 @@ def celery_app_for(domain: Any) -> Celery:
     return _apps.get(id(domain)) or create_celery_app(domain)
 
 
-def _kick(relay: Any, domain: Any) -> None:
-    """Relay right after a commit, so latency is not bounded by the beat period."""
-    relay.apply_async(queue=relay_queue(domain), expires=60)
+class CeleryEngine:
+    """The domain's async engine: kicks the relay after commits, sends external messages."""
 
+    def __init__(self, celery: Celery, domain: Any, relay: Any) -> None:
+        self.celery, self.domain, self.relay = celery, domain, relay
 
-def _send_external(celery: Celery, domain: Any, stream: str, payload: dict) -> None:
-    from uuid import uuid4
+    def committed(self, messages: list) -> None:
+        """Relay right after a commit, so latency is not bounded by the beat period."""
+        self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
 
-    message_id = str(payload.get("id") or uuid4())
-    for subscriber in domain.subscribers_for(stream):
-        celery.send_task(task_name(domain, subscriber), queue=queue_name(domain, subscriber),
-                         args=[{"id": message_id, "stream": stream, "payload": payload}])
+    def send_external(self, stream: str, payload: dict) -> None:
+        message_id = str(payload.get("id") or uuid4())
+        for subscriber in self.domain.subscribers_for(stream):
+            # the registered task, not send_task: eager mode must run it inline
+            self.celery.tasks[task_name(self.domain, subscriber)].apply_async(
+                args=[{"id": message_id, "stream": stream, "payload": payload}],
+                queue=queue_name(self.domain, subscriber))
 
 
 def _check_retry_delays(celery: Celery, domain: Any) -> None:

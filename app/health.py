@@ -16,12 +16,13 @@ def check_database(domain: Any) -> dict[str, Any]:
     db = domain.databases["default"]
     if not isinstance(db, SqlDatabase):
         return {"ok": True, "provider": "memory"}
+    provider = db.uri.split(":", 1)[0]
     try:
         with db.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        return {"ok": False, "provider": db.dialect, "error": type(exc).__name__}
-    return {"ok": True, "provider": db.dialect}
+        return {"ok": False, "provider": provider, "error": type(exc).__name__}
+    return {"ok": True, "provider": provider}
 
 
 def check_broker(celery: Celery) -> dict[str, Any]:

@@ -6,11 +6,11 @@ import copy
 import inspect
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -37,6 +37,16 @@ from domain.uow import UnitOfWork
 
 log = logging.getLogger("tidings")
 
+class Engine(Protocol):
+    """What the domain needs from an async engine (the Celery app factory provides one)."""
+
+    def committed(self, messages: list[Message]) -> None:
+        """Called after a commit that wrote outbox rows."""
+
+    def send_external(self, stream: str, payload: dict) -> None:
+        """Deliver an external message to the subscribers of `stream`."""
+
+
 _sync_queue: ContextVar[deque | None] = ContextVar("tidings_sync_queue", default=None)
 SKIPPED = object()  # run_handler's result for a message this handler already applied
 
@@ -61,8 +71,7 @@ class Domain:
         self.databases: dict[str, Database] = {}
         self._types: dict[str, type] = {}
         self._routes: dict[str, list[type]] = {}
-        self._after_commit_hooks: list[Callable[[list[Message]], None]] = []
-        self._external_hooks: list[Callable[[str, dict], None]] = []
+        self.engine: Engine | None = None  # attached by the Celery app factory
 
     def __repr__(self) -> str:
         return f"<Domain {self.name}>"
@@ -290,13 +299,9 @@ class Domain:
         key = "event_processing" if message.kind == MessageKind.EVENT else "command_processing"
         return self.settings[key] == "sync"
 
-    def on_commit(self, hook: Callable[[list[Message]], None]) -> None:
-        """Call `hook(messages)` after each commit that wrote asynchronous messages."""
-        self._after_commit_hooks.append(hook)
-
-    def on_external_publish(self, hook: Callable[[str, dict], None]) -> None:
-        """Call `hook(stream, payload)` for external messages when message processing is async."""
-        self._external_hooks.append(hook)
+    def attach_engine(self, engine: Engine | None) -> None:
+        """The async engine this domain hands work to (one per domain; None detaches it)."""
+        self.engine = engine
 
     # ---- envelopes -------------------------------------------------------------------------
     def _new_message(self, obj: Any, kind: MessageKind, stream: str, category: str,
@@ -451,12 +456,11 @@ class Domain:
             for subscriber in self.subscribers_for(stream):
                 self.run_subscriber(subscriber, payload)
             return
-        if not self._external_hooks:
+        if self.engine is None:
             raise IncorrectUsageError(
                 "message_processing is async but no engine is attached: create the Celery app "
-                "with app.create_celery_app(domain) first")
-        for hook in self._external_hooks:
-            hook(stream, payload)
+                "with app.factory.create_celery_app(domain) first")
+        self.engine.send_external(stream, payload)
 
     def after_commit(self, messages: list[Message]) -> None:
         """Called by the unit of work once its transaction committed."""
@@ -464,13 +468,12 @@ class Domain:
             return
         sync = [m for m in messages if self.is_sync(m)]
         relayed = [m for m in messages if not self.is_sync(m)]
-        if relayed:
-            for hook in self._after_commit_hooks:
-                try:
-                    hook(relayed)
-                except Exception:  # noqa: BLE001 - committed rows are relayed by the next tick
-                    log.warning("after-commit hook failed; the relay tick will pick the rows up",
-                                exc_info=True)
+        if relayed and self.engine is not None:
+            try:
+                self.engine.committed(relayed)
+            except Exception:  # noqa: BLE001 - committed rows are relayed by the next tick
+                log.warning("could not kick the relay; the next beat tick will pick the rows up",
+                            exc_info=True)
         if sync:
             with self._draining() as queue:
                 queue.extend(sync)

@@ -160,12 +160,14 @@ class BaseValueObject(BaseElement):
 class BaseEntity(_Identified):
     """An object with identity inside an aggregate."""
 
+    _abstract: ClassVar[bool] = True  # the auto `id` belongs to subclasses without an identifier
     element_kind: ClassVar[str] = "entity"
 
 
 class BaseAggregate(_Identified):
     """A consistency boundary; `raise_()` records events that commit with it."""
 
+    _abstract: ClassVar[bool] = True  # the auto `id` belongs to subclasses without an identifier
     element_kind: ClassVar[str] = "aggregate"
     _version: int = PrivateAttr(default=-1)
     _events: list = PrivateAttr(default_factory=list)
@@ -183,6 +185,7 @@ class BaseAggregate(_Identified):
 class BaseProjection(_Identified):
     """A read model maintained by projectors."""
 
+    _abstract: ClassVar[bool] = True  # the auto `id` belongs to subclasses without an identifier
     element_kind: ClassVar[str] = "projection"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +32,9 @@ def make_engine(uri: str) -> sa.Engine:
     uri = normalize_uri(uri)
     if not uri.startswith("sqlite"):
         return sa.create_engine(uri, pool_pre_ping=True)
+    path = uri.removeprefix("sqlite:///")
+    if path and path != uri and not path.startswith(":memory:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # SQLite creates files, not folders
     engine = sa.create_engine(uri, connect_args={"timeout": 30, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
