@@ -11,11 +11,13 @@ from celery import Celery
 from celery.signals import worker_process_init
 from kombu import Queue
 
+from app import sqla_transport
 from tasks.handlers import register_handler_tasks
 from tasks.naming import async_handlers, queue_name, relay_queue, relay_task_name, task_name
 from tasks.relay import register_relay_task
 
 log = logging.getLogger("tidings")
+sqla_transport.register()
 _apps: dict[int, Celery] = {}
 
 
@@ -32,14 +34,6 @@ def broker_url(settings: dict[str, Any]) -> str:
     return url
 
 
-def _transport(url: str) -> dict[str, Any]:
-    """`sqla+…` URLs use our subclass of kombu's SQLAlchemy transport (see sqla_transport)."""
-    if url.startswith("sqla+"):
-        return {"broker_url": url.removeprefix("sqla+"),
-                "broker_transport": "app.sqla_transport:Transport"}
-    return {"broker_url": url}
-
-
 def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     """A Celery app running `domain`'s handlers, each in its own queue, and the outbox relay.
 
@@ -53,7 +47,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     routes = {relay_task_name(domain): relay_queue(domain)}
     routes.update({task_name(domain, h): queue_name(domain, h) for h in async_handlers(domain)})
     celery.conf.update(
-        **_transport(broker_url(domain.settings["brokers"]["default"])),
+        broker_url=broker_url(domain.settings["brokers"]["default"]),
         task_queues=[Queue(q, routing_key=q) for q in routes.values()],
         task_routes={name: {"queue": q, "routing_key": q} for name, q in routes.items()},
         task_default_queue=relay_queue(domain),

@@ -10,14 +10,13 @@ from typing import Any
 
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
-from celery.worker import state as worker_state
-from kombu import Queue
 
+from app.progress import deliveries
 from domain.sql import SqlDatabase
 from tasks import dlq
 from tasks.handlers import stats
 from tasks.naming import async_handlers, queue_name, relay_queue
-from tasks.relay import outbox_store, relay_now
+from tasks.relay import relay_now
 
 log = logging.getLogger("tidings.server")
 
@@ -53,45 +52,29 @@ def worker_argv(domain: Any, *, pool: str, concurrency: int | None, beat: bool,
     return argv
 
 
-def queue_depth(celery: Celery, queue: str) -> int:
-    with celery.connection_for_write() as conn:
-        try:
-            _, count, _ = Queue(queue, routing_key=queue)(conn.default_channel).queue_declare(
-                passive=True)
-        except Exception:  # noqa: BLE001 - a queue never declared holds nothing
-            return 0
-        return count or 0
-
-
-def is_quiescent(celery: Celery, domain: Any) -> bool:
-    """Nothing pending in the outbox, in any handler queue, or in the worker's hands."""
-    if worker_state.active_requests or worker_state.reserved_requests:
-        return False
-    if outbox_store(domain).status().pending:
-        return False
-    return all(queue_depth(celery, q) == 0 for q in all_queues(domain))
-
-
 def run_until_quiescent(celery: Celery, domain: Any, *, timeout: float = 120.0,
                         pool: str = "solo", settle: int = 3,
                         report: Callable[[str], None] = print) -> dict[str, Any]:
     """Start an in-process worker, relay and process everything pending — including what
-    handlers raise — until nothing is left, then stop. Returns a summary."""
+    handlers raise — until every relayed message's handler runs are applied or dead-lettered
+    (`settle` checks in a row), then stop. Returns a summary."""
     if isinstance(domain.databases["default"], SqlDatabase):
         domain.create_tables()
     started, calm = time.monotonic(), 0
     handled_before = dict(stats)
+    handler_queues = all_queues(domain)[1:]
     with start_worker(celery, pool=pool, concurrency=1, perform_ping_check=False,
                       loglevel="WARNING", shutdown_timeout=30):
         while time.monotonic() - started < timeout:
             relay_now(celery, domain)
-            calm = calm + 1 if is_quiescent(celery, domain) else 0
+            dead_lettered = sum(dlq.depth(celery, q) for q in handler_queues)
+            calm = calm + 1 if deliveries(domain).settled(dead_lettered) else 0
             if calm >= settle:
                 break
-            time.sleep(0.2)  # poll interval while waiting for the worker to go idle
+            time.sleep(0.1)  # poll interval while the worker works
         else:
             report(f"not quiescent after {timeout:.0f}s")
-    dead = {q: dlq.depth(celery, q) for q in all_queues(domain)[1:]}
+    dead = {q: dlq.depth(celery, q) for q in handler_queues}
     return {
         "handled": stats["handled"] - handled_before.get("handled", 0),
         "duplicates": stats["duplicates"] - handled_before.get("duplicates", 0),

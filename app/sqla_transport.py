@@ -7,6 +7,7 @@ API and the workers share the broker file.
 
 from __future__ import annotations
 
+from kombu import transport as kombu_transport
 from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy import create_engine
 
@@ -28,3 +29,10 @@ class Channel(kombu_sqla.Channel):
 
 class Transport(kombu_sqla.Transport):
     Channel = Channel
+
+
+def register() -> None:
+    """Make `sqla+…` and `sqlalchemy+…` URLs use this transport in this process — also where
+    the URL comes from Celery's own `--broker`/`BROKER_URL`, which bypass the app's config."""
+    for alias in ("sqla", "sqlalchemy"):
+        kombu_transport.TRANSPORT_ALIASES[alias] = "app.sqla_transport:Transport"

@@ -29,7 +29,7 @@ def eager_app(domain: Any) -> Celery:
     """A Celery app for `domain` that runs tasks inline (failures do not propagate: retries
     and the DLQ hook run as on a worker)."""
     return create_celery_app(domain, task_always_eager=True, task_eager_propagates=False,
-                             broker_url="memory://", broker_transport=None)
+                             broker_url="memory://")
 
 
 @pytest.fixture
