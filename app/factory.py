@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -52,10 +53,16 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
         task_routes={name: {"queue": q, "routing_key": q} for name, q in routes.items()},
         task_default_queue=relay_queue(domain),
     )
+    celery.conf.broker_transport_options = {
+        **celery.conf.broker_transport_options, "polling_interval": _polling_interval(domain)}
     celery.conf.update(domain.settings.get("celery") or {})
     celery.conf.update(overrides)
     _check_retry_delays(celery, domain)
     register_handler_tasks(celery, domain)
+    for handler in async_handlers(domain):
+        if domain.subscription_settings(handler).subscription_type == "event_store":
+            log.warning("%s: the event_store subscription type is not implemented yet; it runs "
+                        "on the stream path", handler.__name__)
     relay = register_relay_task(celery, domain)
     interval = float(domain.settings["outbox"]["interval"])
     celery.conf.beat_schedule = {
@@ -67,6 +74,15 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     celery.tidings_domain = domain
     _apps[id(domain)] = celery
     return celery
+
+
+def _polling_interval(domain: Any) -> float:
+    """Seconds between polls on polling transports: TIDINGS_POLLING_INTERVAL, else the smallest
+    `blocking_timeout_ms` among the handlers."""
+    if os.environ.get("TIDINGS_POLLING_INTERVAL"):
+        return float(os.environ["TIDINGS_POLLING_INTERVAL"])
+    timeouts = [domain.subscription_settings(h).blocking_timeout_ms for h in async_handlers(domain)]
+    return min(timeouts, default=100) / 1000
 
 
 def celery_app_for(domain: Any) -> Celery:
