@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
+from uuid import uuid4
 
 import sqlalchemy as sa
 
@@ -347,8 +348,6 @@ class Domain:
             value = getattr(obj, name, None)
             if value:
                 return str(value)
-        from uuid import uuid4
-
         return str(uuid4())
 
     def _check_registered(self, obj: Any, kind: str) -> None:
@@ -509,8 +508,6 @@ class Domain:
         effects; a message already applied is skipped and SKIPPED is returned.
         """
         obj = self.from_message(message)
-        methods = self.methods_for(handler, message.type)
-        token = current_message.set(message)
         try:
             with self.domain_context(), self.unit_of_work() as uow:
                 if idempotency_key and not uow.session_for(self.outbox_database).mark_processed(
@@ -519,29 +516,29 @@ class Domain:
                     return SKIPPED
                 if store_message:
                     uow.store_only([message])
-                instance, result = handler(), None
-                for name in methods:
-                    result = getattr(instance, name)(obj)
-                return result
+                return self._call(handler, message, obj)
         except Exception as exc:
             call_handle_error(handler, exc, message)
             raise
-        finally:
-            current_message.reset(token)
 
     def _handle_within(self, uow: UnitOfWork, handler: type, message: Message) -> Any:
         """Run a sync command handler inside `uow`; its events dispatch once `uow` commits."""
         obj = self.from_message(message)
+        uow.store_only([message])
+        try:
+            return self._call(handler, message, obj)
+        except Exception as exc:
+            call_handle_error(handler, exc, message)
+            raise
+
+    def _call(self, handler: type, message: Message, obj: Any) -> Any:
+        """The handler's methods for this message, with `message` the cause of what they raise."""
         token = current_message.set(message)
         try:
-            uow.store_only([message])
             instance, result = handler(), None
             for name in self.methods_for(handler, message.type):
                 result = getattr(instance, name)(obj)
             return result
-        except Exception as exc:
-            call_handle_error(handler, exc, message)
-            raise
         finally:
             current_message.reset(token)
 
