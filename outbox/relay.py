@@ -2,8 +2,8 @@
 
 Two relays never publish the same row: PostgreSQL claims with `FOR UPDATE SKIP LOCKED`;
 SQLite transactions begin IMMEDIATE (one writer at a time); the memory store holds a lock.
-A failed publish leaves the rest of the batch pending with `attempts`, `last_error` and an
-exponential backoff in `next_attempt_at`; nothing is lost.
+A failed publish leaves that row and the rest of its batch pending with `attempts`,
+`last_error` and an exponential backoff in `next_attempt_at`, in their order; nothing is lost.
 """
 
 from __future__ import annotations
@@ -68,11 +68,12 @@ class SqlOutbox:
             if done:
                 conn.execute(sa.update(t).where(t.c.id.in_(done))
                              .values(status=PUBLISHED, published_at=now, last_error=None))
-            if error is not None:
-                failed = rows[len(done)]
-                conn.execute(sa.update(t).where(t.c.id == failed.id).values(
-                    attempts=failed.attempts + 1, last_error=error,
-                    next_attempt_at=now + backoff.delay(failed.attempts + 1)))
+            for row in rows[len(done):] if error is not None else ():
+                # the whole rest of the batch waits: publishing them now could overtake the
+                # failed row of the same stream, and the broker is likely down for all of them
+                conn.execute(sa.update(t).where(t.c.id == row.id).values(
+                    attempts=row.attempts + 1, last_error=error,
+                    next_attempt_at=now + backoff.delay(row.attempts + 1)))
         return len(done)
 
     def purge_published(self, older_than: datetime) -> int:
@@ -130,11 +131,9 @@ class MemoryOutbox:
             done, error = _publish_all(due, publish)
             for row in due[: len(done)]:
                 row.update(status=PUBLISHED, published_at=now, last_error=None)
-            if error is not None:
-                failed = due[len(done)]
-                failed["attempts"] += 1
-                failed.update(last_error=error,
-                              next_attempt_at=now + backoff.delay(failed["attempts"]))
+            for row in due[len(done):] if error is not None else ():
+                row["attempts"] += 1
+                row.update(last_error=error, next_attempt_at=now + backoff.delay(row["attempts"]))
         return len(done)
 
     def purge_published(self, older_than: datetime) -> int:

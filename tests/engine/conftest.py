@@ -47,5 +47,5 @@ def redis_app(redis_prefix):
 @contextmanager
 def running_worker(celery, pool: str = "threads", concurrency: int = 2):
     with start_worker(celery, pool=pool, concurrency=concurrency, perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=10) as worker:
+                      loglevel="WARNING", shutdown_timeout=30) as worker:
         yield worker
