@@ -246,6 +246,16 @@ class Domain:
         self._require_init()
         return resolve_subscription(handler, self.settings["server"])
 
+    def read_messages(self, stream_or_category: str, from_position: int = 0,
+                      limit: int = 1000) -> list[Message]:
+        """Stored events and commands of a stream (from its position) or a category (from the
+        global position), oldest first, as envelopes."""
+        self._require_init()
+        records = self.event_store_database.read_events(stream_or_category, from_position, limit)
+        return [Message.from_dict({**r["metadata"], "data": r["data"], "metadata": {
+            **r["metadata"].get("metadata", {}), "global_position": r["global_position"],
+            "position": r["position"]}}) for r in records]
+
     def repository_for(self, model: type) -> Repository:
         self._require_init()
         if model.element_kind not in ("aggregate", "projection"):
