@@ -13,8 +13,9 @@ FAILURES: dict[str, int] = {}  # entry id -> failures still to raise
 ERRORS_SEEN: list[tuple[str, str]] = []
 
 
-def build_ledger(root: Path | None = None) -> Domain:
-    domain = Domain("ledger", root_path=root or Path(__file__).parent)
+def build_ledger(root: Path | None = None, name: str = "ledger") -> Domain:
+    """The ledger domain; another `name` gives it queues of its own (`<name>.apply`, ...)."""
+    domain = Domain(name, root_path=root or Path(__file__).parent)
     domain.config.update(event_processing="async", command_processing="async",
                          message_processing="async")
     domain.config["server"]["stream_subscription"].update(max_retries=3, retry_delay_seconds=0)
@@ -63,6 +64,18 @@ def make_entry(domain: Domain, label: str) -> str:
     EntryMade = domain.registry["event"]["EntryMade"]
     with domain.domain_context():
         entry = Entry(label=label)
+        entry.raise_(EntryMade(entry_id=entry.id, label=label))
+        domain.repository_for(Entry).add(entry)
+    return entry.id
+
+
+def make_failing_entry(domain: Domain, label: str, failures: int) -> str:
+    """Make an entry whose handler fails `failures` times (its id is known before commit)."""
+    Entry = domain.registry["aggregate"]["Entry"]
+    EntryMade = domain.registry["event"]["EntryMade"]
+    with domain.domain_context():
+        entry = Entry(label=label)
+        FAILURES[entry.id] = failures
         entry.raise_(EntryMade(entry_id=entry.id, label=label))
         domain.repository_for(Entry).add(entry)
     return entry.id

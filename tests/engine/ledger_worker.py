@@ -26,56 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from domain import Domain, current_domain, handle
-from domain.fields import Identifier, Integer, String
+from domain import Domain
 from tests.engine import ledger
 
 
 def build_named_ledger(name: str) -> Domain:
     """`tests.engine.ledger.build_ledger` under another domain name, so that its queues
     (`<name>.apply`, `<name>.outbox`, `<name>.apply.dlq`) belong to one test only."""
-    domain = Domain(name, root_path=Path(__file__).parent)
-    domain.config.update(event_processing="async", command_processing="async",
-                         message_processing="async")
-    domain.config["server"]["stream_subscription"].update(max_retries=3, retry_delay_seconds=0)
-
-    @domain.aggregate
-    class Entry:
-        label: String(required=True)
-
-    @domain.aggregate
-    class Tally:
-        entry_id: Identifier(identifier=True)
-        applied: Integer(default=0)
-
-    @domain.event(part_of=Entry)
-    class EntryMade:
-        entry_id: Identifier(required=True)
-        label: String(required=True)
-
-    @domain.event_handler(part_of=Tally, stream_category="entry")
-    class Apply:
-        @handle(EntryMade)
-        def apply(self, event):
-            if ledger.FAILURES.get(event.entry_id, 0) > 0:
-                ledger.FAILURES[event.entry_id] -= 1
-                raise ConnectionError(f"flaky downstream for {event.label}")
-            if event.label.startswith("slow") and os.environ.get("LEDGER_SLOW_FILE"):
-                Path(os.environ["LEDGER_SLOW_FILE"]).write_text(event.entry_id)
-                time.sleep(30)  # the crash test kills the worker during this
-            repo = current_domain.repository_for(Tally)
-            try:
-                tally = repo.get(event.entry_id)
-            except Exception:  # noqa: BLE001 - first time: start at zero
-                tally = Tally(entry_id=event.entry_id)
-            tally.applied += 1
-            repo.add(tally)
-
-        @classmethod
-        def handle_error(cls, exc, message):
-            ledger.ERRORS_SEEN.append((type(exc).__name__, message.id))
-
-    return domain
+    return ledger.build_ledger(name=name)
 
 
 def configure(domain: Domain, database_url: str, broker_url: str) -> Domain:

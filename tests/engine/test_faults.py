@@ -32,7 +32,7 @@ from tasks import dlq
 from tasks.relay import outbox_store, relay_now
 from tests.engine import ledger
 from tests.engine.conftest import running_worker
-from tests.engine.ledger import applied, build_ledger, make_entry
+from tests.engine.ledger import applied, build_ledger, make_entry, make_failing_entry
 from tests.engine.ledger_worker import build_named_ledger, celery_overrides
 from tests.services import BROKER_URL, REDIS_URL, require_rabbitmq
 from tests.waiting import wait_until
@@ -368,15 +368,6 @@ def rabbit_ledger(use_provider):
     delete_rabbitmq_queues(name)
 
 
-def make_failing_entry(domain, label: str, failures: int) -> str:
-    Entry = domain.registry["aggregate"]["Entry"]
-    EntryMade = domain.registry["event"]["EntryMade"]
-    with domain.domain_context():
-        entry = Entry(label=label)
-        ledger.FAILURES[entry.id] = failures
-        entry.raise_(EntryMade(entry_id=entry.id, label=label))
-        domain.repository_for(Entry).add(entry)
-    return entry.id
 
 
 @pytest.mark.postgres

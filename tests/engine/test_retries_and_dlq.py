@@ -8,7 +8,7 @@ from tasks import dlq
 from tasks.handlers import stats
 from tests.engine import ledger
 from tests.engine.conftest import running_worker
-from tests.engine.ledger import applied, build_ledger, make_entry
+from tests.engine.ledger import applied, build_ledger, make_entry, make_failing_entry
 from tests.waiting import wait_until
 
 QUEUE = "ledger.apply"
@@ -26,7 +26,7 @@ def ledger_app(use_provider, redis_app):
 def test_a_handler_failing_twice_then_succeeding_is_applied_once_on_the_third_attempt(ledger_app):
     domain, celery = ledger_app
     with running_worker(celery):
-        entry_id = make_entry_failing(domain, "twice", failures=2)
+        entry_id = make_failing_entry(domain, "twice", failures=2)
         wait_until(lambda: applied(domain, entry_id) == 1, message="applied once")
     # handle_error saw each of the two failures, of the same message
     assert [e[0] for e in ledger.ERRORS_SEEN] == ["ConnectionError", "ConnectionError"]
@@ -34,23 +34,13 @@ def test_a_handler_failing_twice_then_succeeding_is_applied_once_on_the_third_at
     assert dlq.list_entries(celery, QUEUE) == []
 
 
-def make_entry_failing(domain, label: str, failures: int) -> str:
-    """Make an entry whose handler fails `failures` times (the id is known before commit)."""
-    Entry = domain.registry["aggregate"]["Entry"]
-    EntryMade = domain.registry["event"]["EntryMade"]
-    with domain.domain_context():
-        entry = Entry(label=label)
-        ledger.FAILURES[entry.id] = failures
-        entry.raise_(EntryMade(entry_id=entry.id, label=label))
-        domain.repository_for(Entry).add(entry)
-    return entry.id
 
 
 @pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
 def test_an_always_failing_handler_is_tried_max_retries_plus_one_times_then_dead_lettered(ledger_app):
     domain, celery = ledger_app
     with running_worker(celery):
-        entry_id = make_entry_failing(domain, "always", failures=10**6)
+        entry_id = make_failing_entry(domain, "always", failures=10**6)
         entries = wait_until(lambda: dlq.list_entries(celery, QUEUE), message="a DLQ entry")
         assert len(ledger.ERRORS_SEEN) == 4  # max_retries (3) + 1 attempts
         assert len(entries) == 1
