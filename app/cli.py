@@ -39,6 +39,7 @@ def server(domain_path: str, debug: bool, test_mode: bool, pool: str, concurrenc
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     domain, celery = _load(domain_path)
+    domain.create_tables()  # only the missing ones; migrations are yours (domain.metadata)
     click.echo("Registered subscriptions:")
     for line in subscription_lines(domain):
         click.echo(f"  {line}")
@@ -131,6 +132,21 @@ def dlq_purge(domain_path: str, handler: str | None) -> None:
     domain, celery = _load(domain_path)
     count = sum(dead.purge(celery, q) for q in _queues(domain, handler))
     click.echo(f"purged {count} message(s)")
+
+
+@main.group()
+def db() -> None:
+    """The domain's tables."""
+
+
+@db.command("create")
+@domain_option
+def db_create(domain_path: str) -> None:
+    """Create the missing tables of every database (aggregates, projections, event store,
+    outbox, inbox). For migrations, hand `domain.metadata` to Alembic."""
+    domain, _ = _load(domain_path)
+    domain.create_tables()
+    click.echo(f"tables of '{domain.name}' are in place")
 
 
 @main.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from kombu import transport as kombu_transport
 from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy import create_engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 _NOT_FOR_THE_ENGINE = {"queue_tablename", "message_tablename", "callback", "errback",
                        "max_retries", "interval_start", "interval_step", "interval_max",
@@ -18,6 +19,24 @@ _NOT_FOR_THE_ENGINE = {"queue_tablename", "message_tablename", "callback", "errb
 
 
 class Channel(kombu_sqla.Channel):
+    # Several processes (API, worker, beat) start on one fresh broker file at once: creating
+    # kombu's tables or a queue row can race. The loser retries once and finds them there.
+    def _open(self):
+        try:
+            return super()._open()
+        except OperationalError as exc:
+            if "already exists" not in str(exc):
+                raise
+            self._engines.pop(self.connection.client.hostname, None)
+            return super()._open()
+
+    def _get_or_create(self, queue):
+        try:
+            return super()._get_or_create(queue)
+        except IntegrityError:
+            self.session.rollback()
+            return super()._get_or_create(queue)
+
     def _engine_from_config(self):
         conninfo = self.connection.client
         options = {k: v for k, v in conninfo.transport_options.items()
