@@ -168,6 +168,18 @@ def kick(pollers: Pollers, messages: list[Message]) -> None:
         poller.apply_async(queue=queue, expires=60)
 
 
+def poll_all(celery: Celery, domain: Any) -> None:
+    """Send every event_store handler's poller once (what beat does every few seconds)."""
+    for handler in event_store_handlers(domain):
+        celery.tasks[poll_task_name(domain, handler)].apply_async(
+            queue=queue_name(domain, handler), expires=60)
+
+
+def failed_count(domain: Any) -> int:
+    """Failed positions of every event_store handler (their dead letters)."""
+    return len(position_store(domain).failures(status=FAILED)) if event_store_handlers(domain) else 0
+
+
 def replay_failed(domain: Any, handler: type, message_id: str | None = None) -> tuple[int, int]:
     """Re-run the handler for its failed positions (or one message); a success removes the row.
 
