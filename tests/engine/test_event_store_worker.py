@@ -97,3 +97,31 @@ def test_the_cli_lists_and_replays_failed_positions_and_rebuilds_a_projection(cl
 
     shown = runner.invoke(main, ["subscriptions", *args])
     assert "subscription_type          event_store" in shown.output
+
+
+def test_test_mode_runs_the_pollers_until_every_event_is_applied_or_failed(tmp_path):
+    from app.factory import create_celery_app
+    from app.server import run_until_quiescent, subscription_lines
+
+    domain = build_accounts()
+    domain.config["databases"]["default"] = {"provider": "sqlite",
+                                             "database_uri": f"sqlite:///{tmp_path}/mode.db"}
+    domain.config["event_store"] = {"provider": "sqlite"}
+    domain.init()
+    domain.create_tables()
+    domain.attach_engine(None)  # committed before any engine: no kick was sent
+    account = open_account(domain)
+    FAILURES[2] = 100
+    for amount in (1, 2, 3):
+        deposit(domain, account, amount)
+    celery = create_celery_app(domain)
+
+    summary = run_until_quiescent(celery, domain, timeout=60, report=lambda _: None)
+
+    assert summary["quiescent"]
+    assert history(domain) == {account: [1, 2, 3]}
+    assert sorted(r["amount"] for r in rows(domain, "Audit")) == [1, 3]
+    assert "StatementProjector -> accounts::account (accounts.statement_projector, event_store)" \
+        in subscription_lines(domain)
+    domain.drop_tables()
+    domain.dispose()
