@@ -72,7 +72,7 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
         # Sync messages were handled inline when they were raised.
         if not domain.is_sync(message) and domain.receives(handler, message):
             outcome = _apply(domain, handler, store, lease.name, record, message,
-                             retrying.get(record["global_position"], 0))
+                             retrying.get(record["global_position"], 0), settings.max_retries)
             if outcome == "retry":
                 batch.full, batch.retry_in = False, float(settings.retry_delay_seconds)
                 break
@@ -89,9 +89,8 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
 
 
 def _apply(domain: Any, handler: type, store: PositionStore, name: str, record: dict[str, Any],
-           message: Message, attempts_before: int) -> str:
+           message: Message, attempts_before: int, max_retries: int) -> str:
     """Run the handler once: 'handled', 'duplicate', 'retry' (try later) or 'failed' (given up)."""
-    max_retries = domain.subscription_settings(handler).max_retries
     try:
         result = domain.run_handler(handler, message, idempotency_key=name)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the poller
