@@ -62,6 +62,21 @@ def _queues(domain, handler: str | None) -> list[str]:
     return [queue_name(domain, h) for h in handlers]
 
 
+def _polled(domain, handler: str | None) -> list[type]:
+    """The event_store handlers (optionally one): their failures are failed positions."""
+    from tasks.naming import event_store_handlers
+
+    return [h for h in event_store_handlers(domain) if not handler or h.__name__ == handler]
+
+
+def _failed_positions(domain, handler: str | None) -> list[dict]:
+    from tasks.naming import task_name
+    from tasks.positions import position_store
+
+    store = position_store(domain)
+    return [row for h in _polled(domain, handler) for row in store.failures(task_name(domain, h))]
+
+
 domain_option = click.option("--domain", "domain_path", required=True,
                              help="dotted path, e.g. examples.bookshelf")
 handler_option = click.option("--handler", default=None, help="one handler (default: all)")
@@ -88,7 +103,12 @@ def dlq_list(domain_path: str, handler: str | None, limit: int) -> None:
             click.echo(f"{queue}  {entry.get('message_id')}  attempts={entry.get('attempts')}  "
                        f"{entry.get('failed_at')}  {entry.get('error_type')}: "
                        f"{entry.get('error_message')}")
-    click.echo(f"{total} dead-lettered message(s)")
+    for row in _failed_positions(domain, handler)[:limit]:
+        total += 1
+        click.echo(f"{row['handler']}@{row['global_position']}  {row['message_id']}  "
+                   f"attempts={row['attempts']}  {row['status']}  {row['failed_at']}  "
+                   f"{row['error_type']}: {row['error_message']}")
+    click.echo(f"{total} dead-lettered message(s) and failed position(s)")
 
 
 @dlq.command("show")
@@ -105,7 +125,11 @@ def dlq_show(domain_path: str, handler: str | None, message_id: str) -> None:
             if entry.get("message_id") == message_id:
                 click.echo(dead.as_text(entry))
                 return
-    raise click.ClickException(f"message {message_id} is not in any DLQ")
+    for row in _failed_positions(domain, handler):
+        if row["message_id"] == message_id:
+            click.echo(dead.as_text(row))
+            return
+    raise click.ClickException(f"message {message_id} is not in any DLQ or failed position")
 
 
 @dlq.command("replay")
@@ -114,12 +138,18 @@ def dlq_show(domain_path: str, handler: str | None, message_id: str) -> None:
 @click.option("--message-id", default=None, help="only this message")
 def dlq_replay(domain_path: str, handler: str | None, message_id: str | None) -> None:
     """Re-queue to the handler with the retry count reset; an entry leaves the DLQ only once
-    its re-publish succeeded."""
+    its re-publish succeeded. Failed positions are re-run here; a success removes the row."""
     from tasks import dlq as dead
+    from tasks.poller import replay_failed
 
     domain, celery = _load(domain_path)
     count = sum(dead.replay(celery, q, message_id) for q in _queues(domain, handler))
     click.echo(f"replayed {count} message(s)")
+    done = failing = 0
+    for h in _polled(domain, handler):
+        ok, bad = replay_failed(domain, h, message_id)
+        done, failing = done + ok, failing + bad
+    click.echo(f"re-ran {done} failed position(s); {failing} still failing")
 
 
 @dlq.command("purge")
@@ -128,9 +158,13 @@ def dlq_replay(domain_path: str, handler: str | None, message_id: str | None) ->
 @click.confirmation_option(prompt="Delete the dead-lettered messages for good?")
 def dlq_purge(domain_path: str, handler: str | None) -> None:
     from tasks import dlq as dead
+    from tasks.naming import task_name
+    from tasks.positions import position_store
 
     domain, celery = _load(domain_path)
     count = sum(dead.purge(celery, q) for q in _queues(domain, handler))
+    store = position_store(domain)
+    count += sum(store.purge(task_name(domain, h)) for h in _polled(domain, handler))
     click.echo(f"purged {count} message(s)")
 
 
@@ -161,6 +195,38 @@ def subscriptions(domain_path: str) -> None:
         click.echo(f"{handler.__name__} ({queue_name(domain, handler)})")
         for key, value in settings.values.items():
             click.echo(f"  {key:<26} {value!s:<10} <- {settings.sources[key]}")
+
+
+@main.group()
+def projection() -> None:
+    """Projections and their projectors."""
+
+
+@projection.command("rebuild")
+@domain_option
+@click.argument("projector")
+def projection_rebuild(domain_path: str, projector: str) -> None:
+    """Truncate the projector's projection, reset its cursor to 0 and replay every event."""
+    from rich.progress import Progress
+
+    from tasks.rebuild import rebuild_projection
+
+    domain, _ = _load(domain_path)
+    found = domain.registry["projector"].get(projector)
+    if found is None:
+        raise click.BadParameter(f"no projector named {projector!r} (known: "
+                                 f"{sorted(domain.registry['projector'])})", param_hint="PROJECTOR")
+    with Progress() as bar:
+        step = bar.add_task(f"rebuilding with {projector}", total=None)
+
+        def advance(cursor: int, last: int | None) -> None:
+            bar.update(step, completed=cursor, total=last)
+
+        done = rebuild_projection(domain, found, advance)
+    click.echo(f"rebuilt {done.projection}: {done.handled} event(s) applied, {done.failed} "
+               f"failed position(s), cursor at {done.cursor}")
+    if done.failed:
+        sys.exit(1)
 
 
 @main.group()

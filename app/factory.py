@@ -14,7 +14,16 @@ from kombu import Queue
 
 from app import sqla_transport
 from tasks.handlers import register_handler_tasks
-from tasks.naming import async_handlers, queue_name, relay_queue, relay_task_name, task_name
+from tasks.naming import (
+    async_handlers,
+    event_store_handlers,
+    poll_task_name,
+    queue_name,
+    relay_queue,
+    relay_task_name,
+    task_name,
+)
+from tasks.poller import SAFETY_NET_SECONDS, Pollers, kick, pollers_by_category, register_poller_tasks
 from tasks.relay import register_relay_task
 
 log = logging.getLogger("tidings")
@@ -47,6 +56,8 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     celery.config_from_object("celeryconfig")
     routes = {relay_task_name(domain): relay_queue(domain)}
     routes.update({task_name(domain, h): queue_name(domain, h) for h in async_handlers(domain)})
+    routes.update({poll_task_name(domain, h): queue_name(domain, h)
+                   for h in event_store_handlers(domain)})
     celery.conf.update(
         broker_url=broker_url(domain.settings["brokers"]["default"]),
         task_queues=[Queue(q, routing_key=q) for q in routes.values()],
@@ -59,18 +70,19 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     celery.conf.update(overrides)
     _check_retry_delays(celery, domain)
     register_handler_tasks(celery, domain)
-    for handler in async_handlers(domain):
-        if domain.subscription_settings(handler).subscription_type == "event_store":
-            log.warning("%s: the event_store subscription type is not implemented yet; it runs "
-                        "on the stream path", handler.__name__)
+    pollers = register_poller_tasks(celery, domain)
     relay = register_relay_task(celery, domain)
     interval = float(domain.settings["outbox"]["interval"])
     celery.conf.beat_schedule = {
         relay_task_name(domain): {"task": relay.name, "schedule": interval,
                                   "options": {"queue": relay_queue(domain),
                                               "expires": max(interval * 2, 1.0)}},
+        **{poller.name: {"task": poller.name, "schedule": SAFETY_NET_SECONDS,
+                         "options": {"queue": queue_name(domain, handler),
+                                     "expires": SAFETY_NET_SECONDS}}
+           for handler, poller in pollers.items()},
     }
-    domain.attach_engine(CeleryEngine(celery, domain, relay))
+    domain.attach_engine(CeleryEngine(celery, domain, relay, pollers_by_category(domain, pollers)))
     celery.tidings_domain = domain
     _apps[id(domain)] = celery
     return celery
@@ -91,14 +103,17 @@ def celery_app_for(domain: Any) -> Celery:
 
 
 class CeleryEngine:
-    """The domain's async engine: kicks the relay after commits, sends external messages."""
+    """The domain's async engine: kicks the relay and the event_store pollers after commits,
+    sends external messages."""
 
-    def __init__(self, celery: Celery, domain: Any, relay: Any) -> None:
+    def __init__(self, celery: Celery, domain: Any, relay: Any, pollers: Pollers | None = None) -> None:
         self.celery, self.domain, self.relay = celery, domain, relay
+        self.pollers = pollers or {}
 
     def committed(self, messages: list) -> None:
-        """Relay right after a commit, so latency is not bounded by the beat period."""
+        """Relay and poll right after a commit, so latency is not bounded by the beat period."""
         self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
+        kick(self.pollers, messages)
 
     def send_external(self, stream: str, payload: dict) -> None:
         message_id = str(payload.get("id") or uuid4())

@@ -16,6 +16,7 @@ from domain.sql import SqlDatabase
 from tasks import dlq
 from tasks.handlers import stats
 from tasks.naming import async_handlers, queue_name, relay_queue
+from tasks.poller import failed_count, poll_all
 from tasks.relay import relay_now
 
 log = logging.getLogger("tidings.server")
@@ -65,9 +66,10 @@ def run_until_quiescent(celery: Celery, domain: Any, *, timeout: float = 120.0,
     handler_queues = all_queues(domain)[1:]
     with start_worker(celery, pool=pool, concurrency=1, perform_ping_check=False,
                       loglevel="WARNING", shutdown_timeout=30):
+        poll_all(celery, domain)  # event_store handlers catch up with what is already stored
         while time.monotonic() - started < timeout:
             relay_now(celery, domain)
-            dead_lettered = sum(dlq.depth(celery, q) for q in handler_queues)
+            dead_lettered = sum(dlq.depth(celery, q) for q in handler_queues) + failed_count(domain)
             calm = calm + 1 if deliveries(domain).settled(dead_lettered) else 0
             if calm >= settle:
                 break

@@ -385,15 +385,14 @@ class Domain:
     def handlers_for(self, message: Message) -> list[type]:
         """Every handler that must receive this message (category, type and source_stream)."""
         self._require_init()
-        out = []
-        for handler in self._routes.get(message.stream_category, []):
-            if not self.methods_for(handler, message.type):
-                continue
-            source = handler.meta_.get("source_stream")
-            if source and not stream_matches(message.origin_stream, source):
-                continue
-            out.append(handler)
-        return out
+        return [h for h in self._routes.get(message.stream_category, []) if self.receives(h, message)]
+
+    def receives(self, handler: type, message: Message) -> bool:
+        """Does `handler` handle this message's type, and does its `source_stream` (if any) match?"""
+        if not self.methods_for(handler, message.type):
+            return False
+        source = handler.meta_.get("source_stream")
+        return not source or stream_matches(message.origin_stream, source)
 
     def methods_for(self, handler: type, type_string: str) -> list[str]:
         names: list[str] = []

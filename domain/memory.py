@@ -25,6 +25,9 @@ class MemoryDatabase:
         self.outbox: list[dict[str, Any]] = []
         self.inbox: set[tuple[str, str]] = set()
         self.outbox_ids = itertools.count(1)
+        self.positions: dict[str, int] = {}  # event_store subscription cursors
+        self.failed_positions: dict[tuple[str, int], dict[str, Any]] = {}
+        self.subscription_locks: dict[str, threading.Lock] = {}  # single active consumer
 
     def session(self) -> MemorySession:
         return MemorySession(self)
@@ -38,6 +41,8 @@ class MemoryDatabase:
             self.events.clear()
             self.outbox.clear()
             self.inbox.clear()
+            self.positions.clear()
+            self.failed_positions.clear()
 
     def dispose(self) -> None:
         """Nothing to release."""
@@ -46,6 +51,15 @@ class MemoryDatabase:
                     limit: int = 1000) -> list[dict]:
         with self.lock:
             return _select_events(self.events, stream_or_category, from_position, limit)
+
+
+    def read_categories(self, categories: list[str], from_position: int,
+                        limit: int) -> list[dict]:
+        wanted = set(categories)
+        with self.lock:
+            found = [e for e in self.events
+                     if e["category"] in wanted and e["global_position"] >= from_position]
+            return copy.deepcopy(found[:limit])
 
 
 def _select_events(events: list[dict], key: str, from_position: int, limit: int) -> list[dict]:

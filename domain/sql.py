@@ -12,7 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from domain.database import Row
 from domain.errors import ExpectedVersionError, IncorrectUsageError, TidingsError
 from domain.tables import VERSION_COLUMN, define_event_store
-from outbox.tables import define_inbox, define_outbox
+from outbox.tables import define_failed_positions, define_inbox, define_outbox, define_positions
+
+_APPEND_LOCK = 0x7469_6469_6E67_7300  # "tidings" + 0: the event-store append lock key
 
 
 class DuplicateValueError(TidingsError):
@@ -66,6 +68,8 @@ class SqlDatabase:
         self.event_store_table: sa.Table | None = None
         self.outbox_table: sa.Table | None = None
         self.inbox_table: sa.Table | None = None
+        self.positions_table: sa.Table | None = None
+        self.failed_positions_table: sa.Table | None = None
 
     @property
     def engine(self) -> sa.Engine:
@@ -85,6 +89,8 @@ class SqlDatabase:
         if self.outbox_table is None:
             self.outbox_table = define_outbox(self.metadata)
             self.inbox_table = define_inbox(self.metadata)
+            self.positions_table = define_positions(self.metadata)
+            self.failed_positions_table = define_failed_positions(self.metadata)
 
     def session(self) -> SqlSession:
         return SqlSession(self)
@@ -112,6 +118,17 @@ class SqlDatabase:
         else:
             query = query.where(t.c.category == stream_or_category,
                                 t.c.global_position >= from_position)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def read_categories(self, categories: list[str], from_position: int,
+                        limit: int) -> list[dict]:
+        t = self.event_store_table
+        if t is None:
+            raise IncorrectUsageError(f"database '{self.name}' holds no event store")
+        query = (sa.select(t).where(t.c.category.in_(categories),
+                                    t.c.global_position >= from_position)
+                 .order_by(t.c.global_position).limit(limit))
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -185,6 +202,10 @@ class SqlSession:
 
     def append_events(self, records: list[dict[str, Any]]) -> None:
         t = self.db.event_store_table
+        if records and self.conn.dialect.name == "postgresql":
+            # Writers take turns until commit, so global positions become visible in order and
+            # an event_store subscription never moves its cursor past a position still in flight.
+            self.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_APPEND_LOCK)))
         positions: dict[str, int] = {}
         for record in records:
             stream = record["stream"]

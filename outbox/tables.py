@@ -37,3 +37,38 @@ def define_inbox(metadata: sa.MetaData) -> sa.Table:
         sa.Column("message_id", sa.String(64), primary_key=True),
         sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
     )
+
+
+def define_positions(metadata: sa.MetaData) -> sa.Table:
+    """The cursor of each event_store subscription: the last global position it processed.
+
+    `owner` and `lease_until` (unix seconds) make the row a lease with a fencing token: a
+    cursor save succeeds only for the current owner.
+    """
+    return sa.Table(
+        "tidings_positions",
+        metadata,
+        sa.Column("handler", sa.String(255), primary_key=True),
+        sa.Column("position", sa.BigInteger, nullable=False, default=0),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("owner", sa.String(64)),
+        sa.Column("lease_until", sa.Float),
+    )
+
+
+def define_failed_positions(metadata: sa.MetaData) -> sa.Table:
+    """Messages an event_store subscription could not handle: `retrying`, then `failed`."""
+    return sa.Table(
+        "tidings_failed_positions",
+        metadata,
+        sa.Column("handler", sa.String(255), primary_key=True),
+        sa.Column("global_position", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("message_id", sa.String(64), nullable=False),
+        sa.Column("type", sa.String(255), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("error_type", sa.String(255), nullable=False),
+        sa.Column("error_message", sa.Text, nullable=False),
+        sa.Column("traceback", sa.Text),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=False),
+    )

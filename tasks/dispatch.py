@@ -9,12 +9,16 @@ from typing import Any
 from celery import Celery
 
 from domain.envelope import Message
-from tasks.naming import queue_name, task_name
+from tasks.naming import event_store_handlers, queue_name, task_name
 
 
-def routes_for(domain: Any, message: Message) -> list[tuple[str, str]]:
-    """(task name, queue) of every handler that must receive this message."""
-    return [(task_name(domain, h), queue_name(domain, h)) for h in domain.handlers_for(message)]
+def routes_for(domain: Any, message: Message,
+               polled: set[type] | None = None) -> list[tuple[str, str]]:
+    """(task name, queue) of every handler that must receive this message, except the handlers
+    that read the event store themselves (`polled`, by default every event_store handler)."""
+    polled = set(event_store_handlers(domain)) if polled is None else polled
+    return [(task_name(domain, h), queue_name(domain, h)) for h in domain.handlers_for(message)
+            if h not in polled]
 
 
 @contextmanager
@@ -26,12 +30,13 @@ def publisher(celery: Celery, domain: Any) -> Iterator[Any]:
     """
     eager = bool(celery.conf.task_always_eager)
     deferred: list[tuple[str, str, dict]] = []
+    polled = set(event_store_handlers(domain))
     with celery.producer_or_acquire() as producer:
 
         def publish(envelope: str) -> None:
             message = Message.from_dict(envelope)
             payload = message.to_dict()
-            for name, queue in routes_for(domain, message):
+            for name, queue in routes_for(domain, message, polled):
                 if eager:
                     deferred.append((name, queue, payload))
                 else:

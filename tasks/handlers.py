@@ -46,6 +46,8 @@ def register_handler_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
     created = {}
     for handler in async_handlers(domain):
         settings = domain.subscription_settings(handler)
+        if settings.subscription_type == "event_store" and handler.element_kind != "subscriber":
+            continue  # it reads the event store itself: see tasks/poller.py
         name, queue = task_name(domain, handler), queue_name(domain, handler)
         options = dict(
             name=name, bind=True, acks_late=True, shared=False,

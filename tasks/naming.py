@@ -33,3 +33,14 @@ def async_handlers(domain: Any) -> list[type]:
     """Every handler that becomes a Celery task, in registration order."""
     return [h for kind in ("command_handler", "event_handler", "projector", "subscriber")
             for h in domain.registry[kind].values()]
+
+
+def poll_task_name(domain: Any, handler: type) -> str:
+    """`tidings.<domain>.<Handler>.poll`: the poller of an event_store subscription."""
+    return f"{task_name(domain, handler)}.poll"
+
+
+def event_store_handlers(domain: Any) -> list[type]:
+    """Handlers that read the event store themselves (`subscription_type = "event_store"`)."""
+    return [h for h in async_handlers(domain) if h.element_kind != "subscriber"
+            and domain.subscription_settings(h).subscription_type == "event_store"]
