@@ -13,7 +13,7 @@ from typing import Any
 from domain.errors import ConfigurationError
 
 DATABASE_PROVIDERS = {"memory", "sqlite", "postgresql"}
-EVENT_STORE_PROVIDERS = {"memory", "sqlite", "postgresql"}
+EVENT_STORE_PROVIDERS = {"memory", "sqlite", "postgresql", "message_db"}
 BROKER_PROVIDERS = {"inline", "redis", "redis_pubsub", "celery", "sqlalchemy", "memory", "amqp"}
 PROCESSING_MODES = {"sync", "async"}
 
@@ -202,6 +202,9 @@ def validate_config(config: dict[str, Any]) -> list[str]:
             f"config key 'event_store.provider': unknown provider {store.get('provider')!r}"
             f" (choose from {sorted(EVENT_STORE_PROVIDERS)})"
         )
+    elif store.get("provider") == "message_db" and not store.get("database_uri"):
+        problems.append("config key 'event_store.database_uri' is required for message_db "
+                        "(e.g. postgresql://message_store@localhost:5432/message_store)")
     return problems
 
 

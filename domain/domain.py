@@ -27,6 +27,7 @@ from domain.errors import (
     ValidationError,
 )
 from domain.memory import MemoryDatabase
+from domain.message_db import MessageDbDatabase
 from domain.naming import camel, snake
 from domain.registry import OPTIONS, derive_element, handler_targets, query_targets
 from domain.repository import Repository
@@ -168,7 +169,9 @@ class Domain:
         if isinstance(default, SqlDatabase):
             default.add_message_tables()
         store = config["event_store"]
-        if store["provider"] == "memory":
+        if store["provider"] == "message_db":
+            self.event_store_database = MessageDbDatabase("event_store", store["database_uri"])
+        elif store["provider"] == "memory":
             self.event_store_database = default if isinstance(default, MemoryDatabase) \
                 else MemoryDatabase("event_store")
         else:

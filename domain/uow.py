@@ -67,9 +67,13 @@ class UnitOfWork:
             relayed = [m for m in messages if not domain.is_sync(m)]
             if relayed:
                 self.session_for(domain.outbox_database).write_outbox(outbox_rows(relayed))
-            # The event store and outbox share the default database in every supported layout,
-            # so this loop commits one transaction; other databases commit after it.
-            for name in sorted(self.sessions, key=lambda n: n != domain.outbox_database.name):
+            # The outbox's database commits first (with the event store when they share it), a
+            # separate event store (Message DB) last: its writes already ran and took their
+            # locks, so a version conflict aborted everything above, and a failed business
+            # commit rolls the events back instead of leaving events that never happened.
+            store_name = domain.event_store_database.name
+            for name in sorted(self.sessions, key=lambda n: (n != domain.outbox_database.name,
+                                                            n == store_name)):
                 self.sessions[name].commit()
         except BaseException:
             self.rollback()
