@@ -6,7 +6,6 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 from celery import Celery
 from celery.signals import worker_process_init
@@ -15,6 +14,7 @@ from kombu import Queue
 from app import sqla_transport
 from tasks.handlers import register_handler_tasks
 from tasks.naming import async_handlers, queue_name, relay_queue, relay_task_name, task_name
+from tasks.pump import pulled_subscribers, pump_task_name, register_pump_tasks
 from tasks.relay import register_relay_task
 
 log = logging.getLogger("tidings")
@@ -59,6 +59,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     celery.conf.update(overrides)
     _check_retry_delays(celery, domain)
     register_handler_tasks(celery, domain)
+    register_pump_tasks(celery, domain)
     for handler in async_handlers(domain):
         if domain.subscription_settings(handler).subscription_type == "event_store":
             log.warning("%s: the event_store subscription type is not implemented yet; it runs "
@@ -69,11 +70,24 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
         relay_task_name(domain): {"task": relay.name, "schedule": interval,
                                   "options": {"queue": relay_queue(domain),
                                               "expires": max(interval * 2, 1.0)}},
+        **_pump_schedule(domain),
     }
     domain.attach_engine(CeleryEngine(celery, domain, relay))
     celery.tidings_domain = domain
     _apps[id(domain)] = celery
     return celery
+
+
+def _pump_schedule(domain: Any) -> dict[str, dict]:
+    """Beat runs each subscriber's pump every `blocking_timeout_ms` (at least 1 s, beat's
+    practical floor); a pump that finds a full batch re-schedules itself in between."""
+    schedule = {}
+    for subscriber in pulled_subscribers(domain):
+        period = max(domain.subscription_settings(subscriber).blocking_timeout_ms / 1000, 1.0)
+        schedule[pump_task_name(domain, subscriber)] = {
+            "task": pump_task_name(domain, subscriber), "schedule": period,
+            "options": {"queue": queue_name(domain, subscriber), "expires": max(period * 2, 1.0)}}
+    return schedule
 
 
 def _polling_interval(domain: Any) -> float:
@@ -91,7 +105,7 @@ def celery_app_for(domain: Any) -> Celery:
 
 
 class CeleryEngine:
-    """The domain's async engine: kicks the relay after commits, sends external messages."""
+    """The domain's async engine: kicks the relay after commits, delivers external messages."""
 
     def __init__(self, celery: Celery, domain: Any, relay: Any) -> None:
         self.celery, self.domain, self.relay = celery, domain, relay
@@ -100,13 +114,18 @@ class CeleryEngine:
         """Relay right after a commit, so latency is not bounded by the beat period."""
         self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
 
-    def send_external(self, stream: str, payload: dict) -> None:
-        message_id = str(payload.get("id") or uuid4())
-        for subscriber in self.domain.subscribers_for(stream):
-            # the registered task, not send_task: eager mode must run it inline
-            self.celery.tasks[task_name(self.domain, subscriber)].apply_async(
-                args=[{"id": message_id, "stream": stream, "payload": payload}],
-                queue=queue_name(self.domain, subscriber))
+    def deliver(self, broker: Any, stream: str, message_id: str, message: dict,
+                subscribers: list[type]) -> None:
+        """A pulled broker keeps the message: kick the subscribers' pumps so it is read now,
+        not at the next beat tick. Otherwise send it straight to each subscriber's queue."""
+        for subscriber in subscribers:
+            queue = queue_name(self.domain, subscriber)
+            if broker.pulled:
+                self.celery.tasks[pump_task_name(self.domain, subscriber)].apply_async(
+                    queue=queue, expires=60)
+            else:  # the registered task, not send_task: eager mode must run it inline
+                self.celery.tasks[task_name(self.domain, subscriber)].apply_async(
+                    args=[{"id": message_id, "stream": stream, "payload": message}], queue=queue)
 
 
 def _check_retry_delays(celery: Celery, domain: Any) -> None:
