@@ -10,12 +10,18 @@ from typing import Any
 from uuid import uuid4
 
 from kombu import Connection, Exchange, Message, Producer, Queue
+from kombu.exceptions import OperationalError
 
 from app.brokers import translated, url_of
 from domain.brokers import Broker, BrokerCapability
 from tasks.naming import queue_name
 
 EXCHANGE = Exchange("tidings.streams", type="direct", durable=True)
+
+
+def _connect(connection: Connection) -> None:
+    """Connect now or fail now: one attempt, no retry interval (kombu waits 2 s by default)."""
+    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
 
 
 class CeleryBroker(Broker):
@@ -30,9 +36,10 @@ class CeleryBroker(Broker):
         self._connection: Connection | None = None
         self._channel: Any = None
         self._held: dict[str, Message] = {}  # read, not yet acked: acked on their channel
+        self.declared: set[tuple[str, str]] = set()  # (stream, group) queues this process made
 
     def _errors(self):
-        errors = (OSError, *Connection(self.url).connection_errors)
+        errors = (OSError, OperationalError, *Connection(self.url).connection_errors)
         return translated(self.name, self.url, errors)
 
     @property
@@ -40,7 +47,7 @@ class CeleryBroker(Broker):
         if self._channel is None:
             with self._errors():
                 self._connection = Connection(self.url, transport_options=self.transport_options)
-                self._connection.ensure_connection(max_retries=1, timeout=2)
+                _connect(self._connection)
                 self._channel = self._connection.channel()
         return self._channel
 
@@ -58,12 +65,13 @@ class CeleryBroker(Broker):
     def ensure_group(self, stream: str, consumer_group: str) -> None:
         with self._errors():
             self.group_queue(stream, consumer_group)(self.channel).declare()
+        self.declared.add((stream, consumer_group))
 
     def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
+        self.ensure_group(stream, consumer_group)
         queue = self.group_queue(stream, consumer_group)(self.channel)
         out = []
         with self._errors():
-            queue.declare()
             while len(out) < n:
                 message = queue.get(no_ack=False)
                 if message is None:
@@ -92,32 +100,35 @@ class CeleryBroker(Broker):
     def ping(self) -> bool:
         try:
             with Connection(self.url, transport_options=self.transport_options) as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
+                _connect(conn)
             return True
         except Exception:  # noqa: BLE001 - any failure to connect means unhealthy
             return False
 
     def health_stats(self) -> dict[str, Any]:
-        """Depth of each subscriber's Celery queue on this broker, per stream."""
+        """Messages waiting per stream: in each subscriber's Celery queue on this broker and
+        in the group queues this process declared."""
         if not self.ping():
             return {"healthy": False, "message_counts": {}, "consumer_groups": {}, "dlq_depth": 0}
+        queues = [(stream, self.group_queue(stream, group)) for stream, group in self.declared]
+        for subscriber in self.domain.registry["subscriber"].values() if self.domain else []:
+            if (subscriber.meta_.get("broker") or "default") == self.name:
+                name = queue_name(self.domain, subscriber)  # declared as the Celery app does
+                queues.append((subscriber.meta_["stream"], Queue(name, routing_key=name)))
         counts: dict[str, int] = {}
         groups: dict[str, list[str]] = {}
-        for subscriber in self.domain.registry["subscriber"].values() if self.domain else []:
-            if (subscriber.meta_.get("broker") or "default") != self.name:
-                continue
-            stream, queue = subscriber.meta_["stream"], queue_name(self.domain, subscriber)
-            groups.setdefault(stream, []).append(queue)
+        for stream, queue in sorted(queues, key=lambda q: (q[0], q[1].name)):
+            groups.setdefault(stream, []).append(queue.name)
             counts[stream] = counts.get(stream, 0) + self._depth(queue)
         return {"healthy": True, "message_counts": counts, "consumer_groups": groups,
                 "dlq_depth": 0}
 
-    def _depth(self, queue: str) -> int:
-        # Its own connection: a failed passive declare closes the channel on RabbitMQ.
+    def _depth(self, queue: Queue) -> int:
+        # A declare, not a passive one: kombu's Redis transport ignores `global_keyprefix` in
+        # its passive check. Its own connection, so a failure never breaks the read channel.
         try:
             with Connection(self.url, transport_options=self.transport_options) as conn:
-                _, count, _ = Queue(queue, routing_key=queue)(conn.default_channel).queue_declare(
-                    passive=True)
+                _, count, _ = queue(conn.default_channel).queue_declare()
             return count or 0
         except Exception:  # noqa: BLE001 - a queue not declared yet, or a transport that
             return 0  # cannot count, reports 0
