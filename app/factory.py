@@ -14,7 +14,7 @@ from kombu import Queue
 from app import sqla_transport
 from tasks.handlers import register_handler_tasks
 from tasks.naming import async_handlers, queue_name, relay_queue, relay_task_name, task_name
-from tasks.pump import pulled_subscribers, pump_task_name, register_pump_tasks
+from tasks.pump import WAKEUP_EXPIRES, pulled_subscribers, pump_task_name, register_pump_tasks
 from tasks.relay import register_relay_task
 
 log = logging.getLogger("tidings")
@@ -116,13 +116,15 @@ class CeleryEngine:
 
     def deliver(self, broker: Any, stream: str, message_id: str, message: dict,
                 subscribers: list[type]) -> None:
-        """A pulled broker keeps the message: kick the subscribers' pumps so it is read now,
-        not at the next beat tick. Otherwise send it straight to each subscriber's queue."""
+        """A pulled broker keeps the message: wake the subscribers' pumps so it is read now,
+        not at the next beat tick (one wake-up pending at a time). Otherwise send it straight
+        to each subscriber's queue."""
         for subscriber in subscribers:
             queue = queue_name(self.domain, subscriber)
             if broker.pulled:
-                self.celery.tasks[pump_task_name(self.domain, subscriber)].apply_async(
-                    queue=queue, expires=60)
+                if broker.claim_wakeup(stream, queue, WAKEUP_EXPIRES):
+                    self.celery.tasks[pump_task_name(self.domain, subscriber)].apply_async(
+                        queue=queue, expires=WAKEUP_EXPIRES)
             else:  # the registered task, not send_task: eager mode must run it inline
                 self.celery.tasks[task_name(self.domain, subscriber)].apply_async(
                     args=[{"id": message_id, "stream": stream, "payload": message}], queue=queue)

@@ -108,6 +108,15 @@ class Broker:
     def has_any_capability(self, capabilities: BrokerCapability) -> bool:
         return bool(self.capabilities & capabilities)
 
+    def claim_wakeup(self, stream: str, consumer_group: str, ttl: float) -> bool:
+        """True when no wake-up of this group's reader is pending (and one now is, for `ttl`
+        seconds or until `release_wakeup`): a burst of publishes sends one wake-up, not one
+        each. The default always answers True."""
+        return True
+
+    def release_wakeup(self, stream: str, consumer_group: str) -> None:
+        """The reader woke up: the next publish may send a wake-up again."""
+
     def close(self) -> None:
         """Release connections (after a fork, or at shutdown)."""
 

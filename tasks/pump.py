@@ -2,9 +2,10 @@
 
 It reads a batch of `messages_per_tick` from the subscriber's consumer group, hands each
 message to the subscriber task (so retries, DLQ, `handle_error` and the inbox are the
-handlers' own) and then acknowledges it. Beat runs it on a period; while batches come back
-full it re-schedules itself at once, so a backlog drains fast and an idle stream costs one
-read per period.
+handlers' own) and then acknowledges it. Beat runs it on a period; a publish wakes it up (one
+wake-up pending at a time, see `Broker.claim_wakeup`); while batches come back full it
+re-schedules itself at once, so a backlog drains fast and an idle stream costs one read per
+period.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from domain.brokers import BrokerCapability
 from tasks.naming import queue_name, task_name
 
 log = logging.getLogger("tidings.pump")
+
+
+WAKEUP_EXPIRES = 60.0  # seconds: a wake-up not run by then is dropped, and may be sent again
 
 
 def pump_task_name(domain: Any, subscriber: type) -> str:
@@ -47,6 +51,8 @@ def _pump_body(celery: Celery, domain: Any, subscriber: type):
 
     def pump(task: Task) -> int:
         broker = domain.brokers[subscriber.meta_.get("broker") or "default"]
+        # Released before reading: whatever is published from now on sends a new wake-up.
+        broker.release_wakeup(stream, queue)
         messages = broker.read(stream, queue, batch)
         acks = broker.has_capability(BrokerCapability.ACK)
         for identifier, message in messages:
@@ -58,7 +64,7 @@ def _pump_body(celery: Celery, domain: Any, subscriber: type):
             if acks:
                 broker.ack(stream, queue, identifier)
         if len(messages) == batch:
-            task.apply_async(queue=queue, expires=60)
+            task.apply_async(queue=queue, expires=WAKEUP_EXPIRES)
         if messages:
             log.debug("%s: handed %d message(s) of %s to %s", task.name, len(messages), stream,
                       handler_task)

@@ -82,6 +82,18 @@ class RedisStreamBroker(Broker):
                                          idle=self.claim_idle_ms + 3_600_000, justid=True)
         return bool(claimed)
 
+    def claim_wakeup(self, stream: str, consumer_group: str, ttl: float) -> bool:
+        with self._errors():
+            return bool(self.client.set(self._wakeup_key(stream, consumer_group), 1, nx=True,
+                                        px=int(ttl * 1000)))
+
+    def release_wakeup(self, stream: str, consumer_group: str) -> None:
+        with self._errors():
+            self.client.delete(self._wakeup_key(stream, consumer_group))
+
+    def _wakeup_key(self, stream: str, consumer_group: str) -> str:
+        return f"{self.prefix}tidings:wakeup:{stream}:{consumer_group}"
+
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())

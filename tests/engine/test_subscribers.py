@@ -114,3 +114,20 @@ def test_a_subscriber_on_a_celery_broker_gets_messages_in_its_rabbitmq_queue(use
         with Connection(BROKER_URL) as conn:
             for q in (queue, dlq_name(queue), f"{name}.outbox"):
                 Queue(q, routing_key=q)(conn.default_channel).delete()
+
+
+def test_a_burst_of_publishes_sends_one_wake_up_while_one_is_pending(use_provider, redis_app,
+                                                                     redis_prefix):
+    domain = use_provider(build_feeds(feed_settings("redis", redis_prefix)))
+    celery = redis_app(domain)  # no worker: the wake-ups stay in the subscriber's queue
+    with domain.domain_context():
+        for user in ("ada", "bob", "cy"):
+            domain.brokers.publish("signups", {"user": user}, broker="feed")
+    with celery.connection_for_write() as conn:
+        _, waiting, _ = Queue(QUEUE, routing_key=QUEUE)(conn.default_channel).queue_declare()
+    assert waiting == 1
+    # once the pump has woken up (released the wake-up), the next publish sends one again
+    feed = domain.brokers["feed"]
+    feed.release_wakeup("signups", QUEUE)
+    assert feed.claim_wakeup("signups", QUEUE, 60) is True
+    assert feed.claim_wakeup("signups", QUEUE, 60) is False
