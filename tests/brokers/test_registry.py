@@ -112,3 +112,10 @@ def test_a_password_in_a_broker_url_is_masked():
     assert mask_url("amqp://guest:s3cret@rabbit:5672//") == "amqp://guest:***@rabbit:5672//"
     assert mask_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_a_subscriber_on_a_broker_that_is_not_configured_fails_at_init(tmp_path):
+    domain, _ = build(tmp_path)  # Audit reads broker 'audit', which is not configured
+    with pytest.raises(ConfigurationError, match=r"subscriber Audit: broker 'audit' is not "
+                                                 r"configured \(add \[brokers.audit\]"):
+        domain.init()
