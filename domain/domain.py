@@ -71,7 +71,7 @@ class Domain:
         self.registry: dict[str, dict[str, type]] = {kind: {} for kind in OPTIONS}
         self.initialized = False
         self.databases: dict[str, Database] = {}
-        self.brokers: Brokers | None = None  # built by init() from [brokers.<name>]
+        self._brokers: Brokers | None = None  # built by init() from [brokers.<name>]
         self._types: dict[str, type] = {}
         self._routes: dict[str, list[type]] = {}
         self.engine: Engine | None = None  # attached by the Celery app factory
@@ -137,9 +137,9 @@ class Domain:
                 + "\n  - ".join(problems))
         self.settings = config
         self._build_databases(config)
-        if self.brokers is not None:
-            self.brokers.close()
-        self.brokers = Brokers(self, config["brokers"])
+        if self._brokers is not None:
+            self._brokers.close()
+        self._brokers = Brokers(self, config["brokers"])
         self._build_routes()
         self.initialized = True
         return self
@@ -296,8 +296,14 @@ class Domain:
         """Close connection pools (call after a fork, or at shutdown)."""
         for db in self.databases.values():
             db.dispose()
-        if self.brokers is not None:
-            self.brokers.close()
+        if self._brokers is not None:
+            self._brokers.close()
+
+    @property
+    def brokers(self) -> Brokers:
+        """The named brokers: `domain.brokers["name"]`, `domain.brokers.publish(stream, message)`."""
+        self._require_init()
+        return self._brokers
 
     @property
     def outbox_enabled(self) -> bool:

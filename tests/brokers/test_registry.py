@@ -119,3 +119,9 @@ def test_a_subscriber_on_a_broker_that_is_not_configured_fails_at_init(tmp_path)
     with pytest.raises(ConfigurationError, match=r"subscriber Audit: broker 'audit' is not "
                                                  r"configured \(add \[brokers.audit\]"):
         domain.init()
+
+
+def test_brokers_before_init_is_a_usage_error(tmp_path):
+    domain, _ = build(tmp_path, audit={"provider": "inline"})
+    with pytest.raises(IncorrectUsageError, match=r"call domain.init\(\)"):
+        domain.brokers.publish("user-events", {"user": "ada"})
