@@ -20,7 +20,9 @@ FIELD = "data"  # one field per entry, holding the JSON message
 
 class RedisStreamBroker(Broker):
     """Settings: `url`, `key_prefix` (isolates streams), `claim_idle_ms` (default 60000: an
-    entry pending that long belongs to a dead consumer and is handed to the next reader)."""
+    entry pending that long belongs to a dead consumer and is handed to the next reader),
+    `maxlen` (default none: keep everything; else trim each stream to about that many
+    entries on publish — entries a slow group has not read yet can be trimmed too)."""
 
     capabilities = BrokerCapability.ORDERED_MESSAGING
     pulled = True
@@ -30,6 +32,7 @@ class RedisStreamBroker(Broker):
         self.url = url_of(name, settings)
         self.prefix = str(settings.get("key_prefix", ""))
         self.claim_idle_ms = int(settings.get("claim_idle_ms", 60000))
+        self.maxlen = int(settings["maxlen"]) if settings.get("maxlen") else None
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid4().hex[:6]}"
         self._client: redis.Redis | None = None
 
@@ -45,7 +48,8 @@ class RedisStreamBroker(Broker):
 
     def _publish(self, stream: str, message: dict) -> str:
         with self._errors():
-            return self.client.xadd(self.prefix + stream, {FIELD: json.dumps(message)})
+            return self.client.xadd(self.prefix + stream, {FIELD: json.dumps(message)},
+                                    maxlen=self.maxlen, approximate=True)
 
     def ensure_group(self, stream: str, consumer_group: str) -> None:
         with self._errors():

@@ -53,3 +53,16 @@ def test_a_pending_message_is_not_reclaimed_before_claim_idle_ms(broker, stream)
         assert other.read(stream, "g", 10) == []
     finally:
         other.close()
+
+
+def test_a_stream_with_maxlen_keeps_about_that_many_entries(broker, stream):
+    trimmed = broker_class("redis")("streams", None, {**broker.settings, "maxlen": 10})
+    try:
+        for i in range(1000):
+            trimmed.publish(stream, {"n": i})
+        kept = trimmed.health_stats()["message_counts"][stream]
+        # approximate trimming (MAXLEN ~) keeps whole radix-tree nodes: at least 10, far below 1000
+        assert 10 <= kept < 1000
+        assert broker.read(stream, "g", 1000)[-1][1] == {"n": 999}
+    finally:
+        trimmed.close()
