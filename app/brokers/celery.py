@@ -5,7 +5,9 @@ exchange `tidings.streams` under the stream's name."""
 
 from __future__ import annotations
 
-from contextlib import suppress
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 from uuid import uuid4
 
@@ -37,10 +39,14 @@ class CeleryBroker(Broker):
         self._channel: Any = None
         self._held: dict[str, Message] = {}  # read, not yet acked: acked on their channel
         self.declared: set[tuple[str, str]] = set()  # (stream, group) queues this process made
+        self._lock = threading.RLock()  # one kombu channel, never used by two threads at once
 
-    def _errors(self):
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Hold the channel lock; translate connection errors."""
         errors = (OSError, OperationalError, *Connection(self.url).connection_errors)
-        return translated(self.name, self.url, errors)
+        with self._lock, translated(self.name, self.url, errors):
+            yield
 
     @property
     def channel(self) -> Any:
@@ -58,8 +64,9 @@ class CeleryBroker(Broker):
     def _publish(self, stream: str, message: dict) -> str:
         identifier = str(uuid4())
         with self._errors():
-            Producer(self.channel).publish(message, exchange=EXCHANGE, routing_key=stream, serializer="json",
-                             headers={"tidings_id": identifier}, declare=[EXCHANGE], retry=True)
+            Producer(self.channel).publish(message, exchange=EXCHANGE, routing_key=stream,
+                                           serializer="json", headers={"tidings_id": identifier},
+                                           declare=[EXCHANGE], retry=True)
         return identifier
 
     def ensure_group(self, stream: str, consumer_group: str) -> None:
@@ -69,9 +76,9 @@ class CeleryBroker(Broker):
 
     def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
         self.ensure_group(stream, consumer_group)
-        queue = self.group_queue(stream, consumer_group)(self.channel)
         out = []
         with self._errors():
+            queue = self.group_queue(stream, consumer_group)(self.channel)
             while len(out) < n:
                 message = queue.get(no_ack=False)
                 if message is None:

@@ -125,3 +125,17 @@ def test_an_unreachable_broker_raises_broker_connection_error_with_the_password_
     assert "127.0.0.1:1" in str(caught.value) and "s3cret" not in str(caught.value)
     assert "***" in str(caught.value)
     assert adapter.health_stats()["healthy"] is False
+
+
+def test_publishes_from_several_threads_all_arrive(broker, stream):
+    requires(broker, Cap.SIMPLE_QUEUING)
+    from concurrent.futures import ThreadPoolExecutor
+
+    broker.ensure_group(stream, "g")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = list(pool.map(lambda i: broker.publish(stream, {"n": i}), range(80)))
+    assert len(set(ids)) == 80
+    got: list = []
+    wait_until(lambda: got.extend(broker.read(stream, "g", 100)) or len(got) >= 80, timeout=5,
+               message="80 messages read")
+    assert sorted(m["n"] for _, m in got) == list(range(80))
