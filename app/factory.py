@@ -6,7 +6,6 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 from celery import Celery
 from celery.signals import worker_process_init
@@ -24,6 +23,7 @@ from tasks.naming import (
     task_name,
 )
 from tasks.poller import SAFETY_NET_SECONDS, Pollers, kick, pollers_by_category, register_poller_tasks
+from tasks.pump import WAKEUP_EXPIRES, pulled_subscribers, pump_task_name, register_pump_tasks
 from tasks.relay import register_relay_task
 
 log = logging.getLogger("tidings")
@@ -71,6 +71,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     _check_retry_delays(celery, domain)
     register_handler_tasks(celery, domain)
     pollers = register_poller_tasks(celery, domain)
+    register_pump_tasks(celery, domain)
     relay = register_relay_task(celery, domain)
     interval = float(domain.settings["outbox"]["interval"])
     celery.conf.beat_schedule = {
@@ -81,11 +82,24 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
                          "options": {"queue": queue_name(domain, handler),
                                      "expires": SAFETY_NET_SECONDS}}
            for handler, poller in pollers.items()},
+        **_pump_schedule(domain),
     }
     domain.attach_engine(CeleryEngine(celery, domain, relay, pollers_by_category(domain, pollers)))
     celery.tidings_domain = domain
     _apps[id(domain)] = celery
     return celery
+
+
+def _pump_schedule(domain: Any) -> dict[str, dict]:
+    """Beat runs each subscriber's pump every `blocking_timeout_ms` (at least 1 s, beat's
+    practical floor); a pump that finds a full batch re-schedules itself in between."""
+    schedule = {}
+    for subscriber in pulled_subscribers(domain):
+        period = max(domain.subscription_settings(subscriber).blocking_timeout_ms / 1000, 1.0)
+        schedule[pump_task_name(domain, subscriber)] = {
+            "task": pump_task_name(domain, subscriber), "schedule": period,
+            "options": {"queue": queue_name(domain, subscriber), "expires": max(period * 2, 1.0)}}
+    return schedule
 
 
 def _polling_interval(domain: Any) -> float:
@@ -104,7 +118,7 @@ def celery_app_for(domain: Any) -> Celery:
 
 class CeleryEngine:
     """The domain's async engine: kicks the relay and the event_store pollers after commits,
-    sends external messages."""
+    delivers external messages."""
 
     def __init__(self, celery: Celery, domain: Any, relay: Any, pollers: Pollers | None = None) -> None:
         self.celery, self.domain, self.relay = celery, domain, relay
@@ -115,13 +129,20 @@ class CeleryEngine:
         self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
         kick(self.pollers, messages)
 
-    def send_external(self, stream: str, payload: dict) -> None:
-        message_id = str(payload.get("id") or uuid4())
-        for subscriber in self.domain.subscribers_for(stream):
-            # the registered task, not send_task: eager mode must run it inline
-            self.celery.tasks[task_name(self.domain, subscriber)].apply_async(
-                args=[{"id": message_id, "stream": stream, "payload": payload}],
-                queue=queue_name(self.domain, subscriber))
+    def deliver(self, broker: Any, stream: str, message_id: str, message: dict,
+                subscribers: list[type]) -> None:
+        """A pulled broker keeps the message: wake the subscribers' pumps so it is read now,
+        not at the next beat tick (one wake-up pending at a time). Otherwise send it straight
+        to each subscriber's queue."""
+        for subscriber in subscribers:
+            queue = queue_name(self.domain, subscriber)
+            if broker.pulled:
+                if broker.claim_wakeup(stream, queue, WAKEUP_EXPIRES):
+                    self.celery.tasks[pump_task_name(self.domain, subscriber)].apply_async(
+                        queue=queue, expires=WAKEUP_EXPIRES)
+            else:  # the registered task, not send_task: eager mode must run it inline
+                self.celery.tasks[task_name(self.domain, subscriber)].apply_async(
+                    args=[{"id": message_id, "stream": stream, "payload": message}], queue=queue)
 
 
 def _check_retry_delays(celery: Celery, domain: Any) -> None:

@@ -10,11 +10,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from domain.brokers import available_providers
 from domain.errors import ConfigurationError
 
 DATABASE_PROVIDERS = {"memory", "sqlite", "postgresql"}
 EVENT_STORE_PROVIDERS = {"memory", "sqlite", "postgresql", "message_db"}
-BROKER_PROVIDERS = {"inline", "redis", "redis_pubsub", "celery", "sqlalchemy", "memory", "amqp"}
 PROCESSING_MODES = {"sync", "async"}
 
 DEFAULTS: dict[str, Any] = {
@@ -191,7 +191,7 @@ def validate_config(config: dict[str, Any]) -> list[str]:
         if config.get(key) not in PROCESSING_MODES:
             problems.append(f"config key '{key}' must be 'sync' or 'async', got {config.get(key)!r}")
     _check_providers(config.get("databases", {}), "databases", DATABASE_PROVIDERS, problems)
-    _check_providers(config.get("brokers", {}), "brokers", BROKER_PROVIDERS, problems)
+    _check_providers(config.get("brokers", {}), "brokers", set(available_providers()), problems)
     if "default" not in config.get("databases", {}):
         problems.append("config section 'databases' needs a 'default' database")
     if "default" not in config.get("brokers", {}):

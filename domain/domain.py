@@ -16,6 +16,7 @@ from uuid import uuid4
 import sqlalchemy as sa
 
 from domain import config as cfg
+from domain.brokers import Brokers
 from domain.context import current_message, current_uow, pop_domain, push_domain
 from domain.database import Database
 from domain.envelope import Message, MessageKind, stream_matches
@@ -45,8 +46,9 @@ class Engine(Protocol):
     def committed(self, messages: list[Message]) -> None:
         """Called after a commit that wrote outbox rows."""
 
-    def send_external(self, stream: str, payload: dict) -> None:
-        """Deliver an external message to the subscribers of `stream`."""
+    def deliver(self, broker: Any, stream: str, message_id: str, message: dict,
+                subscribers: list[type]) -> None:
+        """Hand an external message just published on `broker` to these subscribers."""
 
 
 _sync_queue: ContextVar[deque | None] = ContextVar("tidings_sync_queue", default=None)
@@ -71,6 +73,7 @@ class Domain:
         self.registry: dict[str, dict[str, type]] = {kind: {} for kind in OPTIONS}
         self.initialized = False
         self.databases: dict[str, Database] = {}
+        self._brokers: Brokers | None = None  # built by init() from [brokers.<name>]
         self._types: dict[str, type] = {}
         self._routes: dict[str, list[type]] = {}
         self.engine: Engine | None = None  # attached by the Celery app factory
@@ -136,6 +139,9 @@ class Domain:
                 + "\n  - ".join(problems))
         self.settings = config
         self._build_databases(config)
+        if self._brokers is not None:
+            self._brokers.close()
+        self._brokers = Brokers(self, config["brokers"])
         self._build_routes()
         self.initialized = True
         return self
@@ -304,6 +310,14 @@ class Domain:
         """Close connection pools (call after a fork, or at shutdown)."""
         for db in self.databases.values():
             db.dispose()
+        if self._brokers is not None:
+            self._brokers.close()
+
+    @property
+    def brokers(self) -> Brokers:
+        """The named brokers: `domain.brokers["name"]`, `domain.brokers.publish(stream, message)`."""
+        self._require_init()
+        return self._brokers
 
     @property
     def outbox_enabled(self) -> bool:
@@ -460,18 +474,10 @@ class Domain:
                     return getattr(handler(), method)(query)
         raise IncorrectUsageError(f"no query handler for {type(query).__name__}")
 
-    def publish_external(self, stream: str, payload: dict, broker: str = "default") -> None:
-        """Hand an external message to the subscribers of `stream` (inline when sync)."""
+    def publish_external(self, stream: str, payload: dict, broker: str = "default") -> str:
+        """Alias of `domain.brokers.publish(stream, payload, broker)`."""
         self._require_init()
-        if self.settings["message_processing"] == "sync":
-            for subscriber in self.subscribers_for(stream):
-                self.run_subscriber(subscriber, payload)
-            return
-        if self.engine is None:
-            raise IncorrectUsageError(
-                "message_processing is async but no engine is attached: create the Celery app "
-                "with app.factory.create_celery_app(domain) first")
-        self.engine.send_external(stream, payload)
+        return self.brokers.publish(stream, payload, broker)
 
     def after_commit(self, messages: list[Message]) -> None:
         """Called by the unit of work once its transaction committed."""

@@ -26,6 +26,10 @@ def check_registry(domain: Domain, config: dict) -> list[str]:
     for sub in domain.registry["subscriber"].values():
         if not sub.meta_.get("stream"):
             problems.append(f"subscriber {sub.__name__}: 'stream' is required")
+        broker = sub.meta_.get("broker") or "default"
+        if broker not in config.get("brokers", {}):
+            problems.append(f"subscriber {sub.__name__}: broker {broker!r} is not configured "
+                            f"(add [brokers.{broker}]; configured: {sorted(config.get('brokers', {}))})")
     return problems
 
 

@@ -90,8 +90,8 @@ class DomainDriver:
 
     def supplier_restock(self, isbn: str, quantity: int) -> None:
         with self.domain.domain_context():
-            self.domain.publish_external(RESTOCK_STREAM,
-                                         {"type": "restock", "isbn": isbn, "quantity": quantity})
+            self.domain.brokers.publish(RESTOCK_STREAM,
+                                        {"type": "restock", "isbn": isbn, "quantity": quantity})
 
     def catalog(self) -> list[dict[str, Any]]:
         with self.domain.domain_context():

@@ -153,8 +153,8 @@ def test_stock_cannot_be_added_to_an_unknown_book(shelf):
 def test_a_supplier_restock_adds_stock_to_the_book_with_that_isbn(shelf):
     domain, driver, dune, emma = shelf
     with domain.domain_context():
-        domain.publish_external("supplier::restock", {"type": "restock", "isbn": "isbn-emma",
-                                                      "quantity": 6})
+        domain.brokers.publish("supplier::restock", {"type": "restock", "isbn": "isbn-emma",
+                                                     "quantity": 6})
     assert driver.stock(emma)["in_stock"] == 9
     assert driver.stock(dune)["in_stock"] == 10
     assert [(e["title"], e["in_stock"]) for e in driver.catalog()] == [("Dune", 10), ("Emma", 9)]
@@ -171,7 +171,7 @@ def test_a_supplier_message_that_cannot_be_applied_raises_a_clear_error_and_chan
     domain, _, _, _ = shelf
     before = everything_written(domain)
     with domain.domain_context(), pytest.raises(error, match=message):
-        domain.publish_external("supplier::restock", payload)
+        domain.brokers.publish("supplier::restock", payload)
     assert everything_written(domain) == before
 
 

@@ -47,3 +47,18 @@ def test_health_answers_503_naming_the_database_that_does_not_answer(tmp_path):
     assert response.status_code == 503
     assert response.json()["status"] == "degraded"
     assert response.json()["database"]["ok"] is False
+
+
+def test_health_reports_every_broker_and_names_the_one_that_does_not_answer(tmp_path):
+    with configured({"provider": "sqlite", "database_uri": f"sqlite:///{tmp_path}/b.db"}) as domain:
+        domain.config["brokers"]["feed"] = {"provider": "redis",
+                                            "url": "redis://:s3cret@127.0.0.1:1/0"}
+        domain.init()
+        with TestClient(create_api(domain)) as client:
+            response = client.get("/health")
+    assert response.status_code == 503
+    brokers = response.json()["brokers"]
+    assert brokers["default"] == {"provider": "inline", "healthy": True, "message_counts": {},
+                                  "consumer_groups": {}, "dlq_depth": 0}
+    assert brokers["feed"]["healthy"] is False and brokers["feed"]["provider"] == "redis"
+    assert "s3cret" not in response.text

@@ -142,9 +142,6 @@ def test_a_unit_of_work_on_a_stale_aggregate_fails_and_stores_none_of_its_events
 
 def test_read_categories_merges_categories_in_global_order_from_a_position(shop):
     store = shop.event_store_database
-    if not hasattr(store, "read_categories"):
-        pytest.skip(f"read_categories is not on {type(store).__name__} in this branch "
-                    "(added with the event_store subscription type)")
     ShipOrder = shop.registry["command"]["ShipOrder"]
     first, second = new_order(shop), new_order(shop)
     with shop.domain_context():

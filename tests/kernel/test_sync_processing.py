@@ -118,7 +118,7 @@ def test_subscribers_receive_external_messages_inline_in_sync_mode(tmp_path):
     calls: list = []
     domain = build_catalog(tmp_path, calls)
     with domain.domain_context():
-        domain.publish_external("supplier-feed", {"title": "Ulysses"})
+        domain.brokers.publish("supplier-feed", {"title": "Ulysses"})
     assert calls[0] == ("external", "Ulysses")
     assert "projector" in calls
 

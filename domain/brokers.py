@@ -1,0 +1,262 @@
+"""The broker port: capabilities, the `Broker` base, the in-process `InlineBroker` and the
+`Brokers` registry a domain builds from `[brokers.<name>]` at `init()`.
+
+Adapters are found by the entry point group `tidings.brokers` (provider name -> class), so a
+custom adapter registers exactly like the built-in ones. This module never imports a driver.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+from uuid import uuid4
+
+from domain.errors import ConfigurationError, IncorrectUsageError
+
+log = logging.getLogger("tidings.brokers")
+ENTRY_POINT_GROUP = "tidings.brokers"
+
+
+class BrokerCapability(enum.Flag):
+    """What a broker can do; each tier includes every lower tier."""
+
+    PUBLISH = enum.auto()
+    SUBSCRIBE = enum.auto()
+    CONSUMER_GROUPS = enum.auto()
+    ACK = enum.auto()
+    NACK = enum.auto()
+    DELIVERY_GUARANTEES = enum.auto()
+    MESSAGE_ORDERING = enum.auto()
+    BLOCKING_READ = enum.auto()
+    DEAD_LETTER_QUEUE = enum.auto()
+    REPLAY = enum.auto()
+    STREAM_PARTITIONING = enum.auto()
+
+    BASIC_PUBSUB = PUBLISH | SUBSCRIBE
+    SIMPLE_QUEUING = BASIC_PUBSUB | CONSUMER_GROUPS
+    RELIABLE_MESSAGING = SIMPLE_QUEUING | ACK | NACK | DELIVERY_GUARANTEES
+    ORDERED_MESSAGING = RELIABLE_MESSAGING | MESSAGE_ORDERING
+    ENTERPRISE_STREAMING = (ORDERED_MESSAGING | BLOCKING_READ | DEAD_LETTER_QUEUE | REPLAY
+                            | STREAM_PARTITIONING)
+
+
+def mask_url(url: str) -> str:
+    """`redis://user:secret@host/0` -> `redis://user:***@host/0`: safe to log and show."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+class Broker:
+    """One named broker. Adapters implement the `_`-methods; `publish` also hands the message
+    to the subscribers of its stream (inline when `message_processing = "sync"`).
+
+    `pulled`: subscribers consume this broker through a consumer group (the engine's pump
+    tasks read it); when False the engine pushes each message straight to the subscribers'
+    Celery queues.
+    """
+
+    capabilities: BrokerCapability = BrokerCapability.BASIC_PUBSUB
+    pulled: bool = False
+
+    def __init__(self, name: str, domain: Any, settings: dict[str, Any]) -> None:
+        self.name, self.domain, self.settings = name, domain, settings
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    # ---- the port ----------------------------------------------------------------------------
+    def publish(self, stream: str, message: dict) -> str:
+        """Append `message` (a JSON-serialisable dict) to `stream`; returns its broker id."""
+        if not isinstance(message, dict):
+            raise IncorrectUsageError(f"a broker message must be a dict, got {type(message).__name__}")
+        identifier = self._publish(stream, message)
+        if self.domain is not None and getattr(self.domain, "initialized", False):
+            self.domain.brokers.deliver(self, stream, identifier, message)
+        return identifier
+
+    def read(self, stream: str, consumer_group: str, n: int = 1) -> list[tuple[str, dict]]:
+        """Up to `n` messages of `stream` not yet delivered to `consumer_group`."""
+        return self._read(stream, consumer_group, n)
+
+    def ensure_group(self, stream: str, consumer_group: str) -> None:
+        """Create the group if needed: every message published afterwards reaches it."""
+
+    def ack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+        """Mark a read message done for the group; False when it was not pending."""
+        raise NotImplementedError(f"{type(self).__name__} cannot acknowledge")
+
+    def nack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+        """Give a read message back to the group for redelivery; False when it was not pending."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reject")
+
+    def ping(self) -> bool:
+        return True
+
+    def health_stats(self) -> dict[str, Any]:
+        """`healthy`, `message_counts` per stream, `consumer_groups` per stream, `dlq_depth`."""
+        return {"healthy": self.ping(), "message_counts": {}, "consumer_groups": {},
+                "dlq_depth": 0}
+
+    def has_capability(self, capability: BrokerCapability) -> bool:
+        """True when the broker has every capability in `capability`."""
+        return capability in self.capabilities
+
+    def has_any_capability(self, capabilities: BrokerCapability) -> bool:
+        return bool(self.capabilities & capabilities)
+
+    def claim_wakeup(self, stream: str, consumer_group: str, ttl: float) -> bool:
+        """True when no wake-up of this group's reader is pending (and one now is, for `ttl`
+        seconds or until `release_wakeup`): a burst of publishes sends one wake-up, not one
+        each. The default always answers True."""
+        return True
+
+    def release_wakeup(self, stream: str, consumer_group: str) -> None:
+        """The reader woke up: the next publish may send a wake-up again."""
+
+    def close(self) -> None:
+        """Release connections (after a fork, or at shutdown)."""
+
+    # ---- what an adapter implements ------------------------------------------------------------
+    def _publish(self, stream: str, message: dict) -> str:
+        raise NotImplementedError
+
+    def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
+        raise NotImplementedError
+
+
+@dataclass
+class _Group:
+    position: int = 0
+    pending: dict[str, dict] = field(default_factory=dict)
+    returned: deque = field(default_factory=deque)
+
+
+class InlineBroker(Broker):
+    """In-process streams and consumer groups: for development, tests and sync processing."""
+
+    capabilities = BrokerCapability.RELIABLE_MESSAGING
+
+    def __init__(self, name: str, domain: Any, settings: dict[str, Any]) -> None:
+        super().__init__(name, domain, settings)
+        self.streams: dict[str, list[tuple[str, dict]]] = {}
+        self.groups: dict[tuple[str, str], _Group] = {}
+
+    def _publish(self, stream: str, message: dict) -> str:
+        identifier = str(uuid4())
+        self.streams.setdefault(stream, []).append((identifier, message))
+        return identifier
+
+    def ensure_group(self, stream: str, consumer_group: str) -> None:
+        self.groups.setdefault((stream, consumer_group), _Group())
+
+    def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
+        group = self.groups.setdefault((stream, consumer_group), _Group())
+        out = []
+        while group.returned and len(out) < n:
+            identifier = group.returned.popleft()
+            out.append((identifier, group.pending[identifier]))
+        entries = self.streams.get(stream, [])
+        while group.position < len(entries) and len(out) < n:
+            identifier, message = entries[group.position]
+            group.position += 1
+            group.pending[identifier] = message
+            out.append((identifier, message))
+        return out
+
+    def ack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+        group = self.groups.get((stream, consumer_group))
+        if group is None or identifier not in group.pending:
+            return False
+        del group.pending[identifier]
+        if identifier in group.returned:
+            group.returned.remove(identifier)
+        return True
+
+    def nack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+        group = self.groups.get((stream, consumer_group))
+        if group is None or identifier not in group.pending or identifier in group.returned:
+            return False
+        group.returned.append(identifier)
+        return True
+
+    def health_stats(self) -> dict[str, Any]:
+        groups: dict[str, list[str]] = {}
+        for stream, name in self.groups:
+            groups.setdefault(stream, []).append(name)
+        return {"healthy": True, "message_counts": {s: len(e) for s, e in self.streams.items()},
+                "consumer_groups": groups, "dlq_depth": 0}
+
+
+def available_providers() -> dict[str, Any]:
+    """Provider name -> entry point, from every installed package."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def broker_class(provider: str) -> type[Broker]:
+    providers = available_providers()
+    if provider not in providers:
+        raise ConfigurationError(
+            f"unknown broker provider {provider!r} (installed: {sorted(providers)}); a custom "
+            f"adapter registers under the entry point group '{ENTRY_POINT_GROUP}'")
+    return providers[provider].load()
+
+
+class Brokers:
+    """The domain's named brokers: `domain.brokers["name"]`, `domain.brokers.publish(...)`."""
+
+    def __init__(self, domain: Any, config: dict[str, dict[str, Any]]) -> None:
+        self.domain = domain
+        if "default" not in config:
+            raise ConfigurationError("config section 'brokers' needs a 'default' broker")
+        self._brokers = {name: broker_class(settings["provider"])(name, domain, dict(settings))
+                         for name, settings in config.items()}
+
+    def __getitem__(self, name: str) -> Broker:
+        try:
+            return self._brokers[name]
+        except KeyError:
+            raise ConfigurationError(f"no broker named {name!r} (configured: "
+                                     f"{sorted(self._brokers)})") from None
+
+    def __iter__(self):
+        return iter(self._brokers.items())
+
+    def __len__(self) -> int:
+        return len(self._brokers)
+
+    def publish(self, stream: str, message: dict, broker: str = "default") -> str:
+        """Publish on a named broker (the default one unless told); returns the broker id."""
+        return self[broker].publish(stream, message)
+
+    def subscribers(self, broker: Broker, stream: str) -> list[type]:
+        """The subscribers of `stream` that consume it from `broker`."""
+        return [s for s in self.domain.subscribers_for(stream)
+                if (s.meta_.get("broker") or "default") == broker.name]
+
+    def deliver(self, broker: Broker, stream: str, identifier: str, message: dict) -> None:
+        """After a publish: run the stream's subscribers inline (sync), or hand the message to
+        the engine (async); a pulled broker needs no engine, its pumps will read it."""
+        subscribers = self.subscribers(broker, stream)
+        if not subscribers:
+            return
+        message_id = str(message.get("id") or identifier)
+        if self.domain.settings["message_processing"] == "sync":
+            for subscriber in subscribers:
+                self.domain.run_subscriber(subscriber, message, message_id=message_id)
+            return
+        engine = self.domain.engine
+        if engine is None:
+            if broker.pulled:
+                return
+            raise IncorrectUsageError(
+                "message_processing is async but no engine is attached: create the Celery app "
+                "with app.factory.create_celery_app(domain) first")
+        engine.deliver(broker, stream, message_id, message, subscribers)
+
+    def close(self) -> None:
+        for broker in self._brokers.values():
+            broker.close()
