@@ -83,3 +83,19 @@ def test_invalid_settings_fail_at_init_naming_the_handler_and_the_key(tmp_path, 
     with pytest.raises(ConfigurationError) as caught:
         build(tmp_path, **options).init()
     assert "Notify" in str(caught.value) and fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("profile, expected", [
+    ("production", ("stream", 100, 5000, 3, 1, True, 10)),
+    ("fast", ("stream", 10, 100, 2, 0, True, 5)),
+    ("batch", ("stream", 500, 10000, 5, 2, True, 50)),
+    ("debug", ("stream", 1, 1000, 1, 0, False, 1)),
+    ("projection", ("event_store", 100, None, 3, 1, False, 10)),
+])
+def test_each_built_in_profile_resolves_to_the_reference_values(tmp_path, profile, expected):
+    s = settings(build(tmp_path, subscription_profile=profile))
+    got = (s.subscription_type, s.messages_per_tick,
+           None if profile == "projection" else s.blocking_timeout_ms, s.max_retries,
+           s.retry_delay_seconds, s.enable_dlq, s.position_update_interval)
+    assert got == expected
+    assert s.sources["max_retries"] == f"handler subscription_profile ({profile})"
