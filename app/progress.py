@@ -35,7 +35,10 @@ def _rows(domain: Any) -> tuple[list[str], int, list[tuple[str, datetime]]]:
             inbox = [(m, datetime.now(UTC)) for _, m in db.inbox]
         return published, pending, inbox
     outbox, inbox_table = db.outbox_table, db.inbox_table
-    with db.engine.connect() as conn:
+    # One snapshot for all three reads: a relay or a handler committing between them would
+    # otherwise make a message count neither as pending nor as due (a false "settled").
+    snapshot = {"isolation_level": "REPEATABLE READ"} if db.dialect == "postgresql" else {}
+    with db.engine.connect().execution_options(**snapshot) as conn:
         published = list(conn.execute(sa.select(outbox.c.envelope)
                                       .where(outbox.c.status == PUBLISHED)).scalars())
         pending = conn.execute(sa.select(sa.func.count())
