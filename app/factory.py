@@ -13,6 +13,7 @@ from celery.signals import worker_process_init
 from kombu import Queue
 
 from app import sqla_transport
+from app.kick import KickGate, gate_for
 from tasks.handlers import register_handler_tasks
 from tasks.naming import async_handlers, queue_name, relay_queue, relay_task_name, task_name
 from tasks.relay import register_relay_task
@@ -63,14 +64,16 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
         if domain.subscription_settings(handler).subscription_type == "event_store":
             log.warning("%s: the event_store subscription type is not implemented yet; it runs "
                         "on the stream path", handler.__name__)
-    relay = register_relay_task(celery, domain)
+    gate = None if celery.conf.task_always_eager else gate_for(
+        str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
+    relay = register_relay_task(celery, domain, before_relay=gate.relay_starting if gate else None)
     interval = float(domain.settings["outbox"]["interval"])
     celery.conf.beat_schedule = {
         relay_task_name(domain): {"task": relay.name, "schedule": interval,
                                   "options": {"queue": relay_queue(domain),
                                               "expires": max(interval * 2, 1.0)}},
     }
-    domain.attach_engine(CeleryEngine(celery, domain, relay))
+    domain.attach_engine(CeleryEngine(celery, domain, relay, gate))
     celery.tidings_domain = domain
     _apps[id(domain)] = celery
     return celery
@@ -93,12 +96,14 @@ def celery_app_for(domain: Any) -> Celery:
 class CeleryEngine:
     """The domain's async engine: kicks the relay after commits, sends external messages."""
 
-    def __init__(self, celery: Celery, domain: Any, relay: Any) -> None:
-        self.celery, self.domain, self.relay = celery, domain, relay
+    def __init__(self, celery: Celery, domain: Any, relay: Any, gate: KickGate | None = None) -> None:
+        self.celery, self.domain, self.relay, self.gate = celery, domain, relay, gate
 
     def committed(self, messages: list) -> None:
-        """Relay right after a commit, so latency is not bounded by the beat period."""
-        self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
+        """Relay right after a commit, so latency is not bounded by the beat period; skipped
+        while an earlier kick is still queued (see app/kick.py)."""
+        if self.gate is None or self.gate.should_kick():
+            self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
 
     def send_external(self, stream: str, payload: dict) -> None:
         message_id = str(payload.get("id") or uuid4())
