@@ -39,9 +39,12 @@ def ratios(reports: dict[str, Report]) -> list[str]:
     relay = get("relay", "tidings relay, batch 500")
     on = get("commit-overhead", "outbox on: commit p50")
     off = get("commit-overhead", "outbox off: commit p50")
+    own = get("end-to-end", "1 handler(s), relay on its own worker: handled/s")
     checks = [
         ("end-to-end / ceiling >= 0.6", e2e, ceiling, 0.6),
         ("end-to-end / naive >= 0.9", e2e, naive, 0.9),
+        ("end-to-end, relay on its own worker / ceiling >= 0.6", own, ceiling, 0.6),
+        ("end-to-end, relay on its own worker / naive >= 0.9", own, naive, 0.9),
         ("relay (batch 500) / ceiling >= 5", relay, ceiling, 5.0),
     ]
     for name, a, b, target in checks:

@@ -134,9 +134,10 @@ def redis_prefix() -> Iterator[str]:
 
 # ---- worker processes ----------------------------------------------------------------------
 @contextmanager
-def worker(app: str, queues: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
+def worker(app: str, queues: list[str], env: dict[str, str],
+           concurrency: int = CONCURRENCY) -> Iterator[subprocess.Popen]:
     """`celery -A app worker` with the settings every scenario shares; stopped on exit."""
-    argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", POOL, "-c", str(CONCURRENCY),
+    argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", POOL, "-c", str(concurrency),
             "--prefetch-multiplier", "1", "-Q", ",".join(queues), "-l", "WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]

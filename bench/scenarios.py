@@ -126,7 +126,10 @@ def naive_pipeline(url: str, prefix: str):
     return Running()
 
 
-def tidings_pipeline(url: str, prefix: str, handlers: int = 1, profile: str | None = None):
+def tidings_pipeline(url: str, prefix: str, handlers: int = 1, profile: str | None = None,
+                     relay_worker: bool = False):
+    """Tidings on one worker for every queue (what `tidings server` runs), or with
+    `relay_worker` the relay queue on a worker of its own (the naive pipeline's topology)."""
     domain = build_domain(url, handlers, profile)
     celery = celery_app(domain, prefix, REDIS_URL)
     domain.drop_tables()
@@ -143,13 +146,20 @@ def tidings_pipeline(url: str, prefix: str, handlers: int = 1, profile: str | No
 
     class Running:
         def __enter__(self) -> Pipeline:
-            self.cm = worker("bench.tidings_app:celery", queues, env)
+            if relay_worker:
+                self.cms = [worker("bench.tidings_app:celery", queues[1:], env),
+                            worker("bench.tidings_app:celery", queues[:1], env, concurrency=1)]
+            else:
+                self.cms = [worker("bench.tidings_app:celery", queues, env)]
             pipe = Pipeline(lambda: place_order(domain), eng, "bench_order", reset)
-            pipe.worker_pid = self.cm.__enter__().pid
+            pipe.worker_pid = self.cms[0].__enter__().pid
+            for cm in self.cms[1:]:
+                cm.__enter__()
             return pipe
 
         def __exit__(self, *exc: Any) -> None:
-            self.cm.__exit__(None, None, None)
+            for cm in reversed(self.cms):
+                cm.__exit__(None, None, None)
             celery.pool.force_close_all()
             domain.dispose()
 
@@ -201,14 +211,15 @@ def naive_baseline(n: int, runs: int) -> Report:
 def end_to_end(n: int, runs: int) -> Report:
     """Scenario 2: Tidings, one handler and three handlers per event: events/s."""
     report = Report("end-to-end", {"n": n, "runs": runs, "producers": PRODUCERS})
-    for handlers in (1, 3):
+    for handlers, relay_worker in ((1, False), (3, False), (1, True)):
+        label = f"{handlers} handler(s)" + (", relay on its own worker" if relay_worker else "")
         with scratch_database() as url, redis_prefix() as prefix, \
-                tidings_pipeline(url, prefix, handlers) as pipe:
+                tidings_pipeline(url, prefix, handlers, relay_worker=relay_worker) as pipe:
             _warm_up(pipe, handlers)
             for _ in range(runs):
                 handled, committed = _flat_out(pipe, n, handlers)
-                report.add(f"{handlers} handler(s): handled/s", "events/s", handled)
-                report.add(f"{handlers} handler(s): producer commits/s", "events/s", committed)
+                report.add(f"{label}: handled/s", "events/s", handled)
+                report.add(f"{label}: producer commits/s", "events/s", committed)
     return report
 
 
