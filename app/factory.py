@@ -14,9 +14,10 @@ from kombu import Queue
 
 from app import sqla_transport
 from app.kick import KickGate, gate_for
+from app.relay_thread import RelayThread
 from tasks.handlers import register_handler_tasks
 from tasks.naming import async_handlers, queue_name, relay_queue, relay_task_name, task_name
-from tasks.relay import register_relay_task
+from tasks.relay import register_relay_task, relay_now
 
 log = logging.getLogger("tidings")
 sqla_transport.register()
@@ -73,7 +74,10 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
                                   "options": {"queue": relay_queue(domain),
                                               "expires": max(interval * 2, 1.0)}},
     }
-    domain.attach_engine(CeleryEngine(celery, domain, relay, gate))
+    in_thread = domain.settings["outbox"]["after_commit"] == "thread" \
+        and not celery.conf.task_always_eager
+    domain.attach_engine(CeleryEngine(celery, domain, relay, gate, RelayThread(
+        lambda: relay_now(celery, domain), domain.name) if in_thread else None))
     celery.tidings_domain = domain
     _apps[id(domain)] = celery
     return celery
@@ -96,13 +100,18 @@ def celery_app_for(domain: Any) -> Celery:
 class CeleryEngine:
     """The domain's async engine: kicks the relay after commits, sends external messages."""
 
-    def __init__(self, celery: Celery, domain: Any, relay: Any, gate: KickGate | None = None) -> None:
+    def __init__(self, celery: Celery, domain: Any, relay: Any, gate: KickGate | None = None,
+                 relay_thread: RelayThread | None = None) -> None:
         self.celery, self.domain, self.relay, self.gate = celery, domain, relay, gate
+        self.relay_thread = relay_thread
 
     def committed(self, messages: list) -> None:
-        """Relay right after a commit, so latency is not bounded by the beat period; skipped
+        """Relay right after a commit, so latency is not bounded by the beat period: in this
+        process's relay thread (`outbox.after_commit = "thread"`), or by a relay task, skipped
         while an earlier kick is still queued (see app/kick.py)."""
-        if self.gate is None or self.gate.should_kick():
+        if self.relay_thread is not None:
+            self.relay_thread.committed()
+        elif self.gate is None or self.gate.should_kick():
             self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
 
     def send_external(self, stream: str, payload: dict) -> None:

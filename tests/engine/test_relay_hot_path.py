@@ -92,3 +92,49 @@ def test_many_commits_queue_one_relay_kick_and_one_relay_publishes_them_all(use_
     handler = shop.registry["event_handler"]["ManageInventory"]
     assert relay_now(celery, shop) == 5
     assert client.llen(f"{redis_prefix}{queue_name(shop, handler)}") == 5
+
+
+def test_the_relay_thread_runs_a_round_after_every_commit_even_one_during_a_round():
+    from app.relay_thread import RelayThread
+    from tests.waiting import wait_until
+
+    rounds, first_round_running, release = [], threading.Event(), threading.Event()
+
+    def relay() -> int:
+        rounds.append(1)
+        if len(rounds) == 1:
+            first_round_running.set()
+            release.wait(5)
+        return 0
+
+    thread = RelayThread(relay, "test")
+    thread.committed()
+    assert first_round_running.wait(5)
+    thread.committed()  # arrives while the first round runs: it must get a round of its own
+    release.set()
+    wait_until(lambda: len(rounds) == 2, message="a second relay round")
+
+
+def test_with_after_commit_thread_the_async_example_reaches_its_end_state(use_provider, redis_app):
+    from tests.engine.conftest import running_worker
+    from tests.engine.test_async_flow import ship_one, state
+    from tests.waiting import wait_until
+
+    shop = build_shop("async", "async")
+    shop.config["outbox"]["after_commit"] = "thread"
+    shop = use_provider(shop)
+    celery = redis_app(shop)
+    with running_worker(celery):
+        order_id, _ = ship_one(shop)
+        wait_until(lambda: state(shop, order_id) == ("SHIPPED", 6), message="async end state")
+
+
+def test_an_unknown_after_commit_mode_is_a_configuration_error_naming_the_choices():
+    import pytest
+
+    from domain.errors import ConfigurationError
+
+    shop = build_shop("async", "async")
+    shop.config["outbox"]["after_commit"] = "threads"
+    with pytest.raises(ConfigurationError, match=r"outbox.after_commit' must be one of \['kick', 'thread'\]"):
+        shop.init()
