@@ -127,17 +127,18 @@ def naive_pipeline(url: str, prefix: str):
 
 
 def tidings_pipeline(url: str, prefix: str, handlers: int = 1, profile: str | None = None,
-                     relay_worker: bool = False):
+                     relay_worker: bool = False, after_commit: str = "kick"):
     """Tidings on one worker for every queue (what `tidings server` runs), or with
     `relay_worker` the relay queue on a worker of its own (the naive pipeline's topology)."""
-    domain = build_domain(url, handlers, profile)
+    domain = build_domain(url, handlers, profile, after_commit=after_commit)
     celery = celery_app(domain, prefix, REDIS_URL)
     domain.drop_tables()
     domain.create_tables()
     eng = domain.databases["default"].engine
     tables = ", ".join(t.name for t in domain.metadata.sorted_tables)
     env = {"BENCH_DATABASE_URL": url, "BENCH_BROKER_URL": REDIS_URL, "BENCH_KEYPREFIX": prefix,
-           "BENCH_HANDLERS": str(handlers), "BENCH_PROFILE": profile or ""}
+           "BENCH_HANDLERS": str(handlers), "BENCH_PROFILE": profile or "",
+           "BENCH_AFTER_COMMIT": after_commit}
     queues = [relay_queue(domain)] + [queue_name(domain, h) for h in async_handlers(domain)]
 
     def reset() -> None:
@@ -211,10 +212,14 @@ def naive_baseline(n: int, runs: int) -> Report:
 def end_to_end(n: int, runs: int) -> Report:
     """Scenario 2: Tidings, one handler and three handlers per event: events/s."""
     report = Report("end-to-end", {"n": n, "runs": runs, "producers": PRODUCERS})
-    for handlers, relay_worker in ((1, False), (3, False), (1, True)):
-        label = f"{handlers} handler(s)" + (", relay on its own worker" if relay_worker else "")
+    variants = ((1, False, "kick"), (3, False, "kick"), (1, True, "kick"), (1, False, "thread"),
+                (3, False, "thread"))
+    for handlers, relay_worker, after_commit in variants:
+        label = f"{handlers} handler(s)" + (", relay on its own worker" if relay_worker else "") \
+            + (", relay thread" if after_commit == "thread" else "")
         with scratch_database() as url, redis_prefix() as prefix, \
-                tidings_pipeline(url, prefix, handlers, relay_worker=relay_worker) as pipe:
+                tidings_pipeline(url, prefix, handlers, relay_worker=relay_worker,
+                                 after_commit=after_commit) as pipe:
             _warm_up(pipe, handlers)
             for _ in range(runs):
                 handled, committed = _flat_out(pipe, n, handlers)
@@ -244,13 +249,14 @@ def _paced(pipe: Pipeline, report: Report, n: int, rate: float, label: str) -> N
 def latency(n: int, runs: int, rates: tuple[float, ...] = (100.0,)) -> Report:
     """Scenario 5: commit -> handled at fixed offered rates, `production` and `fast` profiles."""
     report = Report("latency", {"n": n, "runs": runs, "rates": [round(r) for r in rates]})
-    for profile in ("production", "fast"):
+    for profile, after_commit in (("production", "kick"), ("fast", "kick"), ("fast", "thread")):
+        label = profile + (", relay thread" if after_commit == "thread" else "")
         with scratch_database() as url, redis_prefix() as prefix, \
-                tidings_pipeline(url, prefix, 1, profile) as pipe:
+                tidings_pipeline(url, prefix, 1, profile, after_commit=after_commit) as pipe:
             _warm_up(pipe, 1)
             for rate in rates:
                 for _ in range(runs):
-                    _paced(pipe, report, n, rate, f"{profile} {rate:.0f}/s")
+                    _paced(pipe, report, n, rate, f"{label} {rate:.0f}/s")
     return report
 
 

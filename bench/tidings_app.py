@@ -24,7 +24,7 @@ APPLY = sa.text("UPDATE bench_order SET handled = handled + 1, "
 
 
 def build_domain(database_url: str, handlers: int = 1, profile: str | None = None,
-                 event_processing: str = "async") -> Domain:
+                 event_processing: str = "async", after_commit: str = "kick") -> Domain:
     """The benchmark domain on `database_url` (PostgreSQL) or the memory provider."""
     domain = Domain("bench")
     domain.config["event_processing"] = event_processing
@@ -39,6 +39,7 @@ def build_domain(database_url: str, handlers: int = 1, profile: str | None = Non
         domain.config["event_store"] = {"provider": "postgresql"}
     if profile:
         domain.config["server"]["default_subscription_profile"] = profile
+    domain.config["outbox"]["after_commit"] = after_commit
 
     @domain.event(part_of="BenchOrder")
     class OrderPlaced:
@@ -98,6 +99,7 @@ def celery_app(domain: Domain, keyprefix: str, broker_url: str) -> Any:
 
 if os.environ.get("BENCH_DATABASE_URL"):  # the worker: `celery -A bench.tidings_app worker`
     domain = build_domain(os.environ["BENCH_DATABASE_URL"], int(os.environ.get("BENCH_HANDLERS", "1")),
-                          os.environ.get("BENCH_PROFILE") or None)
+                          os.environ.get("BENCH_PROFILE") or None,
+                          after_commit=os.environ.get("BENCH_AFTER_COMMIT", "kick"))
     celery = celery_app(domain, os.environ.get("BENCH_KEYPREFIX", ""),
                         os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"))
