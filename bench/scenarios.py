@@ -212,8 +212,7 @@ def naive_baseline(n: int, runs: int) -> Report:
 def end_to_end(n: int, runs: int) -> Report:
     """Scenario 2: Tidings, one handler and three handlers per event: events/s."""
     report = Report("end-to-end", {"n": n, "runs": runs, "producers": PRODUCERS})
-    variants = ((1, False, "kick"), (3, False, "kick"), (1, True, "kick"), (1, False, "thread"),
-                (3, False, "thread"))
+    variants = ((1, False, "kick"), (3, False, "kick"), (1, True, "kick"), (1, False, "thread"))
     for handlers, relay_worker, after_commit in variants:
         label = f"{handlers} handler(s)" + (", relay on its own worker" if relay_worker else "") \
             + (", relay thread" if after_commit == "thread" else "")
