@@ -12,6 +12,8 @@ from celery.signals import worker_process_init
 from kombu import Queue
 
 from app import sqla_transport
+from app.kick import KickGate, gate_for
+from app.relay_thread import RelayThread
 from tasks.handlers import register_handler_tasks
 from tasks.naming import (
     async_handlers,
@@ -24,7 +26,7 @@ from tasks.naming import (
 )
 from tasks.poller import SAFETY_NET_SECONDS, Pollers, kick, pollers_by_category, register_poller_tasks
 from tasks.pump import WAKEUP_EXPIRES, pulled_subscribers, pump_task_name, register_pump_tasks
-from tasks.relay import register_relay_task
+from tasks.relay import register_relay_task, relay_now
 
 log = logging.getLogger("tidings")
 sqla_transport.register()
@@ -72,7 +74,9 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     register_handler_tasks(celery, domain)
     pollers = register_poller_tasks(celery, domain)
     register_pump_tasks(celery, domain)
-    relay = register_relay_task(celery, domain)
+    gate = None if celery.conf.task_always_eager else gate_for(
+        str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
+    relay = register_relay_task(celery, domain, before_relay=gate.relay_starting if gate else None)
     interval = float(domain.settings["outbox"]["interval"])
     celery.conf.beat_schedule = {
         relay_task_name(domain): {"task": relay.name, "schedule": interval,
@@ -84,7 +88,11 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
            for handler, poller in pollers.items()},
         **_pump_schedule(domain),
     }
-    domain.attach_engine(CeleryEngine(celery, domain, relay, pollers_by_category(domain, pollers)))
+    in_thread = domain.settings["outbox"]["after_commit"] == "thread" \
+        and not celery.conf.task_always_eager
+    domain.attach_engine(CeleryEngine(
+        celery, domain, relay, pollers_by_category(domain, pollers), gate,
+        RelayThread(lambda: relay_now(celery, domain), domain.name) if in_thread else None))
     celery.tidings_domain = domain
     _apps[id(domain)] = celery
     return celery
@@ -120,13 +128,20 @@ class CeleryEngine:
     """The domain's async engine: kicks the relay and the event_store pollers after commits,
     delivers external messages."""
 
-    def __init__(self, celery: Celery, domain: Any, relay: Any, pollers: Pollers | None = None) -> None:
-        self.celery, self.domain, self.relay = celery, domain, relay
+    def __init__(self, celery: Celery, domain: Any, relay: Any, pollers: Pollers | None = None,
+                 gate: KickGate | None = None, relay_thread: RelayThread | None = None) -> None:
+        self.celery, self.domain, self.relay, self.gate = celery, domain, relay, gate
         self.pollers = pollers or {}
+        self.relay_thread = relay_thread
 
     def committed(self, messages: list) -> None:
-        """Relay and poll right after a commit, so latency is not bounded by the beat period."""
-        self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
+        """Relay and poll right after a commit, so latency is not bounded by the beat period.
+        The relay runs in this process's relay thread (`outbox.after_commit = "thread"`) or as a
+        relay task, skipped while an earlier kick is still queued (see app/kick.py)."""
+        if self.relay_thread is not None:
+            self.relay_thread.committed()
+        elif self.gate is None or self.gate.should_kick():
+            self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
         kick(self.pollers, messages)
 
     def deliver(self, broker: Any, stream: str, message_id: str, message: dict,

@@ -16,6 +16,7 @@ from domain.errors import ConfigurationError
 DATABASE_PROVIDERS = {"memory", "sqlite", "postgresql"}
 EVENT_STORE_PROVIDERS = {"memory", "sqlite", "postgresql", "message_db"}
 PROCESSING_MODES = {"sync", "async"}
+AFTER_COMMIT = {"kick", "thread"}  # how a commit gets its outbox rows relayed at once
 
 DEFAULTS: dict[str, Any] = {
     "debug": False,
@@ -33,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "backoff_base": 1.0,  # seconds; doubles per failed publish attempt
         "backoff_max": 60.0,
         "broker": "default",
+        "after_commit": "kick",  # "kick": a relay task per pending kick; "thread": see app/relay_thread.py
     },
     "server": {
         # Subscription values left unset here come from domain.subscriptions.BUILT_IN, so
@@ -190,6 +192,9 @@ def validate_config(config: dict[str, Any]) -> list[str]:
     for key in ("event_processing", "command_processing", "message_processing"):
         if config.get(key) not in PROCESSING_MODES:
             problems.append(f"config key '{key}' must be 'sync' or 'async', got {config.get(key)!r}")
+    if config.get("outbox", {}).get("after_commit") not in AFTER_COMMIT:
+        problems.append(f"config key 'outbox.after_commit' must be one of {sorted(AFTER_COMMIT)}, "
+                        f"got {config.get('outbox', {}).get('after_commit')!r}")
     _check_providers(config.get("databases", {}), "databases", DATABASE_PROVIDERS, problems)
     _check_providers(config.get("brokers", {}), "brokers", set(available_providers()), problems)
     if "default" not in config.get("databases", {}):

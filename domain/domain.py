@@ -76,6 +76,7 @@ class Domain:
         self._brokers: Brokers | None = None  # built by init() from [brokers.<name>]
         self._types: dict[str, type] = {}
         self._routes: dict[str, list[type]] = {}
+        self._methods: dict[tuple[type, str], list[str]] = {}
         self.engine: Engine | None = None  # attached by the Celery app factory
 
     def __repr__(self) -> str:
@@ -194,7 +195,7 @@ class Domain:
     def _build_routes(self) -> None:
         self._types = {self.type_of(c): c for k in ("event", "command")
                        for c in self.registry[k].values()}
-        self._routes = {}
+        self._routes, self._methods = {}, {}
         for kind in ("event_handler", "command_handler", "projector"):
             for handler in self.registry[kind].values():
                 for category in self.handler_categories(handler):
@@ -412,11 +413,17 @@ class Domain:
         return not source or stream_matches(message.origin_stream, source)
 
     def methods_for(self, handler: type, type_string: str) -> list[str]:
+        """The handler's methods for a message type; memoised (it runs for every message)."""
+        cached = self._methods.get((handler, type_string))
+        if cached is not None:
+            return cached
         names: list[str] = []
         for target, methods in handler_targets(handler).items():
             key = target if isinstance(target, str) else self.type_of(target)
             if key == type_string or key == "$any":
                 names += methods
+        if self.initialized:  # type names are final only once init() has run
+            self._methods[(handler, type_string)] = names
         return names
 
     def subscribers_for(self, stream: str) -> list[type]:

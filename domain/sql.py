@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from domain.database import Row
@@ -186,14 +187,25 @@ class SqlSession:
             if result.rowcount == 1:
                 return 0
         values = {**data, **({VERSION_COLUMN: 0} if versioned else {})}
+        # ON CONFLICT DO NOTHING instead of a savepoint: one round trip instead of three on the
+        # write path, and the transaction stays usable to find out which value clashed.
+        if self._insert_new(t, values) == 1:
+            return 0
+        if self.conn.execute(sa.select(pk).where(pk == identity)).first():
+            raise ExpectedVersionError(f"{table} {identity} already exists")
+        raise DuplicateValueError(f"{table}: a unique value is already taken")
+
+    def _insert_new(self, t: sa.Table, values: dict[str, Any]) -> int:
+        """Insert unless a unique key clashes; returns the number of rows inserted (0 or 1)."""
+        insert = _INSERT_IGNORING_CONFLICTS.get(self.conn.dialect.name)
+        if insert is not None:
+            return self.conn.execute(insert(t).values(**values).on_conflict_do_nothing()).rowcount
         try:
             with self.conn.begin_nested():
                 self.conn.execute(sa.insert(t).values(**values))
-        except IntegrityError as exc:
-            if self.conn.execute(sa.select(pk).where(pk == identity)).first():
-                raise ExpectedVersionError(f"{table} {identity} already exists") from None
-            raise DuplicateValueError(f"{table}: a unique value is already taken: {exc.orig}") from None
-        return 0
+        except IntegrityError:
+            return 0
+        return 1
 
     def delete(self, table: str, identity: str) -> bool:
         t = self.db.table(table)
@@ -222,14 +234,8 @@ class SqlSession:
             self.conn.execute(sa.insert(self.db.outbox_table), rows)
 
     def mark_processed(self, handler: str, message_id: str) -> bool:
-        t = self.db.inbox_table
-        try:
-            with self.conn.begin_nested():
-                self.conn.execute(sa.insert(t).values(
-                    handler=handler, message_id=message_id, processed_at=datetime.now(UTC)))
-        except IntegrityError:
-            return False
-        return True
+        return self._insert_new(self.db.inbox_table, {
+            "handler": handler, "message_id": message_id, "processed_at": datetime.now(UTC)}) == 1
 
     def commit(self) -> None:
         try:
@@ -242,6 +248,9 @@ class SqlSession:
             self.trans.rollback()
         finally:
             self.conn.close()
+
+
+_INSERT_IGNORING_CONFLICTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def _as_datetime(value: Any) -> datetime:

@@ -20,7 +20,9 @@ from outbox.tables import PENDING, PUBLISHED
 
 log = logging.getLogger("tidings.outbox")
 
-Publish = Callable[[str], None]  # takes one envelope (JSON text); raises when it cannot publish
+# Takes one envelope (JSON text); raises when it cannot publish. May buffer: then it has a
+# `flush()` that sends the buffer (and raises when it cannot), called before rows are marked.
+Publish = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -104,16 +106,30 @@ def _age(created: datetime | None) -> float:
 
 
 def _publish_all(rows: list[Any], publish: Publish) -> tuple[list[int], str | None]:
-    """Publish rows in order; stop at the first failure and report it."""
+    """Publish rows in order; stop at the first failure and report it.
+
+    A publisher that buffers (a Redis pipeline) has a `flush()`: it runs before anything is
+    reported done, and if it fails no row of the batch counts as published (some may have
+    reached the broker: a duplicate, which the inbox absorbs, never a loss).
+    """
     done: list[int] = []
+    error: str | None = None
     for row in rows:
         try:
             publish(row.envelope if hasattr(row, "envelope") else row["envelope"])
         except Exception as exc:  # noqa: BLE001 - any broker failure leaves the row pending
             log.warning("outbox publish failed after %d of %d: %s", len(done), len(rows), exc)
-            return done, f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
+            break
         done.append(row.id if hasattr(row, "id") else row["id"])
-    return done, None
+    flush = getattr(publish, "flush", None)
+    if done and flush is not None:
+        try:
+            flush()
+        except Exception as exc:  # noqa: BLE001 - the whole batch stays pending
+            log.warning("outbox publish of %d message(s) failed at flush: %s", len(done), exc)
+            return [], f"{type(exc).__name__}: {exc}"
+    return done, error
 
 
 class MemoryOutbox:

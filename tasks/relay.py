@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,11 +33,15 @@ def relay_now(celery: Celery, domain: Any) -> int:
         return relay_pending_messages(store, publish, int(settings["batch_size"]), backoff)
 
 
-def register_relay_task(celery: Celery, domain: Any) -> Task:
+def register_relay_task(celery: Celery, domain: Any,
+                        before_relay: Callable[[], None] | None = None) -> Task:
+    """The relay task; `before_relay` runs before each claim (the app's kick gate)."""
     last_purge = [0.0]
 
     @celery.task(name=relay_task_name(domain), ignore_result=True, shared=False, acks_late=False)
     def relay_outbox() -> int:
+        if before_relay is not None:
+            before_relay()
         published = relay_now(celery, domain)
         if time.monotonic() - last_purge[0] > _PURGE_EVERY:
             last_purge[0] = time.monotonic()
