@@ -212,12 +212,14 @@ def naive_baseline(n: int, runs: int) -> Report:
 def end_to_end(n: int, runs: int) -> Report:
     """Scenario 2: Tidings, one handler and three handlers per event: events/s."""
     report = Report("end-to-end", {"n": n, "runs": runs, "producers": PRODUCERS})
-    variants = ((1, False, "kick"), (3, False, "kick"), (1, True, "kick"), (1, False, "thread"))
-    for handlers, relay_worker, after_commit in variants:
+    variants = ((1, False, "kick", None), (3, False, "kick", None), (1, True, "kick", None),
+                (1, False, "thread", None), (1, False, "kick", "batch"))
+    for handlers, relay_worker, after_commit, profile in variants:
         label = f"{handlers} handler(s)" + (", relay on its own worker" if relay_worker else "") \
-            + (", relay thread" if after_commit == "thread" else "")
+            + (", relay thread" if after_commit == "thread" else "") \
+            + (f", {profile} profile (packed)" if profile else "")
         with scratch_database() as url, redis_prefix() as prefix, \
-                tidings_pipeline(url, prefix, handlers, relay_worker=relay_worker,
+                tidings_pipeline(url, prefix, handlers, profile, relay_worker=relay_worker,
                                  after_commit=after_commit) as pipe:
             _warm_up(pipe, handlers)
             for _ in range(runs):

@@ -23,6 +23,7 @@ BUILT_IN: dict[str, Any] = {  # the reference's effective defaults for a stream 
     "retry_jitter": False,
     "enable_dlq": True,
     "position_update_interval": 10,
+    "batch_delivery": False,  # stream: pack up to messages_per_tick messages into one task
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -34,7 +35,7 @@ PROFILES: dict[str, dict[str, Any]] = {
              "position_update_interval": 5},
     "batch": {"subscription_type": "stream", "messages_per_tick": 500,
               "blocking_timeout_ms": 10000, "max_retries": 5, "retry_delay_seconds": 2,
-              "enable_dlq": True, "position_update_interval": 50},
+              "enable_dlq": True, "position_update_interval": 50, "batch_delivery": True},
     "debug": {"subscription_type": "stream", "messages_per_tick": 1, "blocking_timeout_ms": 1000,
               "max_retries": 1, "retry_delay_seconds": 0, "enable_dlq": False,
               "position_update_interval": 1},
@@ -46,7 +47,7 @@ TYPES = {"stream", "event_store"}
 _POSITIVE = {"messages_per_tick", "blocking_timeout_ms", "position_update_interval",
              "retry_backoff_max"}
 _NON_NEGATIVE = {"max_retries", "retry_delay_seconds"}
-_BOOLEAN = {"retry_backoff", "retry_jitter", "enable_dlq"}
+_BOOLEAN = {"retry_backoff", "retry_jitter", "enable_dlq", "batch_delivery"}
 
 
 @dataclass

@@ -9,16 +9,14 @@ from typing import Any
 from celery import Celery
 
 from domain.envelope import Message
-from tasks.naming import event_store_handlers, queue_name, task_name
+from tasks.naming import batch_task_name, event_store_handlers, packed_handlers, queue_name, task_name
 
 
-def routes_for(domain: Any, message: Message,
-               polled: set[type] | None = None) -> list[tuple[str, str]]:
-    """(task name, queue) of every handler that must receive this message, except the handlers
-    that read the event store themselves (`polled`, by default every event_store handler)."""
+def queued_handlers(domain: Any, message: Message, polled: set[type] | None = None) -> list[type]:
+    """Every handler that must receive this message through its queue: all that receive it,
+    except those that read the event store themselves (`polled`: the event_store handlers)."""
     polled = set(event_store_handlers(domain)) if polled is None else polled
-    return [(task_name(domain, h), queue_name(domain, h)) for h in domain.handlers_for(message)
-            if h not in polled]
+    return [h for h in domain.handlers_for(message) if h not in polled]
 
 
 @contextmanager
@@ -31,27 +29,52 @@ def publisher(celery: Celery, domain: Any) -> Iterator[Any]:
     running them inline would nest a handler's transaction inside the relay's.
     """
     eager = bool(celery.conf.task_always_eager)
-    deferred: list[tuple[str, str, dict]] = []
+    deferred: list[tuple[str, str, Any]] = []
     polled = set(event_store_handlers(domain))
+    packed = packed_handlers(domain)
+    packs: dict[type, list[dict]] = {}
     with celery.producer_or_acquire() as producer, _batched(producer, eager) as batch:
+
+        def send(name: str, queue: str, arg: Any, task_id: str, label: str) -> None:
+            if eager:
+                deferred.append((name, queue, arg))
+            else:
+                # argsrepr: Celery would otherwise saferepr() every envelope for monitors,
+                # which was a third of the relay's time
+                celery.send_task(name, args=[arg], queue=queue, producer=producer,
+                                 task_id=task_id, kwargsrepr="{}", argsrepr=label)
+
+        def send_pack(handler: type) -> None:
+            pack = packs.pop(handler, [])
+            if pack:
+                send(batch_task_name(domain, handler), queue_name(domain, handler), pack,
+                     f"{pack[0]['id']}:{queue_name(domain, handler)}:pack{len(pack)}",
+                     f"({len(pack)} messages)")
 
         def publish(envelope: str) -> None:
             message = Message.from_dict(envelope)
             payload = message.to_dict()
-            for name, queue in routes_for(domain, message, polled):
-                if eager:
-                    deferred.append((name, queue, payload))
-                else:
-                    # argsrepr: Celery would otherwise saferepr() every envelope for monitors,
-                    # which was a third of the relay's time
-                    celery.send_task(name, args=[payload], queue=queue, producer=producer,
-                                     task_id=f"{message.id}:{queue}", kwargsrepr="{}",
-                                     argsrepr=f"({message.type} {message.id})")
+            for handler in queued_handlers(domain, message, polled):
+                if handler in packed:
+                    packs.setdefault(handler, []).append(payload)
+                    if len(packs[handler]) >= packed[handler]:
+                        send_pack(handler)
+                    continue
+                queue = queue_name(domain, handler)
+                send(task_name(domain, handler), queue, payload, f"{message.id}:{queue}",
+                     f"({message.type} {message.id})")
 
-        publish.flush = batch.flush if batch is not None else lambda: None  # type: ignore[attr-defined]
+        def flush() -> None:
+            """Send the partial packs, then what the Redis pipeline buffered."""
+            for handler in list(packs):
+                send_pack(handler)
+            if batch is not None:
+                batch.flush()
+
+        publish.flush = flush  # type: ignore[attr-defined]
         yield publish
-    for name, queue, payload in deferred:
-        celery.tasks[name].apply_async(args=[payload], queue=queue)
+    for name, queue, arg in deferred:
+        celery.tasks[name].apply_async(args=[arg], queue=queue)
 
 
 RELAY_PIPELINE = 1000  # Redis commands buffered before kombu flushes on its own

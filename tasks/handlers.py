@@ -20,7 +20,7 @@ from domain.domain import SKIPPED
 from domain.envelope import Message
 from domain.errors import InvalidMessageError, ValidationError
 from tasks.dlq import dead_letter
-from tasks.naming import async_handlers, queue_name, task_name
+from tasks.naming import async_handlers, batch_task_name, queue_name, task_name
 
 log = logging.getLogger("tidings.tasks")
 stats: Counter = Counter()  # per-process counts: handled, duplicates, dead_lettered
@@ -60,6 +60,11 @@ def register_handler_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
         body = _subscriber_body if handler.element_kind == "subscriber" else _handler_body
         created[name] = celery.task(**options)(body(domain, handler, name, queue))
         _registered[name] = HandlerTask(celery, queue, settings.enable_dlq)
+        if settings.batch_delivery and handler.element_kind != "subscriber":
+            pack_name = batch_task_name(domain, handler)
+            created[pack_name] = celery.task(**{**options, "name": pack_name})(
+                _batch_body(domain, handler, name, queue, settings.retry_delay_seconds))
+            _registered[pack_name] = HandlerTask(celery, queue, settings.enable_dlq)
     return created
 
 
@@ -76,6 +81,36 @@ def _handler_body(domain: Any, handler: type, name: str, queue: str):
         return _count(name, envelope, result)
 
     run.__name__ = handler.__name__
+    return run
+
+
+def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float):
+    """A pack of messages for one handler: each in its own unit of work with its own inbox row.
+    A message that fails is split out to the single-message task, with one attempt counted,
+    and retried alone there; its siblings are not re-run."""
+
+    def run(task: Task, envelopes: list) -> dict[str, int]:
+        stats["packs"] += 1
+        outcomes: Counter = Counter()
+        for envelope in envelopes:
+            try:
+                result = domain.run_handler(handler, Message.from_dict(envelope),
+                                            idempotency_key=name)
+            except InvalidMessageError as exc:
+                _poison(task, queue, envelope, exc)
+                outcomes["dead-lettered"] += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - retried alone, by the single task
+                log.warning("%s: message %s failed in a pack (%s); retried alone", name,
+                            envelope.get("id") if isinstance(envelope, dict) else None, exc)
+                task.app.tasks[name].apply_async(args=[envelope], queue=queue, retries=1,
+                                                 countdown=delay or None)
+                outcomes["split"] += 1
+                continue
+            outcomes[_count(name, envelope, result)] += 1
+        return dict(outcomes)
+
+    run.__name__ = f"{handler.__name__}_batch"
     return run
 
 

@@ -44,3 +44,19 @@ def event_store_handlers(domain: Any) -> list[type]:
     """Handlers that read the event store themselves (`subscription_type = "event_store"`)."""
     return [h for h in async_handlers(domain) if h.element_kind != "subscriber"
             and domain.subscription_settings(h).subscription_type == "event_store"]
+
+
+def batch_task_name(domain: Any, handler: type) -> str:
+    """The task that applies a pack of messages for a `batch_delivery` handler."""
+    return f"{task_name(domain, handler)}.batch"
+
+
+def packed_handlers(domain: Any) -> dict[type, int]:
+    """Stream handlers with `batch_delivery`, and how many messages one task may carry."""
+    packed = {}
+    for handler in async_handlers(domain):
+        settings = domain.subscription_settings(handler)
+        if settings.batch_delivery and settings.subscription_type == "stream" \
+                and handler.element_kind != "subscriber":
+            packed[handler] = int(settings.messages_per_tick)
+    return packed

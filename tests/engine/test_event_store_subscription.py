@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from domain.naming import snake
-from tasks.dispatch import routes_for
+from tasks.dispatch import queued_handlers
 from tasks.naming import poll_task_name, task_name
 from tasks.poller import next_poll_in, poll, replay_failed, run_batch, stats
 from tasks.positions import FAILED, position_store
@@ -221,7 +221,7 @@ def test_the_fan_out_sends_nothing_to_event_store_handlers():
     Deposited = domain.registry["event"]["Deposited"]
     message = domain.event_message(Deposited(account_id="a1", amount=1, n=1))
     assert {h.__name__ for h in domain.handlers_for(message)} == {"StatementProjector", "Auditor"}
-    assert routes_for(domain, message) == []
+    assert queued_handlers(domain, message) == []
 
 
 def test_the_after_commit_kick_runs_the_pollers_and_an_idle_poller_does_not_reschedule_itself():
