@@ -11,40 +11,25 @@ from uuid import uuid4
 
 import redis
 
-from app.brokers import translated, url_of
-from domain.brokers import Broker, BrokerCapability
+from app.brokers.redis_base import UNHEALTHY, RedisBroker
+from domain.brokers import BrokerCapability
 
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 FIELD = "data"  # one field per entry, holding the JSON message
 
 
-class RedisStreamBroker(Broker):
+class RedisStreamBroker(RedisBroker):
     """Settings: `url`, `key_prefix` (isolates streams), `claim_idle_ms` (default 60000: an
     entry pending that long belongs to a dead consumer and is handed to the next reader),
     `maxlen` (default none: keep everything; else trim each stream to about that many
     entries on publish — entries a slow group has not read yet can be trimmed too)."""
 
     capabilities = BrokerCapability.ORDERED_MESSAGING
-    pulled = True
 
     def __init__(self, name: str, domain: Any, settings: dict[str, Any]) -> None:
         super().__init__(name, domain, settings)
-        self.url = url_of(name, settings)
-        self.prefix = str(settings.get("key_prefix", ""))
         self.claim_idle_ms = int(settings.get("claim_idle_ms", 60000))
         self.maxlen = int(settings["maxlen"]) if settings.get("maxlen") else None
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid4().hex[:6]}"
-        self._client: redis.Redis | None = None
-
-    @property
-    def client(self) -> redis.Redis:
-        if self._client is None:  # built on first use, never at import or before a fork
-            self._client = redis.Redis.from_url(self.url, decode_responses=True,
-                                                socket_connect_timeout=2, socket_timeout=5)
-        return self._client
-
-    def _errors(self):
-        return translated(self.name, self.url, CONNECTION_ERRORS)
 
     def _publish(self, stream: str, message: dict) -> str:
         with self._errors():
@@ -86,27 +71,9 @@ class RedisStreamBroker(Broker):
                                          idle=self.claim_idle_ms + 3_600_000, justid=True)
         return bool(claimed)
 
-    def claim_wakeup(self, stream: str, consumer_group: str, ttl: float) -> bool:
-        with self._errors():
-            return bool(self.client.set(self._wakeup_key(stream, consumer_group), 1, nx=True,
-                                        px=int(ttl * 1000)))
-
-    def release_wakeup(self, stream: str, consumer_group: str) -> None:
-        with self._errors():
-            self.client.delete(self._wakeup_key(stream, consumer_group))
-
-    def _wakeup_key(self, stream: str, consumer_group: str) -> str:
-        return f"{self.prefix}tidings:wakeup:{stream}:{consumer_group}"
-
-    def ping(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except (*CONNECTION_ERRORS, OSError):
-            return False
-
     def health_stats(self) -> dict[str, Any]:
         if not self.ping():
-            return {"healthy": False, "message_counts": {}, "consumer_groups": {}, "dlq_depth": 0}
+            return dict(UNHEALTHY)
         counts, groups = {}, {}
         with self._errors():
             for key in self.client.scan_iter(match=f"{self.prefix}*", _type="STREAM"):
@@ -117,7 +84,3 @@ class RedisStreamBroker(Broker):
         return {"healthy": True, "message_counts": counts, "consumer_groups": groups,
                 "dlq_depth": 0}
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None

@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import redis
+from app.brokers.redis_base import UNHEALTHY, RedisBroker
+from domain.brokers import BrokerCapability
 
-from app.brokers import translated, url_of
-from domain.brokers import Broker, BrokerCapability
-
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 # Read up to ARGV[2] entries from the group's position and advance it, atomically, so two
 # readers of one group never get the same entry.
 _READ = """
@@ -22,28 +19,11 @@ return {position, items}
 """
 
 
-class RedisListBroker(Broker):
+class RedisListBroker(RedisBroker):
     """Settings: `url`, `key_prefix`. Stream `s` is the list `<prefix>s`; the positions of
     its groups are the hash `<prefix>s:groups`."""
 
     capabilities = BrokerCapability.SIMPLE_QUEUING
-    pulled = True
-
-    def __init__(self, name: str, domain: Any, settings: dict[str, Any]) -> None:
-        super().__init__(name, domain, settings)
-        self.url = url_of(name, settings)
-        self.prefix = str(settings.get("key_prefix", ""))
-        self._client: redis.Redis | None = None
-
-    @property
-    def client(self) -> redis.Redis:
-        if self._client is None:
-            self._client = redis.Redis.from_url(self.url, decode_responses=True,
-                                                socket_connect_timeout=2, socket_timeout=5)
-        return self._client
-
-    def _errors(self):
-        return translated(self.name, self.url, CONNECTION_ERRORS)
 
     def _publish(self, stream: str, message: dict) -> str:
         with self._errors():
@@ -63,27 +43,9 @@ class RedisListBroker(Broker):
                                                f"{self.prefix}{stream}:groups", consumer_group, n)
         return [(str(int(position) + i), json.loads(item)) for i, item in enumerate(items)]
 
-    def claim_wakeup(self, stream: str, consumer_group: str, ttl: float) -> bool:
-        with self._errors():
-            return bool(self.client.set(self._wakeup_key(stream, consumer_group), 1, nx=True,
-                                        px=int(ttl * 1000)))
-
-    def release_wakeup(self, stream: str, consumer_group: str) -> None:
-        with self._errors():
-            self.client.delete(self._wakeup_key(stream, consumer_group))
-
-    def _wakeup_key(self, stream: str, consumer_group: str) -> str:
-        return f"{self.prefix}tidings:wakeup:{stream}:{consumer_group}"
-
-    def ping(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except (*CONNECTION_ERRORS, OSError):
-            return False
-
     def health_stats(self) -> dict[str, Any]:
         if not self.ping():
-            return {"healthy": False, "message_counts": {}, "consumer_groups": {}, "dlq_depth": 0}
+            return dict(UNHEALTHY)
         counts, groups = {}, {}
         with self._errors():
             for stream in sorted(self.client.smembers(f"{self.prefix}tidings:lists")):
@@ -92,7 +54,3 @@ class RedisListBroker(Broker):
         return {"healthy": True, "message_counts": counts, "consumer_groups": groups,
                 "dlq_depth": 0}
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
