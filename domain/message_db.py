@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from domain.envelope import category_of
 from domain.errors import ConfigurationError, ExpectedVersionError, TidingsError
-from domain.sql import normalize_uri
+from domain.sql import TransactionSession, normalize_uri
 
 # Message DB's functions call each other and their table unqualified.
 _SEARCH_PATH = "-c search_path=message_store,public"
@@ -100,13 +100,8 @@ class MessageDbDatabase:
         return list(itertools.islice(merged, limit))
 
 
-class MessageDbSession:
+class MessageDbSession(TransactionSession):
     """One Message DB transaction; `append_events` writes, `commit` makes the writes visible."""
-
-    def __init__(self, db: MessageDbDatabase) -> None:
-        self.db = db
-        self.conn = db.engine.connect()
-        self.trans = self.conn.begin()
 
     def append_events(self, records: list[dict[str, Any]]) -> None:
         """Write each record now; an aggregate's events expect the stream's current version."""
@@ -139,17 +134,6 @@ class MessageDbSession:
                  "CAST(:metadata AS jsonb), :expected)")
         return _run(self.conn, query, params).scalar_one()
 
-    def commit(self) -> None:
-        try:
-            self.trans.commit()
-        finally:
-            self.conn.close()
-
-    def rollback(self) -> None:
-        try:
-            self.trans.rollback()
-        finally:
-            self.conn.close()
 
 
 def _run(conn: sa.Connection, query: str, params: dict[str, Any]) -> sa.CursorResult:

@@ -140,11 +140,28 @@ class SqlDatabase:
             raise IncorrectUsageError(f"no table '{name}' in database '{self.name}'") from None
 
 
-class SqlSession:
-    def __init__(self, db: SqlDatabase) -> None:
+class TransactionSession:
+    """One connection and its transaction; `commit` or `rollback` ends both."""
+
+    def __init__(self, db: Any) -> None:
         self.db = db
         self.conn = db.engine.connect()
         self.trans = self.conn.begin()
+
+    def commit(self) -> None:
+        try:
+            self.trans.commit()
+        finally:
+            self.conn.close()
+
+    def rollback(self) -> None:
+        try:
+            self.trans.rollback()
+        finally:
+            self.conn.close()
+
+
+class SqlSession(TransactionSession):
 
     @staticmethod
     def _row(mapping: Any) -> Row:
@@ -237,17 +254,6 @@ class SqlSession:
         return self._insert_new(self.db.inbox_table, {
             "handler": handler, "message_id": message_id, "processed_at": datetime.now(UTC)}) == 1
 
-    def commit(self) -> None:
-        try:
-            self.trans.commit()
-        finally:
-            self.conn.close()
-
-    def rollback(self) -> None:
-        try:
-            self.trans.rollback()
-        finally:
-            self.conn.close()
 
 
 _INSERT_IGNORING_CONFLICTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
