@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from app.factory import celery_app_for
-from app.loading import load_domain
+from tidings.app.factory import celery_app_for
+from tidings.app.loading import load_domain
 
 
 @click.group()
@@ -25,7 +25,7 @@ def _load(domain_path: str):
 
 
 @main.command()
-@click.option("--domain", "domain_path", required=True, help="dotted path, e.g. examples.bookshelf")
+@click.option("--domain", "domain_path", required=True, help="dotted path, e.g. tidings.examples.bookshelf")
 @click.option("--debug", is_flag=True, help="log every message")
 @click.option("--test-mode", is_flag=True, help="process everything pending, then exit")
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
@@ -34,7 +34,7 @@ def _load(domain_path: str):
 def server(domain_path: str, debug: bool, test_mode: bool, pool: str, concurrency: int | None,
            no_beat: bool) -> None:
     """Start a worker on all of the domain's queues (beat embedded unless --no-beat)."""
-    from app.server import run_until_quiescent, subscription_lines, worker_argv
+    from tidings.app.server import run_until_quiescent, subscription_lines, worker_argv
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -52,7 +52,7 @@ def server(domain_path: str, debug: bool, test_mode: bool, pool: str, concurrenc
 
 
 def _queues(domain, handler: str | None) -> list[str]:
-    from tasks.naming import async_handlers, queue_name
+    from tidings.tasks.naming import async_handlers, queue_name
 
     handlers = async_handlers(domain)
     if handler:
@@ -64,21 +64,21 @@ def _queues(domain, handler: str | None) -> list[str]:
 
 def _polled(domain, handler: str | None) -> list[type]:
     """The event_store handlers (optionally one): their failures are failed positions."""
-    from tasks.naming import event_store_handlers
+    from tidings.tasks.naming import event_store_handlers
 
     return [h for h in event_store_handlers(domain) if not handler or h.__name__ == handler]
 
 
 def _failed_positions(domain, handler: str | None) -> list[dict]:
-    from tasks.naming import task_name
-    from tasks.positions import position_store
+    from tidings.tasks.naming import task_name
+    from tidings.tasks.positions import position_store
 
     store = position_store(domain)
     return [row for h in _polled(domain, handler) for row in store.failures(task_name(domain, h))]
 
 
 domain_option = click.option("--domain", "domain_path", required=True,
-                             help="dotted path, e.g. examples.bookshelf")
+                             help="dotted path, e.g. tidings.examples.bookshelf")
 handler_option = click.option("--handler", default=None, help="one handler (default: all)")
 
 
@@ -93,7 +93,7 @@ def dlq() -> None:
 @click.option("--limit", default=100, show_default=True)
 def dlq_list(domain_path: str, handler: str | None, limit: int) -> None:
     """One line per dead-lettered message."""
-    from tasks import dlq as dead
+    from tidings.tasks import dlq as dead
 
     domain, celery = _load(domain_path)
     total = 0
@@ -117,7 +117,7 @@ def dlq_list(domain_path: str, handler: str | None, limit: int) -> None:
 @click.argument("message_id")
 def dlq_show(domain_path: str, handler: str | None, message_id: str) -> None:
     """Everything recorded about one message: body, error, traceback, attempts, time."""
-    from tasks import dlq as dead
+    from tidings.tasks import dlq as dead
 
     domain, celery = _load(domain_path)
     for queue in _queues(domain, handler):
@@ -139,8 +139,8 @@ def dlq_show(domain_path: str, handler: str | None, message_id: str) -> None:
 def dlq_replay(domain_path: str, handler: str | None, message_id: str | None) -> None:
     """Re-queue to the handler with the retry count reset; an entry leaves the DLQ only once
     its re-publish succeeded. Failed positions are re-run here; a success removes the row."""
-    from tasks import dlq as dead
-    from tasks.poller import replay_failed
+    from tidings.tasks import dlq as dead
+    from tidings.tasks.poller import replay_failed
 
     domain, celery = _load(domain_path)
     count = sum(dead.replay(celery, q, message_id) for q in _queues(domain, handler))
@@ -157,9 +157,9 @@ def dlq_replay(domain_path: str, handler: str | None, message_id: str | None) ->
 @handler_option
 @click.confirmation_option(prompt="Delete the dead-lettered messages for good?")
 def dlq_purge(domain_path: str, handler: str | None) -> None:
-    from tasks import dlq as dead
-    from tasks.naming import task_name
-    from tasks.positions import position_store
+    from tidings.tasks import dlq as dead
+    from tidings.tasks.naming import task_name
+    from tidings.tasks.positions import position_store
 
     domain, celery = _load(domain_path)
     count = sum(dead.purge(celery, q) for q in _queues(domain, handler))
@@ -187,7 +187,7 @@ def db_create(domain_path: str) -> None:
 @domain_option
 def subscriptions(domain_path: str) -> None:
     """Every handler's resolved subscription settings and where each value came from."""
-    from tasks.naming import async_handlers, queue_name
+    from tidings.tasks.naming import async_handlers, queue_name
 
     domain, _ = _load(domain_path)
     for handler in async_handlers(domain):
@@ -209,7 +209,7 @@ def projection_rebuild(domain_path: str, projector: str) -> None:
     """Truncate the projector's projection, reset its cursor to 0 and replay every event."""
     from rich.progress import Progress
 
-    from tasks.rebuild import rebuild_projection
+    from tidings.tasks.rebuild import rebuild_projection
 
     domain, _ = _load(domain_path)
     found = domain.registry["projector"].get(projector)
@@ -239,7 +239,7 @@ def outbox() -> None:
 def outbox_status(domain_path: str) -> None:
     from dataclasses import asdict
 
-    from tasks.relay import outbox_store
+    from tidings.tasks.relay import outbox_store
 
     domain, _ = _load(domain_path)
     click.echo(json.dumps(asdict(outbox_store(domain).status()), indent=2))
@@ -249,7 +249,7 @@ def outbox_status(domain_path: str) -> None:
 @domain_option
 def outbox_relay(domain_path: str) -> None:
     """Relay every due row now (what the beat-driven task does)."""
-    from tasks.relay import relay_now
+    from tidings.tasks.relay import relay_now
 
     domain, celery = _load(domain_path)
     click.echo(f"published {relay_now(celery, domain)} message(s)")
@@ -259,7 +259,7 @@ def outbox_relay(domain_path: str) -> None:
 @domain_option
 def health(domain_path: str) -> None:
     """Database, broker and outbox lag; exits 1 when degraded."""
-    from app.health import health as check
+    from tidings.app.health import health as check
 
     domain, celery = _load(domain_path)
     report = check(domain, celery)
@@ -273,7 +273,7 @@ def health(domain_path: str) -> None:
 def demo(redis: bool, postgres: bool) -> None:
     """Run the bookshelf service async — worker with beat, and the API, as real processes —
     through a scripted scenario, on the embedded default (SQLite) unless told otherwise."""
-    from app.demo import console, run
+    from tidings.app.demo import console, run
 
     try:
         code = run(redis=redis, postgres=postgres)

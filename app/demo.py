@@ -47,7 +47,7 @@ def service_env(workdir: Path, redis: bool, postgres: bool) -> dict[str, str]:
 def ensure_postgres_database(url: str) -> None:
     import sqlalchemy as sa
 
-    from domain.sql import normalize_uri
+    from tidings.domain.sql import normalize_uri
 
     base, name = normalize_uri(url).rsplit("/", 1)
     admin = sa.create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
@@ -110,8 +110,8 @@ def run(redis: bool = False, postgres: bool = False) -> int:
     child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
 
-    from app.factory import create_celery_app
-    from examples.bookshelf.domain import domain
+    from tidings.app.factory import create_celery_app
+    from tidings.examples.bookshelf.domain import domain
 
     domain.init()
     domain.drop_tables()
@@ -126,11 +126,11 @@ def run(redis: bool = False, postgres: bool = False) -> int:
     port = free_port()
     with ExitStack() as stack:
         worker = stack.enter_context(process("worker + beat", [
-            sys.executable, "-m", "celery", "-A", "examples.bookshelf.worker", "worker", "-B",
+            sys.executable, "-m", "celery", "-A", "tidings.examples.bookshelf.worker", "worker", "-B",
             "-s", str(workdir / "celerybeat-schedule"), "--pool", "prefork", "-c", "2",
             "-l", "WARNING"], child_env, workdir / "worker.log"))
         api = stack.enter_context(process("api", [
-            sys.executable, "-m", "uvicorn", "examples.bookshelf.api:app", "--port", str(port),
+            sys.executable, "-m", "uvicorn", "tidings.examples.bookshelf.api:app", "--port", str(port),
             "--log-level", "warning"], child_env, workdir / "api.log"))
         client = stack.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}",
                                                   timeout=10))
@@ -138,14 +138,14 @@ def run(redis: bool = False, postgres: bool = False) -> int:
 
 
 def drive(domain: Any, celery: Any, client: httpx.Client, children: list) -> int:
-    from app.progress import deliveries, latencies
-    from examples.bookshelf.scenario import (
+    from tidings.app.progress import deliveries, latencies
+    from tidings.examples.bookshelf.scenario import (
         HttpDriver,
         expected_final_state,
         final_state,
         run_scenario,
     )
-    from tasks import dlq
+    from tidings.tasks import dlq
 
     def api_up() -> bool:
         try:

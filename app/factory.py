@@ -11,11 +11,11 @@ from celery import Celery
 from celery.signals import worker_process_init
 from kombu import Queue
 
-from app import sqla_transport
-from app.kick import KickGate, gate_for
-from app.relay_thread import RelayThread
-from tasks.handlers import register_handler_tasks
-from tasks.naming import (
+from tidings.app import sqla_transport
+from tidings.app.kick import KickGate, gate_for
+from tidings.app.relay_thread import RelayThread
+from tidings.tasks.handlers import register_handler_tasks
+from tidings.tasks.naming import (
     async_handlers,
     event_store_handlers,
     poll_task_name,
@@ -24,9 +24,9 @@ from tasks.naming import (
     relay_task_name,
     task_name,
 )
-from tasks.poller import SAFETY_NET_SECONDS, Pollers, kick, pollers_by_category, register_poller_tasks
-from tasks.pump import WAKEUP_EXPIRES, pulled_subscribers, pump_task_name, register_pump_tasks
-from tasks.relay import register_relay_task, relay_now
+from tidings.tasks.poller import SAFETY_NET_SECONDS, Pollers, kick, pollers_by_category, register_poller_tasks
+from tidings.tasks.pump import WAKEUP_EXPIRES, pulled_subscribers, pump_task_name, register_pump_tasks
+from tidings.tasks.relay import register_relay_task, relay_now
 
 log = logging.getLogger("tidings")
 sqla_transport.register()
@@ -55,7 +55,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     if not domain.initialized:
         domain.init()
     celery = Celery(f"tidings.{domain.name}", set_as_current=False)
-    celery.config_from_object("celeryconfig")
+    celery.config_from_object("tidings.celeryconfig")
     routes = {relay_task_name(domain): relay_queue(domain)}
     routes.update({task_name(domain, h): queue_name(domain, h) for h in async_handlers(domain)})
     routes.update({poll_task_name(domain, h): queue_name(domain, h)

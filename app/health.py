@@ -9,10 +9,10 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery
 
-from domain.sql import SqlDatabase
-from tasks import dlq
-from tasks.naming import queue_name
-from tasks.relay import outbox_store
+from tidings.domain.sql import SqlDatabase
+from tidings.tasks import dlq
+from tidings.tasks.naming import queue_name
+from tidings.tasks.relay import outbox_store
 
 
 def check_database(domain: Any) -> dict[str, Any]:

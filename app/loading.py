@@ -1,4 +1,4 @@
-"""Finding a user's domain from a dotted path (`--domain examples.bookshelf`)."""
+"""Finding a user's domain from a dotted path (`--domain tidings.examples.bookshelf`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from domain import Domain
+from tidings.domain import Domain
 
 
 def load_domain(path: str) -> Domain:

@@ -10,9 +10,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from domain.envelope import Message
-from domain.memory import MemoryDatabase
-from outbox.tables import PENDING, PUBLISHED
+from tidings.domain.envelope import Message
+from tidings.domain.memory import MemoryDatabase
+from tidings.outbox.tables import PENDING, PUBLISHED
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from typing import Any
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from app.progress import deliveries
-from domain.sql import SqlDatabase
-from tasks import dlq
-from tasks.handlers import stats
-from tasks.naming import async_handlers, queue_name, relay_queue
-from tasks.poller import failed_count, poll_all
-from tasks.relay import relay_now
+from tidings.app.progress import deliveries
+from tidings.domain.sql import SqlDatabase
+from tidings.tasks import dlq
+from tidings.tasks.handlers import stats
+from tidings.tasks.naming import async_handlers, queue_name, relay_queue
+from tidings.tasks.poller import failed_count, poll_all
+from tidings.tasks.relay import relay_now
 
 log = logging.getLogger("tidings.server")
 

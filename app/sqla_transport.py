@@ -54,4 +54,4 @@ def register() -> None:
     """Make `sqla+…` and `sqlalchemy+…` URLs use this transport in this process — also where
     the URL comes from Celery's own `--broker`/`BROKER_URL`, which bypass the app's config."""
     for alias in ("sqla", "sqlalchemy"):
-        kombu_transport.TRANSPORT_ALIASES[alias] = "app.sqla_transport:Transport"
+        kombu_transport.TRANSPORT_ALIASES[alias] = "tidings.app.sqla_transport:Transport"

@@ -1,7 +1,7 @@
 """Testing helpers for users' test suites.
 
     # conftest.py
-    pytest_plugins = ["app.testing"]
+    pytest_plugins = ["tidings.app.testing"]
 
     @pytest.fixture
     def tidings_domain():
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from app.factory import create_celery_app
+from tidings.app.factory import create_celery_app
 
 
 def eager_app(domain: Any) -> Celery:

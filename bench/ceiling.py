@@ -16,7 +16,7 @@ QUEUE = os.environ.get("BENCH_QUEUE", "ceiling.noop")
 PREFIX = os.environ.get("BENCH_KEYPREFIX", "")
 
 celery = Celery("ceiling", set_as_current=False)
-celery.config_from_object("celeryconfig")
+celery.config_from_object("tidings.celeryconfig")
 celery.conf.update(
     broker_url=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
     broker_transport_options={**celery.conf.broker_transport_options, "global_keyprefix": PREFIX},

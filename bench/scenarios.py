@@ -27,9 +27,9 @@ from bench.harness import (
     worker,
 )
 from bench.tidings_app import build_domain, celery_app, place_order
-from outbox.writer import outbox_rows
-from tasks.naming import async_handlers, queue_name, relay_queue
-from tasks.relay import relay_now
+from tidings.outbox.writer import outbox_rows
+from tidings.tasks.naming import async_handlers, queue_name, relay_queue
+from tidings.tasks.relay import relay_now
 
 PRODUCERS = 4  # producer threads committing one event per transaction
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app.factory import create_celery_app
-from domain import Domain, current_domain, handle
-from domain.context import current_uow
-from domain.fields import Float, Identifier, Integer
+from tidings import Domain, current_domain, handle
+from tidings.app.factory import create_celery_app
+from tidings.domain.context import current_uow
+from tidings.fields import Float, Identifier, Integer
 
 APPLY = sa.text("UPDATE bench_order SET handled = handled + 1, "
                 "handled_at = extract(epoch from clock_timestamp()) WHERE id = :id")

@@ -1,12 +1,12 @@
 """Tidings' modeling kernel: declare a domain, persist it atomically, process its messages.
 
-    from domain import Domain, handle, current_domain
-    from domain.fields import Identifier, Integer
+    from tidings.domain import Domain, handle, current_domain
+    from tidings.domain.fields import Identifier, Integer
 """
 
-from domain.context import current_domain
-from domain.domain import Domain
-from domain.elements import (
+from tidings.domain.context import current_domain
+from tidings.domain.domain import Domain
+from tidings.domain.elements import (
     BaseAggregate,
     BaseCommand,
     BaseCommandHandler,
@@ -23,8 +23,8 @@ from domain.elements import (
     on,
     read,
 )
-from domain.envelope import Message, MessageKind
-from domain.errors import (
+from tidings.domain.envelope import Message, MessageKind
+from tidings.domain.errors import (
     ConfigurationError,
     ExpectedVersionError,
     IncorrectUsageError,

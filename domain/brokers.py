@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from typing import Any
 from uuid import uuid4
 
-from domain.errors import ConfigurationError, IncorrectUsageError
+from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 
 log = logging.getLogger("tidings.brokers")
 ENTRY_POINT_GROUP = "tidings.brokers"

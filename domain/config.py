@@ -10,8 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from domain.brokers import available_providers
-from domain.errors import ConfigurationError
+from tidings.domain.brokers import available_providers
+from tidings.domain.errors import ConfigurationError
 
 DATABASE_PROVIDERS = {"memory", "sqlite", "postgresql"}
 EVENT_STORE_PROVIDERS = {"memory", "sqlite", "postgresql", "message_db"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
-from domain.errors import IncorrectUsageError
+from tidings.domain.errors import IncorrectUsageError
 
 _domains: ContextVar[tuple] = ContextVar("tidings_domains", default=())
 current_uow: ContextVar[Any] = ContextVar("tidings_uow", default=None)

@@ -15,28 +15,28 @@ from uuid import uuid4
 
 import sqlalchemy as sa
 
-from domain import config as cfg
-from domain.brokers import Brokers
-from domain.context import current_message, current_uow, pop_domain, push_domain
-from domain.database import Database
-from domain.envelope import Message, MessageKind, stream_matches
-from domain.errors import (
+from tidings.domain import config as cfg
+from tidings.domain.brokers import Brokers
+from tidings.domain.context import current_message, current_uow, pop_domain, push_domain
+from tidings.domain.database import Database
+from tidings.domain.envelope import Message, MessageKind, stream_matches
+from tidings.domain.errors import (
     ConfigurationError,
     IncorrectUsageError,
     InvalidMessageError,
     UnknownMessageTypeError,
     ValidationError,
 )
-from domain.memory import MemoryDatabase
-from domain.message_db import MessageDbDatabase
-from domain.naming import camel, snake
-from domain.registry import OPTIONS, derive_element, handler_targets, query_targets
-from domain.repository import Repository
-from domain.sql import SqlDatabase
-from domain.subscriptions import SubscriptionSettings
-from domain.subscriptions import resolve as resolve_subscription
-from domain.tables import define_model_table
-from domain.uow import UnitOfWork
+from tidings.domain.memory import MemoryDatabase
+from tidings.domain.message_db import MessageDbDatabase
+from tidings.domain.naming import camel, snake
+from tidings.domain.registry import OPTIONS, derive_element, handler_targets, query_targets
+from tidings.domain.repository import Repository
+from tidings.domain.sql import SqlDatabase
+from tidings.domain.subscriptions import SubscriptionSettings
+from tidings.domain.subscriptions import resolve as resolve_subscription
+from tidings.domain.tables import define_model_table
+from tidings.domain.uow import UnitOfWork
 
 log = logging.getLogger("tidings")
 
@@ -124,7 +124,7 @@ class Domain:
 
         Raises one ConfigurationError listing every problem found.
         """
-        from domain.validation import check_registry
+        from tidings.domain.validation import check_registry
 
         problems: list[str] = []
         try:

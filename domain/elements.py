@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from pydantic import ValidationError as PydanticValidationError
 from pydantic._internal._model_construction import ModelMetaclass
 
-from domain import fields as _fields
-from domain.errors import from_pydantic
-from domain.fields import FieldSpec, Identifier
+from tidings.domain import fields as _fields
+from tidings.domain.errors import from_pydantic
+from tidings.domain.fields import FieldSpec, Identifier
 
 
 def _new_id() -> str:

@@ -11,7 +11,7 @@ from uuid import uuid4
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from domain.errors import InvalidMessageError
+from tidings.domain.errors import InvalidMessageError
 
 
 class MessageKind(StrEnum):

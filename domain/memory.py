@@ -7,9 +7,9 @@ import itertools
 import threading
 from typing import Any
 
-from domain.database import Row
-from domain.envelope import stream_matches
-from domain.errors import ExpectedVersionError
+from tidings.domain.database import Row
+from tidings.domain.envelope import stream_matches
+from tidings.domain.errors import ExpectedVersionError
 
 _DELETED = object()
 

@@ -23,9 +23,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
-from domain.envelope import category_of
-from domain.errors import ConfigurationError, ExpectedVersionError, TidingsError
-from domain.sql import TransactionSession, normalize_uri
+from tidings.domain.envelope import category_of
+from tidings.domain.errors import ConfigurationError, ExpectedVersionError, TidingsError
+from tidings.domain.sql import TransactionSession, normalize_uri
 
 # Message DB's functions call each other and their table unqualified.
 _SEARCH_PATH = "-c search_path=message_store,public"

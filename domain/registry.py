@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
-from domain import elements as el
+from tidings.domain import elements as el
 
 BASES: dict[str, type] = {
     "aggregate": el.BaseAggregate,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from domain.context import current_uow
-from domain.database import Database
-from domain.errors import ObjectNotFoundError, TooManyObjectsError
-from domain.tables import column_kind, table_name
+from tidings.domain.context import current_uow
+from tidings.domain.database import Database
+from tidings.domain.errors import ObjectNotFoundError, TooManyObjectsError
+from tidings.domain.tables import column_kind, table_name
 
 if TYPE_CHECKING:
-    from domain.domain import Domain
+    from tidings.domain.domain import Domain
 
 T = TypeVar("T")
 

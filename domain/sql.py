@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from domain.database import Row
-from domain.errors import ExpectedVersionError, IncorrectUsageError, TidingsError
-from domain.tables import VERSION_COLUMN, define_event_store
-from outbox.tables import define_failed_positions, define_inbox, define_outbox, define_positions
+from tidings.domain.database import Row
+from tidings.domain.errors import ExpectedVersionError, IncorrectUsageError, TidingsError
+from tidings.domain.tables import VERSION_COLUMN, define_event_store
+from tidings.outbox.tables import define_failed_positions, define_inbox, define_outbox, define_positions
 
 _APPEND_LOCK = 0x7469_6469_6E67_7300  # "tidings" + 0: the event-store append lock key
 

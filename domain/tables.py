@@ -7,8 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from domain.fields import FieldSpec
-from domain.naming import snake
+from tidings.domain.fields import FieldSpec
+from tidings.domain.naming import snake
 
 VERSION_COLUMN = "_version"
 

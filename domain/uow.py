@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from domain.context import current_uow
-from domain.database import Database, Session, event_record
-from domain.envelope import Message
-from outbox.writer import outbox_rows
+from tidings.domain.context import current_uow
+from tidings.domain.database import Database, Session, event_record
+from tidings.domain.envelope import Message
+from tidings.outbox.writer import outbox_rows
 
 if TYPE_CHECKING:
-    from domain.domain import Domain
+    from tidings.domain.domain import Domain
 
 
 class UnitOfWork:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from domain.errors import ConfigurationError
-from domain.registry import handler_targets, query_targets
-from domain.subscriptions import SettingsError, resolve
+from tidings.domain.errors import ConfigurationError
+from tidings.domain.registry import handler_targets, query_targets
+from tidings.domain.subscriptions import SettingsError, resolve
 
 if TYPE_CHECKING:
-    from domain.domain import Domain
+    from tidings.domain.domain import Domain
 
 
 def check_registry(domain: Domain, config: dict) -> list[str]:

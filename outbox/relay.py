@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from outbox.tables import PENDING, PUBLISHED
+from tidings.outbox.tables import PENDING, PUBLISHED
 
 log = logging.getLogger("tidings.outbox")
 

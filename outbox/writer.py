@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from outbox.tables import PENDING
+from tidings.outbox.tables import PENDING
 
 
 class Envelope(Protocol):

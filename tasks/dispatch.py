@@ -8,8 +8,8 @@ from typing import Any
 
 from celery import Celery
 
-from domain.envelope import Message
-from tasks.naming import batch_task_name, event_store_handlers, packed_handlers, queue_name, task_name
+from tidings.domain.envelope import Message
+from tidings.tasks.naming import batch_task_name, event_store_handlers, packed_handlers, queue_name, task_name
 
 
 def queued_handlers(domain: Any, message: Message, polled: set[type] | None = None) -> list[type]:

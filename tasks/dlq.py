@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from tasks.naming import dlq_name
+from tidings.tasks.naming import dlq_name
 
 log = logging.getLogger("tidings.dlq")
 

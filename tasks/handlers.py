@@ -16,11 +16,11 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import task_failure
 
-from domain.domain import SKIPPED
-from domain.envelope import Message
-from domain.errors import InvalidMessageError, ValidationError
-from tasks.dlq import dead_letter
-from tasks.naming import async_handlers, batch_task_name, queue_name, task_name
+from tidings.domain.domain import SKIPPED
+from tidings.domain.envelope import Message
+from tidings.domain.errors import InvalidMessageError, ValidationError
+from tidings.tasks.dlq import dead_letter
+from tidings.tasks.naming import async_handlers, batch_task_name, queue_name, task_name
 
 log = logging.getLogger("tidings.tasks")
 stats: Counter = Counter()  # per-process counts: handled, duplicates, dead_lettered

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain.naming import snake
+from tidings.domain.naming import snake
 
 
 def task_name(domain: Any, handler: type) -> str:

@@ -21,11 +21,11 @@ from typing import Any
 
 from celery import Celery, Task
 
-from domain.domain import SKIPPED
-from domain.envelope import Message
-from tasks.handlers import NOT_RETRIED
-from tasks.naming import event_store_handlers, poll_task_name, queue_name, task_name
-from tasks.positions import FAILED, RETRYING, Lease, LeaseLostError, PositionStore, position_store
+from tidings.domain.domain import SKIPPED
+from tidings.domain.envelope import Message
+from tidings.tasks.handlers import NOT_RETRIED
+from tidings.tasks.naming import event_store_handlers, poll_task_name, queue_name, task_name
+from tidings.tasks.positions import FAILED, RETRYING, Lease, LeaseLostError, PositionStore, position_store
 
 log = logging.getLogger("tidings.poller")
 SAFETY_NET_SECONDS = 5.0  # beat period: catches kicks lost to a crash or a busy owner

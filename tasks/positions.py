@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from domain.errors import TidingsError
-from domain.memory import MemoryDatabase
+from tidings.domain.errors import TidingsError
+from tidings.domain.memory import MemoryDatabase
 
 RETRYING, FAILED = "retrying", "failed"
 LEASE_SECONDS = 60.0  # renewed by every cursor save; outlives any one batch

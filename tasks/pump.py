@@ -15,8 +15,8 @@ from typing import Any
 
 from celery import Celery, Task
 
-from domain.brokers import BrokerCapability
-from tasks.naming import queue_name, task_name
+from tidings.domain.brokers import BrokerCapability
+from tidings.tasks.naming import queue_name, task_name
 
 log = logging.getLogger("tidings.pump")
 

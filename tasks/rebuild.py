@@ -9,12 +9,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from domain.errors import IncorrectUsageError
-from domain.memory import MemoryDatabase
-from domain.tables import table_name
-from tasks.naming import task_name
-from tasks.poller import run_batch
-from tasks.positions import position_store
+from tidings.domain.errors import IncorrectUsageError
+from tidings.domain.memory import MemoryDatabase
+from tidings.domain.tables import table_name
+from tidings.tasks.naming import task_name
+from tidings.tasks.poller import run_batch
+from tidings.tasks.positions import position_store
 
 Progress = Callable[[int, int | None], None]  # (cursor, last position or None)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from celery import Celery, Task
 
-from domain.memory import MemoryDatabase
-from outbox.relay import Backoff, MemoryOutbox, OutboxStore, SqlOutbox, relay_pending_messages
-from tasks.dispatch import publisher
-from tasks.naming import relay_task_name
+from tidings.domain.memory import MemoryDatabase
+from tidings.outbox.relay import Backoff, MemoryOutbox, OutboxStore, SqlOutbox, relay_pending_messages
+from tidings.tasks.dispatch import publisher
+from tidings.tasks.naming import relay_task_name
 
 _PURGE_EVERY = 60.0  # seconds between deletions of old published rows, per process
 

@@ -7,10 +7,10 @@ from urllib.parse import urlparse, urlunparse
 import pytest
 import sqlalchemy as sa
 
-from domain.sql import normalize_uri
 from tests.services import DATABASE_URL, require_postgres
+from tidings.domain.sql import normalize_uri
 
-pytest_plugins = ["app.testing"]
+pytest_plugins = ["tidings.app.testing"]
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from domain import Domain, current_domain, handle
-from domain.fields import Identifier, Integer, String
+from tidings import Domain, current_domain, handle
+from tidings.fields import Identifier, Integer, String
 
 
 def build_shop(event_processing: str = "sync", command_processing: str = "sync") -> Domain:

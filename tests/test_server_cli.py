@@ -24,7 +24,7 @@ def embedded_env(tmp_path: Path) -> dict[str, str]:
 
 
 SEED = """
-from examples.bookshelf.domain import domain, AddBook, AddStock
+from tidings.examples.bookshelf.domain import domain, AddBook, AddStock
 domain.init(); domain.create_tables()
 with domain.domain_context():
     book = AddBook(title="Dune", author="Frank Herbert", isbn="978-0441172719", price=9.99)
@@ -33,7 +33,7 @@ print(book.book_id)
 """
 CHECK = """
 import sys
-from examples.bookshelf.domain import domain, BookCatalog, Inventory
+from tidings.examples.bookshelf.domain import domain, BookCatalog, Inventory
 domain.init()
 with domain.domain_context():
     entry = domain.repository_for(BookCatalog).get(sys.argv[1])
@@ -48,7 +48,7 @@ def test_test_mode_processes_everything_pending_and_exits_0(tmp_path):
     # commands committed while no worker runs: they wait in the outbox
     book_id = subprocess.run([sys.executable, "-c", SEED], env=env, cwd=tmp_path, check=True,
                              capture_output=True, text=True).stdout.strip()
-    result = subprocess.run([TIDINGS, "server", "--domain", "examples.bookshelf", "--test-mode"],
+    result = subprocess.run([TIDINGS, "server", "--domain", "tidings.examples.bookshelf", "--test-mode"],
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "BookEventHandler -> bookshelf::book (bookshelf.book_event_handler, stream)" in \
@@ -61,8 +61,8 @@ def test_test_mode_processes_everything_pending_and_exits_0(tmp_path):
 
 
 POISON = """
-from app.factory import create_celery_app
-from examples.bookshelf.domain import domain
+from tidings.app.factory import create_celery_app
+from tidings.examples.bookshelf.domain import domain
 domain.init(); domain.create_tables()
 create_celery_app(domain).send_task("tidings.bookshelf.BookEventHandler", args=["{broken"],
                                     queue="bookshelf.book_event_handler")
@@ -73,7 +73,7 @@ create_celery_app(domain).send_task("tidings.bookshelf.BookEventHandler", args=[
 def test_test_mode_exits_1_when_a_message_went_to_the_dlq(tmp_path):
     env = embedded_env(tmp_path)
     subprocess.run([sys.executable, "-c", POISON], env=env, cwd=tmp_path, check=True)
-    result = subprocess.run([TIDINGS, "server", "--domain", "examples.bookshelf", "--test-mode"],
+    result = subprocess.run([TIDINGS, "server", "--domain", "tidings.examples.bookshelf", "--test-mode"],
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert result.returncode == 1, result.stdout + result.stderr
     assert '"bookshelf.book_event_handler": 1' in result.stdout

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from domain.brokers import mask_url
-from domain.errors import BrokerConnectionError, ConfigurationError
+from tidings.domain.brokers import mask_url
+from tidings.domain.errors import BrokerConnectionError, ConfigurationError
 
 
 def url_of(name: str, settings: dict[str, Any]) -> str:

@@ -14,9 +14,9 @@ from uuid import uuid4
 from kombu import Connection, Exchange, Message, Producer, Queue
 from kombu.exceptions import OperationalError
 
-from app.brokers import translated, url_of
-from domain.brokers import Broker, BrokerCapability
-from tasks.naming import queue_name
+from tidings.app.brokers import translated, url_of
+from tidings.domain.brokers import Broker, BrokerCapability
+from tidings.tasks.naming import queue_name
 
 EXCHANGE = Exchange("tidings.streams", type="direct", durable=True)
 

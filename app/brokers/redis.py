@@ -11,8 +11,8 @@ from uuid import uuid4
 
 import redis
 
-from app.brokers.redis_base import UNHEALTHY, RedisBroker
-from domain.brokers import BrokerCapability
+from tidings.app.brokers.redis_base import UNHEALTHY, RedisBroker
+from tidings.domain.brokers import BrokerCapability
 
 FIELD = "data"  # one field per entry, holding the JSON message
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import redis
 
-from app.brokers import translated, url_of
-from domain.brokers import Broker
+from tidings.app.brokers import translated, url_of
+from tidings.domain.brokers import Broker
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 UNHEALTHY = {"healthy": False, "message_counts": {}, "consumer_groups": {}, "dlq_depth": 0}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.brokers.redis_base import UNHEALTHY, RedisBroker
-from domain.brokers import BrokerCapability
+from tidings.app.brokers.redis_base import UNHEALTHY, RedisBroker
+from tidings.domain.brokers import BrokerCapability
 
 # Read up to ARGV[2] entries from the group's position and advance it, atomically, so two
 # readers of one group never get the same entry.

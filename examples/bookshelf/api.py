@@ -5,7 +5,7 @@ with async processing it answers 202 with `{"message_id", "id"}` before the comm
 Errors: 422 `{"detail", "errors": {field: [messages]}}` for invalid input, 404 for unknown ids,
 409 when the current state forbids the request. A rejected request writes nothing.
 
-    uvicorn examples.bookshelf.api:app
+    uvicorn tidings.examples.bookshelf.api:app
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.factory import celery_app_for
-from app.health import health as check_health
-from domain import Domain, ObjectNotFoundError, ValidationError
-from domain.sql import DuplicateValueError
-from examples.bookshelf import domain as bookshelf
-from examples.bookshelf.domain import (
+from tidings import Domain, ObjectNotFoundError, ValidationError
+from tidings.app.factory import celery_app_for
+from tidings.app.health import health as check_health
+from tidings.domain.sql import DuplicateValueError
+from tidings.examples.bookshelf import domain as bookshelf
+from tidings.examples.bookshelf.domain import (
     AddBook,
     AddStock,
     Book,

@@ -25,7 +25,7 @@ from uuid import uuid4
 
 from pydantic import Field
 
-from domain import (
+from tidings import (
     Domain,
     InvalidMessageError,
     ObjectNotFoundError,
@@ -35,7 +35,7 @@ from domain import (
     on,
     read,
 )
-from domain.fields import Dict, Float, HasMany, Identifier, Integer, List, String, ValueObject
+from tidings.fields import Dict, Float, HasMany, Identifier, Integer, List, String, ValueObject
 
 domain = Domain("bookshelf")
 

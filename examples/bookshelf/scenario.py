@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from domain import Domain
-from examples.bookshelf.domain import (
+from tidings import Domain
+from tidings.examples.bookshelf.domain import (
     AddBook,
     AddStock,
     Book,

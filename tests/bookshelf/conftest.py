@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from examples.bookshelf.api import create_api
 from tests.bookshelf.support import configured
+from tidings.examples.bookshelf.api import create_api
 
 
 @pytest.fixture

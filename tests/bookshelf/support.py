@@ -9,8 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from domain import Domain
-from examples.bookshelf.domain import domain as bookshelf_domain
+from tidings import Domain
+from tidings.examples.bookshelf.domain import domain as bookshelf_domain
 
 
 @contextmanager

@@ -7,9 +7,9 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from domain import Message
-from examples.bookshelf.api import create_api
 from tests.bookshelf.support import configured, everything_written, outbox_rows
+from tidings import Message
+from tidings.examples.bookshelf.api import create_api
 
 pytestmark = pytest.mark.parametrize("provider", ["memory", "sqlite"], indirect=True)
 

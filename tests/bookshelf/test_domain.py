@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from domain import InvalidMessageError, Message, ObjectNotFoundError, ValidationError
-from examples.bookshelf.domain import (
+from tests.bookshelf.support import configured, everything_written
+from tidings import InvalidMessageError, Message, ObjectNotFoundError, ValidationError
+from tidings.examples.bookshelf.domain import (
     AddBook,
     AddStock,
     BookAdded,
@@ -22,8 +23,7 @@ from examples.bookshelf.domain import (
     StockAdded,
     shortage_reason,
 )
-from examples.bookshelf.scenario import DomainDriver
-from tests.bookshelf.support import configured, everything_written
+from tidings.examples.bookshelf.scenario import DomainDriver
 
 MEMORY = {"provider": "memory"}
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.testing import eager_app
-from examples.bookshelf.api import create_api
-from examples.bookshelf.scenario import (
+from tests.bookshelf.support import configured
+from tidings.app.testing import eager_app
+from tidings.examples.bookshelf.api import create_api
+from tidings.examples.bookshelf.scenario import (
     DomainDriver,
     HttpDriver,
     expected_final_state,
     final_state,
     run_scenario,
 )
-from tests.bookshelf.support import configured
 
 ASYNC = {"event_processing": "async", "command_processing": "async", "message_processing": "async"}
 

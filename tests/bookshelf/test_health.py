@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from examples.bookshelf.api import create_api
 from tests.bookshelf.support import configured
+from tidings.examples.bookshelf.api import create_api
 
 
 @pytest.mark.parametrize("provider", ["memory", "sqlite"], indirect=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from examples.bookshelf.scenario import (
+from tidings.examples.bookshelf.scenario import (
     DomainDriver,
     HttpDriver,
     expected_final_state,

@@ -1,4 +1,4 @@
-"""`uvicorn examples.bookshelf.api:app`: the module's app on domain.toml and the environment."""
+"""`uvicorn tidings.examples.bookshelf.api:app`: the module's app on domain.toml and the environment."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import copy
 import pytest
 from fastapi.testclient import TestClient
 
-from examples.bookshelf import api
-from examples.bookshelf.domain import domain
+from tidings.examples.bookshelf import api
+from tidings.examples.bookshelf.domain import domain
 
 VARIABLES = ["TIDINGS_EVENT_PROCESSING", "TIDINGS_COMMAND_PROCESSING", "TIDINGS_MESSAGE_PROCESSING",
              "TIDINGS_DATABASE_PROVIDER", "DATABASE_URL", "TIDINGS_BROKER_PROVIDER", "BROKER_URL"]

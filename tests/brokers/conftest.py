@@ -13,8 +13,8 @@ import pytest
 import redis
 from kombu import Connection
 
-from domain.brokers import Broker, BrokerCapability, broker_class
 from tests.services import BROKER_URL, REDIS_URL, require_rabbitmq, require_redis
+from tidings.domain.brokers import Broker, BrokerCapability, broker_class
 
 
 def requires(broker: Broker, capability: BrokerCapability) -> None:

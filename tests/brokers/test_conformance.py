@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from domain.brokers import BrokerCapability as Cap
-from domain.errors import BrokerConnectionError
 from tests.brokers.conftest import requires
 from tests.waiting import wait_until
+from tidings.domain.brokers import BrokerCapability as Cap
+from tidings.domain.errors import BrokerConnectionError
 
 
 def read_all(broker, stream, group, n=100):
@@ -116,7 +116,7 @@ def test_capability_tiers_include_every_lower_tier(broker):
 ])
 def test_an_unreachable_broker_raises_broker_connection_error_with_the_password_masked(
         provider, url):
-    from domain.brokers import broker_class
+    from tidings.domain.brokers import broker_class
 
     adapter = broker_class(provider)("down", None, {"url": url})
     assert adapter.ping() is False

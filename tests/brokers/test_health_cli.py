@@ -11,14 +11,14 @@ import pytest
 from tests.test_demo import TIDINGS
 from tests.test_server_cli import ROOT, embedded_env
 
-CREATE = "from examples.bookshelf.domain import domain; domain.init(); domain.create_tables()"
+CREATE = "from tidings.examples.bookshelf.domain import domain; domain.init(); domain.create_tables()"
 
 
 @pytest.mark.slow
 def test_tidings_health_lists_each_broker_with_its_subscriber_queues(tmp_path):
     env = embedded_env(tmp_path)
     subprocess.run([sys.executable, "-c", CREATE], cwd=ROOT, env=env, check=True, timeout=60)
-    result = subprocess.run([TIDINGS, "health", "--domain", "examples.bookshelf"], cwd=ROOT,
+    result = subprocess.run([TIDINGS, "health", "--domain", "tidings.examples.bookshelf"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     default = json.loads(result.stdout)["brokers"]["default"]
@@ -33,7 +33,7 @@ def test_tidings_health_is_degraded_and_masks_an_unreachable_brokers_password(tm
     env = {**embedded_env(tmp_path), "TIDINGS_BROKER_PROVIDER": "redis",
            "BROKER_URL": "redis://:s3cret@127.0.0.1:1/0"}
     subprocess.run([sys.executable, "-c", CREATE], cwd=ROOT, env=env, check=True, timeout=60)
-    result = subprocess.run([TIDINGS, "health", "--domain", "examples.bookshelf"], cwd=ROOT,
+    result = subprocess.run([TIDINGS, "health", "--domain", "tidings.examples.bookshelf"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert json.loads(result.stdout)["brokers"]["default"]["healthy"] is False

@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
-from domain.brokers import broker_class
 from tests.brokers.conftest import redis_cleanup
 from tests.services import REDIS_URL, require_redis
 from tests.waiting import wait_until
+from tidings.domain.brokers import broker_class
 
 
 @pytest.fixture

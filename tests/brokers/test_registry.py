@@ -7,10 +7,10 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-import domain.brokers as brokers_module
-from domain import Domain
-from domain.brokers import BrokerCapability, InlineBroker, mask_url
-from domain.errors import ConfigurationError, IncorrectUsageError
+import tidings.domain.brokers as brokers_module
+from tidings import Domain
+from tidings.domain.brokers import BrokerCapability, InlineBroker, mask_url
+from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 
 
 def build(tmp_path, message_processing="sync", **brokers) -> tuple[Domain, list]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from domain import Domain, current_domain, handle
-from domain.errors import ObjectNotFoundError
-from domain.fields import Identifier, Integer, List
+from tidings import Domain, current_domain, handle
+from tidings.domain.errors import ObjectNotFoundError
+from tidings.fields import Identifier, Integer, List
 
 CALLS: Counter = Counter()  # (handler, account id, n) -> times the handler code ran
 FAILURES: dict[int, int] = {}  # deposit amount -> failures the Auditor still raises

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domain import Domain, current_domain, handle
-from domain.fields import Identifier, Integer, String
+from tidings import Domain, current_domain, handle
+from tidings.fields import Identifier, Integer, String
 
 
 def build_chain(processing: str) -> Domain:

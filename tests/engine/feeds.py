@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domain import Domain, current_domain
-from domain.errors import ObjectNotFoundError
-from domain.fields import Identifier, Integer
+from tidings import Domain, current_domain
+from tidings.domain.errors import ObjectNotFoundError
+from tidings.fields import Identifier, Integer
 
 POISON = "poison"
 ERRORS_SEEN: list[str] = []

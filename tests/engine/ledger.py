@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from domain import Domain, current_domain, handle
-from domain.fields import Identifier, Integer, String
+from tidings import Domain, current_domain, handle
+from tidings.fields import Identifier, Integer, String
 
 FAILURES: dict[str, int] = {}  # entry id -> failures still to raise
 ERRORS_SEEN: list[tuple[str, str]] = []

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from domain import Domain
 from tests.engine import ledger
+from tidings import Domain
 
 
 def build_named_ledger(name: str) -> Domain:
@@ -74,7 +74,7 @@ def _after_apply(sender: Any = None, args: Any = None, retval: Any = None, **_: 
 def _build_app():
     from celery.signals import task_postrun
 
-    from app.factory import create_celery_app
+    from tidings.app.factory import create_celery_app
 
     task_postrun.connect(_after_apply, weak=False)
 

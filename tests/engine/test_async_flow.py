@@ -43,7 +43,7 @@ def test_the_inventory_example_reaches_the_same_state_async_as_sync(use_provider
 
 
 def test_eager_mode_gives_the_same_end_state_as_sync(use_provider):
-    from app.testing import eager_app
+    from tidings.app.testing import eager_app
 
     shop = use_provider(build_shop("async", "async"))
     eager_app(shop)
@@ -57,7 +57,7 @@ def _quiet_celery_logs(caplog):
 
 
 def test_the_embedded_default_runs_on_sqlite_and_the_sqlalchemy_transport(tmp_path):
-    from app.factory import create_celery_app
+    from tidings.app.factory import create_celery_app
 
     shop = build_shop("async", "async")
     shop.config["databases"]["default"] = {"provider": "sqlite",

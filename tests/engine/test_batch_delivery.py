@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from app.testing import eager_app
-from tasks import dlq
-from tasks.handlers import stats
-from tasks.relay import relay_now
 from tests.engine import ledger
 from tests.engine.conftest import running_worker
 from tests.engine.ledger import applied, build_ledger, make_entry, make_failing_entry
 from tests.waiting import wait_until
+from tidings.app.testing import eager_app
+from tidings.tasks import dlq
+from tidings.tasks.handlers import stats
+from tidings.tasks.relay import relay_now
 
 
 def packed_ledger(use_provider, tmp_path, **overrides):

@@ -6,13 +6,13 @@ import threading
 
 import pytest
 
-from domain.naming import snake
-from tasks.dispatch import queued_handlers
-from tasks.naming import poll_task_name, task_name
-from tasks.poller import next_poll_in, poll, replay_failed, run_batch, stats
-from tasks.positions import FAILED, position_store
-from tasks.rebuild import rebuild_projection
 from tests.engine.accounts import CALLS, FAILURES, build_accounts, deposit, open_account, rows
+from tidings.domain.naming import snake
+from tidings.tasks.dispatch import queued_handlers
+from tidings.tasks.naming import poll_task_name, task_name
+from tidings.tasks.poller import next_poll_in, poll, replay_failed, run_batch, stats
+from tidings.tasks.positions import FAILED, position_store
+from tidings.tasks.rebuild import rebuild_projection
 
 
 @pytest.fixture(autouse=True)
@@ -202,7 +202,7 @@ def test_rebuild_reproduces_the_projection_exactly(use_provider):
 
 
 def test_source_stream_is_honoured_on_the_event_store_path(use_provider):
-    from app.testing import eager_app
+    from tidings.app.testing import eager_app
 
     domain = use_provider(build_accounts())
     eager_app(domain)
@@ -225,7 +225,7 @@ def test_the_fan_out_sends_nothing_to_event_store_handlers():
 
 
 def test_the_after_commit_kick_runs_the_pollers_and_an_idle_poller_does_not_reschedule_itself():
-    from app.testing import eager_app
+    from tidings.app.testing import eager_app
 
     domain = build_accounts().init()
     celery = eager_app(domain)
@@ -242,7 +242,7 @@ def test_the_after_commit_kick_runs_the_pollers_and_an_idle_poller_does_not_resc
 
 
 def test_the_beat_schedule_polls_every_event_store_handler_on_its_own_queue():
-    from app.testing import eager_app
+    from tidings.app.testing import eager_app
 
     domain = build_accounts().init()
     schedule = eager_app(domain).conf.beat_schedule

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
-from tasks.naming import task_name
-from tasks.positions import FAILED, position_store
 from tests.engine.accounts import CALLS, FAILURES, build_accounts, deposit, open_account, rows
 from tests.engine.conftest import running_worker
 from tests.waiting import wait_until
+from tidings.app.cli import main
+from tidings.tasks.naming import task_name
+from tidings.tasks.positions import FAILED, position_store
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,7 @@ def cli_domain(tmp_path):
 
 
 def test_the_cli_lists_and_replays_failed_positions_and_rebuilds_a_projection(cli_domain):
-    from tasks.poller import poll
+    from tidings.tasks.poller import poll
 
     domain = cli_domain
     account = open_account(domain)
@@ -100,8 +100,8 @@ def test_the_cli_lists_and_replays_failed_positions_and_rebuilds_a_projection(cl
 
 
 def test_test_mode_runs_the_pollers_until_every_event_is_applied_or_failed(tmp_path):
-    from app.factory import create_celery_app
-    from app.server import run_until_quiescent, subscription_lines
+    from tidings.app.factory import create_celery_app
+    from tidings.app.server import run_until_quiescent, subscription_lines
 
     domain = build_accounts()
     domain.config["databases"]["default"] = {"provider": "sqlite",

@@ -23,19 +23,19 @@ import sqlalchemy as sa
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
 
-from app.factory import create_celery_app
-from domain.sql import make_engine
-from outbox.relay import Backoff, SqlOutbox, relay_pending_messages
-from outbox.tables import PENDING, PUBLISHED
-from outbox.writer import outbox_rows
-from tasks import dlq
-from tasks.relay import outbox_store, relay_now
 from tests.engine import ledger
 from tests.engine.conftest import running_worker
 from tests.engine.ledger import applied, build_ledger, make_entry, make_failing_entry
 from tests.engine.ledger_worker import build_named_ledger, celery_overrides
 from tests.services import BROKER_URL, REDIS_URL, require_rabbitmq
 from tests.waiting import wait_until
+from tidings.app.factory import create_celery_app
+from tidings.domain.sql import make_engine
+from tidings.outbox.relay import Backoff, SqlOutbox, relay_pending_messages
+from tidings.outbox.tables import PENDING, PUBLISHED
+from tidings.outbox.writer import outbox_rows
+from tidings.tasks import dlq
+from tidings.tasks.relay import outbox_store, relay_now
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -407,9 +407,9 @@ def test_a_failed_publish_holds_back_the_rest_of_its_batch_in_order(tmp_path):
 
     import sqlalchemy as sa
 
-    from outbox.relay import Backoff, SqlOutbox
-    from outbox.tables import define_outbox
-    from outbox.writer import outbox_rows
+    from tidings.outbox.relay import Backoff, SqlOutbox
+    from tidings.outbox.tables import define_outbox
+    from tidings.outbox.writer import outbox_rows
 
     class Row:
         def __init__(self, n):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from outbox.relay import Backoff
-from tasks.relay import outbox_store
 from tests.engine.ledger import build_ledger, make_entry
+from tidings.outbox.relay import Backoff
+from tidings.tasks.relay import outbox_store
 
 
 def test_published_rows_are_deleted_after_the_retention_and_pending_ones_never(use_provider,

@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 
 import redis
 
-from app.kick import KickGate
-from outbox.relay import Backoff, MemoryOutbox
-from outbox.tables import PENDING, PUBLISHED
-from tasks.naming import queue_name, relay_queue
-from tasks.relay import relay_now
 from tests.services import REDIS_URL, require_redis
 from tests.shop import build_shop
+from tidings.app.kick import KickGate
+from tidings.outbox.relay import Backoff, MemoryOutbox
+from tidings.outbox.tables import PENDING, PUBLISHED
+from tidings.tasks.naming import queue_name, relay_queue
+from tidings.tasks.relay import relay_now
 
 
 def memory_outbox(count: int) -> MemoryOutbox:
@@ -95,8 +95,8 @@ def test_many_commits_queue_one_relay_kick_and_one_relay_publishes_them_all(use_
 
 
 def test_the_relay_thread_runs_a_round_after_every_commit_even_one_during_a_round():
-    from app.relay_thread import RelayThread
     from tests.waiting import wait_until
+    from tidings.app.relay_thread import RelayThread
 
     rounds, first_round_running, release = [], threading.Event(), threading.Event()
 
@@ -132,7 +132,7 @@ def test_with_after_commit_thread_the_async_example_reaches_its_end_state(use_pr
 def test_an_unknown_after_commit_mode_is_a_configuration_error_naming_the_choices():
     import pytest
 
-    from domain.errors import ConfigurationError
+    from tidings.domain.errors import ConfigurationError
 
     shop = build_shop("async", "async")
     shop.config["outbox"]["after_commit"] = "threads"

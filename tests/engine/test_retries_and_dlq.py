@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import dlq
-from tasks.handlers import stats
 from tests.engine import ledger
 from tests.engine.conftest import running_worker
 from tests.engine.ledger import applied, build_ledger, make_entry, make_failing_entry
 from tests.waiting import wait_until
+from tidings.tasks import dlq
+from tidings.tasks.handlers import stats
 
 QUEUE = "ledger.apply"
 

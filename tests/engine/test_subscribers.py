@@ -9,16 +9,16 @@ import uuid
 import pytest
 from kombu import Connection, Queue
 
-from app.factory import create_celery_app
-from app.testing import eager_app
-from tasks import dlq
-from tasks.naming import dlq_name
-from tasks.pump import pump_task_name
 from tests.engine import feeds
 from tests.engine.conftest import running_worker
 from tests.engine.feeds import POISON, build_feeds, welcomed
 from tests.services import BROKER_URL, REDIS_URL, require_rabbitmq
 from tests.waiting import wait_until
+from tidings.app.factory import create_celery_app
+from tidings.app.testing import eager_app
+from tidings.tasks import dlq
+from tidings.tasks.naming import dlq_name
+from tidings.tasks.pump import pump_task_name
 
 QUEUE = "feeds.signups"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from app.testing import eager_app
-from tasks import dlq
 from tests.engine import ledger
 from tests.engine.ledger import build_ledger, make_entry
+from tidings.app.testing import eager_app
+from tidings.tasks import dlq
 
 
 def test_retry_settings_map_onto_the_handlers_celery_task(tmp_path):

@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from domain.sql import normalize_uri
 from tests.services import DATABASE_URL, require_postgres, unavailable
 from tests.waiting import wait_until
+from tidings.domain.sql import normalize_uri
 
 MESSAGE_DB_NAME = os.environ.get("MESSAGE_DB_NAME", "message_store")
 

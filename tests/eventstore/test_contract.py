@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from domain import ExpectedVersionError
 from tests.shop import build_shop
+from tidings import ExpectedVersionError
 
 RECORD_KEYS = {"global_position", "message_id", "stream", "category", "position", "type", "data",
                "metadata", "time"}

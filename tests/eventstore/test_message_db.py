@@ -8,12 +8,12 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from domain import ConfigurationError, ExpectedVersionError
-from domain.database import event_record
-from domain.envelope import Message, MessageKind, category_of
-from domain.message_db import MessageDbDatabase
 from tests.shop import build_shop
 from tests.waiting import wait_until
+from tidings import ConfigurationError, ExpectedVersionError
+from tidings.domain.database import event_record
+from tidings.domain.envelope import Message, MessageKind, category_of
+from tidings.domain.message_db import MessageDbDatabase
 
 
 def record(stream: str, sequence: int | None = 0) -> dict:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from domain import ConfigurationError, Domain
-from domain.config import interpolate
+from tidings import ConfigurationError, Domain
+from tidings.domain.config import interpolate
 
 
 def test_interpolation_reads_the_environment_and_falls_back_to_defaults(monkeypatch):

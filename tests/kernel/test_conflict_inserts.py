@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from domain import Domain
-from domain.errors import ExpectedVersionError
-from domain.fields import String
-from domain.sql import DuplicateValueError
+from tidings import Domain
+from tidings.domain.errors import ExpectedVersionError
+from tidings.domain.sql import DuplicateValueError
+from tidings.fields import String
 
 
 def build_accounts() -> Domain:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from domain import InvalidMessageError, Message, UnknownMessageTypeError
 from tests.shop import build_shop
+from tidings import InvalidMessageError, Message, UnknownMessageTypeError
 
 
 @pytest.fixture

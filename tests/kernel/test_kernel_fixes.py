@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from domain import Domain
-from domain.fields import Identifier, Integer
 from tests.kernel.test_persistence import outbox_count
 from tests.shop import build_shop
+from tidings import Domain
+from tidings.fields import Identifier, Integer
 
 
 def test_zero_argument_super_works_in_methods_of_decorated_elements(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from domain import ExpectedVersionError, ObjectNotFoundError, TooManyObjectsError
 from tests.shop import build_shop
+from tidings import ExpectedVersionError, ObjectNotFoundError, TooManyObjectsError
 
 
 @pytest.fixture

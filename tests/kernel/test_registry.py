@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from domain import BaseAggregate, BaseEvent, ConfigurationError, Domain, ValidationError, handle
-from domain.fields import HasMany, Identifier, Integer, String, ValueObject
+from tidings import BaseAggregate, BaseEvent, ConfigurationError, Domain, ValidationError, handle
+from tidings.fields import HasMany, Identifier, Integer, String, ValueObject
 
 
 def test_init_lists_every_registry_problem_at_once(tmp_path):

@@ -3,8 +3,8 @@ provider: the handler is part_of Order and uses `domain.repository_for` and a do
 
 from __future__ import annotations
 
-from domain import Domain, handle
-from domain.fields import Identifier, Integer, String
+from tidings import Domain, handle
+from tidings.fields import Identifier, Integer, String
 
 
 def build(tmp_path) -> Domain:

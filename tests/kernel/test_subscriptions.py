@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from domain import ConfigurationError, Domain, handle
+from tidings import ConfigurationError, Domain, handle
 
 
 def build(tmp_path, server=None, **handler_options) -> Domain:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from domain import Domain, current_domain, handle, on, read
-from domain.fields import Identifier, Integer, String
+from tidings import Domain, current_domain, handle, on, read
+from tidings.fields import Identifier, Integer, String
 
 
 def build_catalog(tmp_path, calls: list) -> Domain:
