@@ -31,13 +31,16 @@ def _load(domain_path: str):
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
 @click.option("--concurrency", type=int, default=None)
 @click.option("--no-beat", is_flag=True, help="do not embed beat (run `celery beat` once elsewhere)")
-def server(domain_path: str, debug: bool, test_mode: bool, pool: str, concurrency: int | None,
-           no_beat: bool) -> None:
+def server(
+    domain_path: str, debug: bool, test_mode: bool, pool: str, concurrency: int | None, no_beat: bool
+) -> None:
     """Start a worker on all of the domain's queues (beat embedded unless --no-beat)."""
     from tidings.app.server import run_until_quiescent, subscription_lines, worker_argv
 
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     domain, celery = _load(domain_path)
     domain.create_tables()  # only the missing ones; migrations are yours (domain.metadata)
     click.echo("Registered subscriptions:")
@@ -47,8 +50,7 @@ def server(domain_path: str, debug: bool, test_mode: bool, pool: str, concurrenc
         summary = run_until_quiescent(celery, domain, pool="solo" if pool == "prefork" else pool)
         click.echo(json.dumps(summary, indent=2))
         sys.exit(0 if summary["quiescent"] and not summary["dead_lettered"] else 1)
-    celery.worker_main(worker_argv(domain, pool=pool, concurrency=concurrency,
-                                   beat=not no_beat, debug=debug))
+    celery.worker_main(worker_argv(domain, pool=pool, concurrency=concurrency, beat=not no_beat, debug=debug))
 
 
 def _queues(domain, handler: str | None) -> list[str]:
@@ -77,8 +79,9 @@ def _failed_positions(domain, handler: str | None) -> list[dict]:
     return [row for h in _polled(domain, handler) for row in store.failures(task_name(domain, h))]
 
 
-domain_option = click.option("--domain", "domain_path", required=True,
-                             help="dotted path, e.g. tidings.examples.bookshelf")
+domain_option = click.option(
+    "--domain", "domain_path", required=True, help="dotted path, e.g. tidings.examples.bookshelf"
+)
 handler_option = click.option("--handler", default=None, help="one handler (default: all)")
 
 
@@ -100,14 +103,18 @@ def dlq_list(domain_path: str, handler: str | None, limit: int) -> None:
     for queue in _queues(domain, handler):
         for entry in dead.list_entries(celery, queue, limit):
             total += 1
-            click.echo(f"{queue}  {entry.get('message_id')}  attempts={entry.get('attempts')}  "
-                       f"{entry.get('failed_at')}  {entry.get('error_type')}: "
-                       f"{entry.get('error_message')}")
+            click.echo(
+                f"{queue}  {entry.get('message_id')}  attempts={entry.get('attempts')}  "
+                f"{entry.get('failed_at')}  {entry.get('error_type')}: "
+                f"{entry.get('error_message')}"
+            )
     for row in _failed_positions(domain, handler)[:limit]:
         total += 1
-        click.echo(f"{row['handler']}@{row['global_position']}  {row['message_id']}  "
-                   f"attempts={row['attempts']}  {row['status']}  {row['failed_at']}  "
-                   f"{row['error_type']}: {row['error_message']}")
+        click.echo(
+            f"{row['handler']}@{row['global_position']}  {row['message_id']}  "
+            f"attempts={row['attempts']}  {row['status']}  {row['failed_at']}  "
+            f"{row['error_type']}: {row['error_message']}"
+        )
     click.echo(f"{total} dead-lettered message(s) and failed position(s)")
 
 
@@ -214,8 +221,10 @@ def projection_rebuild(domain_path: str, projector: str) -> None:
     domain, _ = _load(domain_path)
     found = domain.registry["projector"].get(projector)
     if found is None:
-        raise click.BadParameter(f"no projector named {projector!r} (known: "
-                                 f"{sorted(domain.registry['projector'])})", param_hint="PROJECTOR")
+        raise click.BadParameter(
+            f"no projector named {projector!r} (known: {sorted(domain.registry['projector'])})",
+            param_hint="PROJECTOR",
+        )
     with Progress() as bar:
         step = bar.add_task(f"rebuilding with {projector}", total=None)
 
@@ -223,8 +232,10 @@ def projection_rebuild(domain_path: str, projector: str) -> None:
             bar.update(step, completed=cursor, total=last)
 
         done = rebuild_projection(domain, found, advance)
-    click.echo(f"rebuilt {done.projection}: {done.handled} event(s) applied, {done.failed} "
-               f"failed position(s), cursor at {done.cursor}")
+    click.echo(
+        f"rebuilt {done.projection}: {done.handled} event(s) applied, {done.failed} "
+        f"failed position(s), cursor at {done.cursor}"
+    )
     if done.failed:
         sys.exit(1)
 

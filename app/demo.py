@@ -20,18 +20,28 @@ from rich.panel import Panel
 from rich.table import Table
 
 console = Console()
-POISON = {"id": "poison-0001", "type": "Bookshelf.NoSuchEvent.v1", "kind": "EVENT",
-          "stream": "bookshelf::book-x", "stream_category": "bookshelf::book", "data": {}}
+POISON = {
+    "id": "poison-0001",
+    "type": "Bookshelf.NoSuchEvent.v1",
+    "kind": "EVENT",
+    "stream": "bookshelf::book-x",
+    "stream_category": "bookshelf::book",
+    "data": {},
+}
 
 
 def service_env(workdir: Path, redis: bool, postgres: bool) -> dict[str, str]:
     """The environment the bookshelf's domain.toml reads, for the embedded default or real services."""
-    env = {"TIDINGS_EVENT_PROCESSING": "async", "TIDINGS_COMMAND_PROCESSING": "async",
-           "TIDINGS_MESSAGE_PROCESSING": "async"}
+    env = {
+        "TIDINGS_EVENT_PROCESSING": "async",
+        "TIDINGS_COMMAND_PROCESSING": "async",
+        "TIDINGS_MESSAGE_PROCESSING": "async",
+    }
     if postgres:
         env["TIDINGS_DATABASE_PROVIDER"] = "postgresql"
         env["DATABASE_URL"] = os.environ.get(
-            "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/bookshelf_demo")
+            "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/bookshelf_demo"
+        )
     else:
         env["TIDINGS_DATABASE_PROVIDER"] = "sqlite"
         env["DATABASE_URL"] = f"sqlite:///{workdir}/bookshelf.db"
@@ -52,8 +62,7 @@ def ensure_postgres_database(url: str) -> None:
     base, name = normalize_uri(url).rsplit("/", 1)
     admin = sa.create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                            {"n": name}).first():
+        if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     admin.dispose()
 
@@ -68,8 +77,7 @@ def free_port() -> int:
 def process(name: str, argv: list[str], env: dict[str, str], log: Path):
     """A child process in its own group, stopped (TERM, then KILL) however the block ends."""
     with log.open("w") as out:
-        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     console.print(f"[dim]started {name} (pid {child.pid}), log {log}[/dim]")
     try:
         yield child
@@ -89,8 +97,9 @@ def wait_for(condition, timeout: float, what: str, children: list) -> Any:
     while time.monotonic() < deadline:
         for child in children:
             if child.poll() is not None:
-                raise RuntimeError(f"a child process exited ({child.args[:3]}...) while waiting "
-                                   f"for {what}; see its log")
+                raise RuntimeError(
+                    f"a child process exited ({child.args[:3]}...) while waiting for {what}; see its log"
+                )
         result = condition()
         if result:
             return result
@@ -107,8 +116,10 @@ def run(redis: bool = False, postgres: bool = False) -> int:
     os.environ.update(env_vars)
     if postgres:
         ensure_postgres_database(env_vars["DATABASE_URL"])
-    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    child_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]),
+    }
 
     from tidings.app.factory import create_celery_app
     from tidings.examples.bookshelf.domain import domain
@@ -121,19 +132,56 @@ def run(redis: bool = False, postgres: bool = False) -> int:
 
     database = env_vars["TIDINGS_DATABASE_PROVIDER"]
     broker = env_vars["TIDINGS_BROKER_PROVIDER"]
-    console.print(Panel.fit(f"Tidings bookshelf demo — database: [bold]{database}[/bold], "
-                            f"broker: [bold]{broker}[/bold]\nworkdir {workdir}"))
+    console.print(
+        Panel.fit(
+            f"Tidings bookshelf demo — database: [bold]{database}[/bold], "
+            f"broker: [bold]{broker}[/bold]\nworkdir {workdir}"
+        )
+    )
     port = free_port()
     with ExitStack() as stack:
-        worker = stack.enter_context(process("worker + beat", [
-            sys.executable, "-m", "celery", "-A", "tidings.examples.bookshelf.worker", "worker", "-B",
-            "-s", str(workdir / "celerybeat-schedule"), "--pool", "prefork", "-c", "2",
-            "-l", "WARNING"], child_env, workdir / "worker.log"))
-        api = stack.enter_context(process("api", [
-            sys.executable, "-m", "uvicorn", "tidings.examples.bookshelf.api:app", "--port", str(port),
-            "--log-level", "warning"], child_env, workdir / "api.log"))
-        client = stack.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}",
-                                                  timeout=10))
+        worker = stack.enter_context(
+            process(
+                "worker + beat",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "tidings.examples.bookshelf.worker",
+                    "worker",
+                    "-B",
+                    "-s",
+                    str(workdir / "celerybeat-schedule"),
+                    "--pool",
+                    "prefork",
+                    "-c",
+                    "2",
+                    "-l",
+                    "WARNING",
+                ],
+                child_env,
+                workdir / "worker.log",
+            )
+        )
+        api = stack.enter_context(
+            process(
+                "api",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "tidings.examples.bookshelf.api:app",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ],
+                child_env,
+                workdir / "api.log",
+            )
+        )
+        client = stack.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10))
         return drive(domain, celery, client, [worker, api])
 
 
@@ -168,10 +216,13 @@ def drive(domain: Any, celery: Any, client: httpx.Client, children: list) -> int
 
     def settle() -> None:
         step[0] += 1
-        state = wait_for(lambda: (d := deliveries(domain, externals[0])).settled() and d, 60,
-                         "the worker to handle everything", children)
-        console.print(f"[green]✓[/green] step {step[0]:>2}: settled — {state.done} handler "
-                      f"run(s) applied")
+        state = wait_for(
+            lambda: (d := deliveries(domain, externals[0])).settled() and d,
+            60,
+            "the worker to handle everything",
+            children,
+        )
+        console.print(f"[green]✓[/green] step {step[0]:>2}: settled — {state.done} handler run(s) applied")
 
     started = time.monotonic()
     ids = run_scenario(driver, settle)
@@ -179,8 +230,9 @@ def drive(domain: Any, celery: Any, client: httpx.Client, children: list) -> int
 
     queue = "bookshelf.book_catalog_projector"
     celery.send_task("tidings.bookshelf.BookCatalogProjector", args=[POISON], queue=queue)
-    entries = wait_for(lambda: dlq.list_entries(celery, queue), 60,
-                       "the poison message to reach the DLQ", children)
+    entries = wait_for(
+        lambda: dlq.list_entries(celery, queue), 60, "the poison message to reach the DLQ", children
+    )
     console.print(f"[green]✓[/green] a poison message went to {queue}.dlq; the worker kept going")
 
     state = final_state(driver, ids)
@@ -199,20 +251,27 @@ def report(state: dict, dead: dict, lat: dict[str, float], elapsed: float) -> No
     for col in ("title", "author", "price", "in_stock"):
         catalog.add_column(col)
     for entry in state["catalog"]:
-        catalog.add_row(entry["title"], entry["author"], f"{entry['price']:.2f}",
-                        str(entry["in_stock"]))
+        catalog.add_row(entry["title"], entry["author"], f"{entry['price']:.2f}", str(entry["in_stock"]))
     orders = Table(title="Orders")
     for col in ("order", "status", "reason"):
         orders.add_column(col)
     for name, order in state["orders"].items():
         orders.add_row(name, order["status"], order["cancellation_reason"] or "")
     console.print(catalog, orders)
-    console.print(Panel.fit(f"message {dead['message_id']} on {dead['queue']}\n"
-                            f"{dead['error_type']}: {dead['error_message']}\n"
-                            f"attempts {dead['attempts']}, failed at {dead['failed_at']}",
-                            title="Dead-letter queue"))
+    console.print(
+        Panel.fit(
+            f"message {dead['message_id']} on {dead['queue']}\n"
+            f"{dead['error_type']}: {dead['error_message']}\n"
+            f"attempts {dead['attempts']}, failed at {dead['failed_at']}",
+            title="Dead-letter queue",
+        )
+    )
     if lat:
-        console.print(Panel.fit(
-            f"{lat['handled']} handler runs in {elapsed:.1f}s of scenario "
-            f"({lat['per_second']}/s while busy)\ncommit → handled: p50 {lat['p50_ms']} ms, "
-            f"p95 {lat['p95_ms']} ms, max {lat['max_ms']} ms", title="Throughput and latency"))
+        console.print(
+            Panel.fit(
+                f"{lat['handled']} handler runs in {elapsed:.1f}s of scenario "
+                f"({lat['per_second']}/s while busy)\ncommit → handled: p50 {lat['p50_ms']} ms, "
+                f"p95 {lat['p95_ms']} ms, max {lat['max_ms']} ms",
+                title="Throughput and latency",
+            )
+        )

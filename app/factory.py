@@ -58,8 +58,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     celery.config_from_object("tidings.celeryconfig")
     routes = {relay_task_name(domain): relay_queue(domain)}
     routes.update({task_name(domain, h): queue_name(domain, h) for h in async_handlers(domain)})
-    routes.update({poll_task_name(domain, h): queue_name(domain, h)
-                   for h in event_store_handlers(domain)})
+    routes.update({poll_task_name(domain, h): queue_name(domain, h) for h in event_store_handlers(domain)})
     celery.conf.update(
         broker_url=broker_url(domain.settings["brokers"]["default"]),
         task_queues=[Queue(q, routing_key=q) for q in routes.values()],
@@ -67,32 +66,49 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
         task_default_queue=relay_queue(domain),
     )
     celery.conf.broker_transport_options = {
-        **celery.conf.broker_transport_options, "polling_interval": _polling_interval(domain)}
+        **celery.conf.broker_transport_options,
+        "polling_interval": _polling_interval(domain),
+    }
     celery.conf.update(domain.settings.get("celery") or {})
     celery.conf.update(overrides)
     _check_retry_delays(celery, domain)
     register_handler_tasks(celery, domain)
     pollers = register_poller_tasks(celery, domain)
     register_pump_tasks(celery, domain)
-    gate = None if celery.conf.task_always_eager else gate_for(
-        str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
+    gate = (
+        None
+        if celery.conf.task_always_eager
+        else gate_for(str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
+    )
     relay = register_relay_task(celery, domain, before_relay=gate.relay_starting if gate else None)
     interval = float(domain.settings["outbox"]["interval"])
     celery.conf.beat_schedule = {
-        relay_task_name(domain): {"task": relay.name, "schedule": interval,
-                                  "options": {"queue": relay_queue(domain),
-                                              "expires": max(interval * 2, 1.0)}},
-        **{poller.name: {"task": poller.name, "schedule": SAFETY_NET_SECONDS,
-                         "options": {"queue": queue_name(domain, handler),
-                                     "expires": SAFETY_NET_SECONDS}}
-           for handler, poller in pollers.items()},
+        relay_task_name(domain): {
+            "task": relay.name,
+            "schedule": interval,
+            "options": {"queue": relay_queue(domain), "expires": max(interval * 2, 1.0)},
+        },
+        **{
+            poller.name: {
+                "task": poller.name,
+                "schedule": SAFETY_NET_SECONDS,
+                "options": {"queue": queue_name(domain, handler), "expires": SAFETY_NET_SECONDS},
+            }
+            for handler, poller in pollers.items()
+        },
         **_pump_schedule(domain),
     }
-    in_thread = domain.settings["outbox"]["after_commit"] == "thread" \
-        and not celery.conf.task_always_eager
-    domain.attach_engine(CeleryEngine(
-        celery, domain, relay, pollers_by_category(domain, pollers), gate,
-        RelayThread(lambda: relay_now(celery, domain), domain.name) if in_thread else None))
+    in_thread = domain.settings["outbox"]["after_commit"] == "thread" and not celery.conf.task_always_eager
+    domain.attach_engine(
+        CeleryEngine(
+            celery,
+            domain,
+            relay,
+            pollers_by_category(domain, pollers),
+            gate,
+            RelayThread(lambda: relay_now(celery, domain), domain.name) if in_thread else None,
+        )
+    )
     celery.tidings_domain = domain
     _apps[id(domain)] = celery
     return celery
@@ -105,8 +121,10 @@ def _pump_schedule(domain: Any) -> dict[str, dict]:
     for subscriber in pulled_subscribers(domain):
         period = max(domain.subscription_settings(subscriber).blocking_timeout_ms / 1000, 1.0)
         schedule[pump_task_name(domain, subscriber)] = {
-            "task": pump_task_name(domain, subscriber), "schedule": period,
-            "options": {"queue": queue_name(domain, subscriber), "expires": max(period * 2, 1.0)}}
+            "task": pump_task_name(domain, subscriber),
+            "schedule": period,
+            "options": {"queue": queue_name(domain, subscriber), "expires": max(period * 2, 1.0)},
+        }
     return schedule
 
 
@@ -128,8 +146,15 @@ class CeleryEngine:
     """The domain's async engine: kicks the relay and the event_store pollers after commits,
     delivers external messages."""
 
-    def __init__(self, celery: Celery, domain: Any, relay: Any, pollers: Pollers | None = None,
-                 gate: KickGate | None = None, relay_thread: RelayThread | None = None) -> None:
+    def __init__(
+        self,
+        celery: Celery,
+        domain: Any,
+        relay: Any,
+        pollers: Pollers | None = None,
+        gate: KickGate | None = None,
+        relay_thread: RelayThread | None = None,
+    ) -> None:
         self.celery, self.domain, self.relay, self.gate = celery, domain, relay, gate
         self.pollers = pollers or {}
         self.relay_thread = relay_thread
@@ -144,8 +169,9 @@ class CeleryEngine:
             self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
         kick(self.pollers, messages)
 
-    def deliver(self, broker: Any, stream: str, message_id: str, message: dict,
-                subscribers: list[type]) -> None:
+    def deliver(
+        self, broker: Any, stream: str, message_id: str, message: dict, subscribers: list[type]
+    ) -> None:
         """A pulled broker keeps the message: wake the subscribers' pumps so it is read now,
         not at the next beat tick (one wake-up pending at a time). Otherwise send it straight
         to each subscriber's queue."""
@@ -154,10 +180,12 @@ class CeleryEngine:
             if broker.pulled:
                 if broker.claim_wakeup(stream, queue, WAKEUP_EXPIRES):
                     self.celery.tasks[pump_task_name(self.domain, subscriber)].apply_async(
-                        queue=queue, expires=WAKEUP_EXPIRES)
+                        queue=queue, expires=WAKEUP_EXPIRES
+                    )
             else:  # the registered task, not send_task: eager mode must run it inline
                 self.celery.tasks[task_name(self.domain, subscriber)].apply_async(
-                    args=[{"id": message_id, "stream": stream, "payload": message}], queue=queue)
+                    args=[{"id": message_id, "stream": stream, "payload": message}], queue=queue
+                )
 
 
 def _check_retry_delays(celery: Celery, domain: Any) -> None:
@@ -170,8 +198,12 @@ def _check_retry_delays(celery: Celery, domain: Any) -> None:
         s = domain.subscription_settings(handler)
         longest = s.retry_backoff_max if s.retry_backoff else s.retry_delay_seconds
         if longest >= vt:
-            log.warning("%s: retry delay %ss is not below the Redis visibility timeout %ss",
-                        handler.__name__, longest, vt)
+            log.warning(
+                "%s: retry delay %ss is not below the Redis visibility timeout %ss",
+                handler.__name__,
+                longest,
+                vt,
+            )
 
 
 @worker_process_init.connect(weak=False)

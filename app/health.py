@@ -50,7 +50,8 @@ def check_brokers(domain: Any, celery: Celery | None) -> dict[str, dict[str, Any
             stats["dlq_depth"] = stats.get("dlq_depth", 0) + sum(
                 dlq.depth(celery, queue_name(domain, s))
                 for s in domain.registry["subscriber"].values()
-                if (s.meta_.get("broker") or "default") == name)
+                if (s.meta_.get("broker") or "default") == name
+            )
         report[name] = {"provider": broker.settings.get("provider"), **stats}
     return report
 
@@ -59,14 +60,17 @@ def health(domain: Any, celery: Celery | None) -> dict[str, Any]:
     """`{"status": "ok"|"degraded", "database", "broker" (the Celery transport), "brokers"
     (each domain broker's health_stats), "outbox"}`; no secrets."""
     report: dict[str, Any] = {"database": check_database(domain)}
-    report["broker"] = check_broker(celery) if celery is not None else {"ok": True,
-                                                                          "transport": "none"}
+    report["broker"] = check_broker(celery) if celery is not None else {"ok": True, "transport": "none"}
     report["brokers"] = check_brokers(domain, celery)
     try:
         report["outbox"] = asdict(outbox_store(domain).status())
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         report["outbox"] = {"error": type(exc).__name__}
-    ok = (report["database"]["ok"] and report["broker"]["ok"] and "error" not in report["outbox"]
-          and all(b["healthy"] for b in report["brokers"].values()))
+    ok = (
+        report["database"]["ok"]
+        and report["broker"]["ok"]
+        and "error" not in report["outbox"]
+        and all(b["healthy"] for b in report["brokers"].values())
+    )
     report["status"] = "ok" if ok else "degraded"
     return report

@@ -39,12 +39,14 @@ def _rows(domain: Any) -> tuple[list[str], int, list[tuple[str, datetime]]]:
     # otherwise make a message count neither as pending nor as due (a false "settled").
     snapshot = {"isolation_level": "REPEATABLE READ"} if db.dialect == "postgresql" else {}
     with db.engine.connect().execution_options(**snapshot) as conn:
-        published = list(conn.execute(sa.select(outbox.c.envelope)
-                                      .where(outbox.c.status == PUBLISHED)).scalars())
-        pending = conn.execute(sa.select(sa.func.count())
-                               .where(outbox.c.status == PENDING)).scalar()
-        inbox = [(r.message_id, r.processed_at) for r in conn.execute(
-            sa.select(inbox_table.c.message_id, inbox_table.c.processed_at))]
+        published = list(
+            conn.execute(sa.select(outbox.c.envelope).where(outbox.c.status == PUBLISHED)).scalars()
+        )
+        pending = conn.execute(sa.select(sa.func.count()).where(outbox.c.status == PENDING)).scalar()
+        inbox = [
+            (r.message_id, r.processed_at)
+            for r in conn.execute(sa.select(inbox_table.c.message_id, inbox_table.c.processed_at))
+        ]
     return published, pending, inbox
 
 
@@ -62,8 +64,7 @@ def latencies(domain: Any) -> dict[str, float]:
         for suffix in ("", ":command"):
             for record in domain.event_store_database.read_events(category + suffix, 0, 100_000):
                 committed[record["message_id"]] = _aware(record["time"])
-    gaps = sorted((_aware(done) - committed[m]).total_seconds() * 1000
-                  for m, done in inbox if m in committed)
+    gaps = sorted((_aware(done) - committed[m]).total_seconds() * 1000 for m, done in inbox if m in committed)
     if not gaps:
         return {}
     span = (max(_aware(d) for _, d in inbox) - min(committed.values())).total_seconds()

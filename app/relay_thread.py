@@ -31,8 +31,9 @@ class RelayThread:
             with self._lock:
                 if self._pid != os.getpid():
                     self._wake = threading.Event()
-                    threading.Thread(target=self._loop, args=(self._wake,), daemon=True,
-                                     name=f"tidings-relay-{self.name}").start()
+                    threading.Thread(
+                        target=self._loop, args=(self._wake,), daemon=True, name=f"tidings-relay-{self.name}"
+                    ).start()
                     self._pid = os.getpid()
         self._wake.set()
 

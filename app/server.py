@@ -31,8 +31,7 @@ def subscription_lines(domain: Any) -> list[str]:
         else:
             streams = domain.handler_categories(handler)
         kind = domain.subscription_settings(handler).subscription_type
-        lines.append(f"{handler.__name__} -> {', '.join(streams)} "
-                     f"({queue_name(domain, handler)}, {kind})")
+        lines.append(f"{handler.__name__} -> {', '.join(streams)} ({queue_name(domain, handler)}, {kind})")
     return lines
 
 
@@ -40,10 +39,18 @@ def all_queues(domain: Any) -> list[str]:
     return [relay_queue(domain)] + [queue_name(domain, h) for h in async_handlers(domain)]
 
 
-def worker_argv(domain: Any, *, pool: str, concurrency: int | None, beat: bool,
-                debug: bool) -> list[str]:
-    argv = ["worker", "-Q", ",".join(all_queues(domain)), "--pool", pool,
-            "-l", "DEBUG" if debug else "INFO", "-n", f"{domain.name}@%h"]
+def worker_argv(domain: Any, *, pool: str, concurrency: int | None, beat: bool, debug: bool) -> list[str]:
+    argv = [
+        "worker",
+        "-Q",
+        ",".join(all_queues(domain)),
+        "--pool",
+        pool,
+        "-l",
+        "DEBUG" if debug else "INFO",
+        "-n",
+        f"{domain.name}@%h",
+    ]
     if concurrency:
         argv += ["-c", str(concurrency)]
     if beat:
@@ -53,9 +60,15 @@ def worker_argv(domain: Any, *, pool: str, concurrency: int | None, beat: bool,
     return argv
 
 
-def run_until_quiescent(celery: Celery, domain: Any, *, timeout: float = 120.0,
-                        pool: str = "solo", settle: int = 3,
-                        report: Callable[[str], None] = print) -> dict[str, Any]:
+def run_until_quiescent(
+    celery: Celery,
+    domain: Any,
+    *,
+    timeout: float = 120.0,
+    pool: str = "solo",
+    settle: int = 3,
+    report: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Start an in-process worker, relay and process everything pending — including what
     handlers raise — until every relayed message's handler runs are applied or dead-lettered
     (`settle` checks in a row), then stop. Returns a summary."""
@@ -64,8 +77,9 @@ def run_until_quiescent(celery: Celery, domain: Any, *, timeout: float = 120.0,
     started, calm = time.monotonic(), 0
     handled_before = dict(stats)
     handler_queues = all_queues(domain)[1:]
-    with start_worker(celery, pool=pool, concurrency=1, perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=30):
+    with start_worker(
+        celery, pool=pool, concurrency=1, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+    ):
         poll_all(celery, domain)  # event_store handlers catch up with what is already stored
         while time.monotonic() - started < timeout:
             relay_now(celery, domain)

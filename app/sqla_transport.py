@@ -12,10 +12,22 @@ from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy import create_engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-_NOT_FOR_THE_ENGINE = {"queue_tablename", "message_tablename", "callback", "errback",
-                       "max_retries", "interval_start", "interval_step", "interval_max",
-                       "retry_errors", "polling_interval", "visibility_timeout",
-                       "unacked_restore_interval", "unacked_restore_throttle", "global_keyprefix"}
+_NOT_FOR_THE_ENGINE = {
+    "queue_tablename",
+    "message_tablename",
+    "callback",
+    "errback",
+    "max_retries",
+    "interval_start",
+    "interval_step",
+    "interval_max",
+    "retry_errors",
+    "polling_interval",
+    "visibility_timeout",
+    "unacked_restore_interval",
+    "unacked_restore_throttle",
+    "global_keyprefix",
+}
 
 
 class Channel(kombu_sqla.Channel):
@@ -39,8 +51,7 @@ class Channel(kombu_sqla.Channel):
 
     def _engine_from_config(self):
         conninfo = self.connection.client
-        options = {k: v for k, v in conninfo.transport_options.items()
-                   if k not in _NOT_FOR_THE_ENGINE}
+        options = {k: v for k, v in conninfo.transport_options.items() if k not in _NOT_FOR_THE_ENGINE}
         if conninfo.hostname.startswith("sqlite"):
             options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         return create_engine(conninfo.hostname, **options)

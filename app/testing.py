@@ -28,8 +28,9 @@ from tidings.app.factory import create_celery_app
 def eager_app(domain: Any) -> Celery:
     """A Celery app for `domain` that runs tasks inline (failures do not propagate: retries
     and the DLQ hook run as on a worker)."""
-    return create_celery_app(domain, task_always_eager=True, task_eager_propagates=False,
-                             broker_url="memory://")
+    return create_celery_app(
+        domain, task_always_eager=True, task_eager_propagates=False, broker_url="memory://"
+    )
 
 
 @pytest.fixture

@@ -55,18 +55,23 @@ def ratios(reports: dict[str, Report]) -> list[str]:
             lines.append(f"| {name} | {a / b:.2f} | {'met' if a / b >= target else 'not met'} |")
     if on and off:
         overhead = (on - off) / off
-        lines.append(f"| commit overhead (p50) <= 25 % | {overhead * 100:.0f} % | "
-                     f"{'met' if overhead <= 0.25 else 'not met'} |")
+        lines.append(
+            f"| commit overhead (p50) <= 25 % | {overhead * 100:.0f} % | "
+            f"{'met' if overhead <= 0.25 else 'not met'} |"
+        )
     for label in ("fast", "fast, relay thread"):
         p50 = get("latency", f"{label} 100/s: latency p50")
         p99 = get("latency", f"{label} 100/s: latency p99")
         if p50 is not None and p99 is not None:
-            lines.append(f"| {label} @100/s p50 <= 10 ms, p99 <= 25 ms | {p50:.1f} / {p99:.1f} ms"
-                         f" | {'met' if p50 <= 10 and p99 <= 25 else 'not met'} |")
+            lines.append(
+                f"| {label} @100/s p50 <= 10 ms, p99 <= 25 ms | {p50:.1f} / {p99:.1f} ms"
+                f" | {'met' if p50 <= 10 and p99 <= 25 else 'not met'} |"
+            )
     growth = get("soak", "RSS growth N/2 -> N")
     if growth is not None:
-        lines.append(f"| worker RSS growth N/2 -> N < 10 % | {growth:.1f} % | "
-                     f"{'met' if growth < 10 else 'not met'} |")
+        lines.append(
+            f"| worker RSS growth N/2 -> N < 10 % | {growth:.1f} % | {'met' if growth < 10 else 'not met'} |"
+        )
     return ["| target | measured | status |", "|---|---:|---|", *lines] if lines else []
 
 
@@ -88,8 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             extra["rates"] = (100.0, round(quarter / 10) * 10.0)
         report = function(args.n or default_n, args.runs, **extra)
         reports[name] = report
-        print(f"\n{report.table()}\n\n({time.monotonic() - started:.0f} s; {report.save()})",
-              flush=True)
+        print(f"\n{report.table()}\n\n({time.monotonic() - started:.0f} s; {report.save()})", flush=True)
     table = ratios(reports)
     if table:
         print("\n### targets (ratios in this run)\n\n" + "\n".join(table))

@@ -46,8 +46,10 @@ class Figure:
         return statistics.median(self.values)
 
     def row(self) -> str:
-        return (f"| {self.name} | {_fmt(self.median)} {self.unit} | "
-                f"{_fmt(min(self.values))}-{_fmt(max(self.values))} | {len(self.values)} |")
+        return (
+            f"| {self.name} | {_fmt(self.median)} {self.unit} | "
+            f"{_fmt(min(self.values))}-{_fmt(max(self.values))} | {len(self.values)} |"
+        )
 
 
 def _fmt(value: float) -> str:
@@ -77,8 +79,12 @@ class Report:
         RESULTS.mkdir(exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         path = RESULTS / f"{stamp}-{self.scenario}.json"
-        data = {"scenario": self.scenario, "params": self.params, "at": stamp,
-                "figures": {k: {**asdict(f), "median": f.median} for k, f in self.figures.items()}}
+        data = {
+            "scenario": self.scenario,
+            "params": self.params,
+            "at": stamp,
+            "figures": {k: {**asdict(f), "median": f.median} for k, f in self.figures.items()},
+        }
         path.write_text(json.dumps(data, indent=2))
         return path
 
@@ -129,18 +135,38 @@ def redis_prefix() -> Iterator[str]:
         client = redis.Redis.from_url(REDIS_URL)
         keys = list(client.scan_iter(f"{prefix}*", count=1000))
         for i in range(0, len(keys), 1000):
-            client.delete(*keys[i:i + 1000])
+            client.delete(*keys[i : i + 1000])
 
 
 # ---- worker processes ----------------------------------------------------------------------
 @contextmanager
-def worker(app: str, queues: list[str], env: dict[str, str],
-           concurrency: int = CONCURRENCY) -> Iterator[subprocess.Popen]:
+def worker(
+    app: str, queues: list[str], env: dict[str, str], concurrency: int = CONCURRENCY
+) -> Iterator[subprocess.Popen]:
     """`celery -A app worker` with the settings every scenario shares; stopped on exit."""
-    argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", POOL, "-c", str(concurrency),
-            "--prefetch-multiplier", "1", "-Q", ",".join(queues), "-l", "WARNING",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "-P",
+        POOL,
+        "-c",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+        "-Q",
+        ",".join(queues),
+        "-l",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"bench-{uuid.uuid4().hex[:6]}@%h",
+    ]
     with process(argv, env) as proc:
         yield proc
 
@@ -149,8 +175,9 @@ def worker(app: str, queues: list[str], env: dict[str, str],
 def process(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
     RESULTS.mkdir(exist_ok=True)
     log = open(RESULTS / "processes.log", "a")  # noqa: SIM115 - worker banners, out of the tables
-    proc = subprocess.Popen(argv, env={**os.environ, **WORKER_ENV, **env}, cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv, env={**os.environ, **WORKER_ENV, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         yield proc
     finally:

@@ -26,18 +26,26 @@ CREATE TABLE IF NOT EXISTS bench_outbox (
     id bigserial PRIMARY KEY, payload text NOT NULL, published_at timestamptz);
 CREATE INDEX IF NOT EXISTS bench_outbox_pending ON bench_outbox (id) WHERE published_at IS NULL;
 """
-CLAIM = sa.text("SELECT id, payload FROM bench_outbox WHERE published_at IS NULL "
-                "ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED")
+CLAIM = sa.text(
+    "SELECT id, payload FROM bench_outbox WHERE published_at IS NULL "
+    "ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
+)
 MARK = sa.text("UPDATE bench_outbox SET published_at = now() WHERE id = ANY(:ids)")
-APPLY = sa.text("UPDATE bench_orders SET handled = handled + 1, "
-                "handled_at = extract(epoch from clock_timestamp()) WHERE id = :id")
+APPLY = sa.text(
+    "UPDATE bench_orders SET handled = handled + 1, "
+    "handled_at = extract(epoch from clock_timestamp()) WHERE id = :id"
+)
 
 celery = Celery("naive", set_as_current=False)
 celery.conf.update(
     broker_url=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
     broker_transport_options={"global_keyprefix": os.environ.get("BENCH_KEYPREFIX", "")},
-    task_serializer="json", accept_content=["json"], task_ignore_result=True,
-    task_acks_late=True, worker_prefetch_multiplier=1, worker_hijack_root_logger=False,
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
     task_default_queue=QUEUE,
 )
 _engine: sa.Engine | None = None
@@ -74,10 +82,11 @@ def create_schema(eng: sa.Engine) -> None:
 def place_order(eng: sa.Engine) -> int:
     """One transaction: the business row and its outbox row. Returns the order id."""
     with eng.begin() as conn:
-        order_id = conn.exec_driver_sql(
-            "INSERT INTO bench_orders DEFAULT VALUES RETURNING id").scalar_one()
-        conn.execute(sa.text("INSERT INTO bench_outbox (payload) VALUES (:p)"),
-                     {"p": json.dumps({"type": "OrderPlaced", "order_id": order_id})})
+        order_id = conn.exec_driver_sql("INSERT INTO bench_orders DEFAULT VALUES RETURNING id").scalar_one()
+        conn.execute(
+            sa.text("INSERT INTO bench_outbox (payload) VALUES (:p)"),
+            {"p": json.dumps({"type": "OrderPlaced", "order_id": order_id})},
+        )
     return order_id
 
 
@@ -85,8 +94,9 @@ def relay_once(eng: sa.Engine, producer, batch: int = 500) -> int:
     with eng.begin() as conn:
         rows = conn.execute(CLAIM, {"n": batch}).all()
         for row in rows:
-            celery.send_task("naive.order_placed", args=[json.loads(row.payload)], queue=QUEUE,
-                             producer=producer)
+            celery.send_task(
+                "naive.order_placed", args=[json.loads(row.payload)], queue=QUEUE, producer=producer
+            )
         if rows:
             conn.execute(MARK, {"ids": [row.id for row in rows]})
     return len(rows)

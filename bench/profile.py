@@ -19,19 +19,45 @@ os.environ.setdefault("TIDINGS_TASK_EVENTS", "false")
 from bench.harness import RESULTS, redis_prefix, scratch_database, wait_for  # noqa: E402
 from bench.scenarios import PRODUCERS, _warm_up, tidings_pipeline  # noqa: E402
 
-WORKER_FRAMES = ["register_relay_task.<locals>.relay_outbox", "SqlOutbox.relay_batch",
-                 "_publish_all", "Celery.send_task", "Domain.run_handler",
-                 "SqlSession.mark_processed", "UnitOfWork.commit", "asynloop", "Message.ack",
-                 "_ConnectionFairy._checkout"]
-PRODUCER_FRAMES = ["UnitOfWork.commit", "SqlSession.append_events", "SqlSession.save",
-                   "SqlSession.write_outbox", "SqlSession.commit", "Domain.after_commit",
-                   "KickGate.should_kick"]
+WORKER_FRAMES = [
+    "register_relay_task.<locals>.relay_outbox",
+    "SqlOutbox.relay_batch",
+    "_publish_all",
+    "Celery.send_task",
+    "Domain.run_handler",
+    "SqlSession.mark_processed",
+    "UnitOfWork.commit",
+    "asynloop",
+    "Message.ack",
+    "_ConnectionFairy._checkout",
+]
+PRODUCER_FRAMES = [
+    "UnitOfWork.commit",
+    "SqlSession.append_events",
+    "SqlSession.save",
+    "SqlSession.write_outbox",
+    "SqlSession.commit",
+    "Domain.after_commit",
+    "KickGate.should_kick",
+]
 
 
 def record(pid: int, out: Path, seconds: int, subprocesses: bool) -> subprocess.Popen:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    argv = [spy, "record", "--pid", str(pid), "--format", "raw", "-o", str(out),
-            "-d", str(seconds), "-r", "200"] + (["--subprocesses"] if subprocesses else [])
+    argv = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "-o",
+        str(out),
+        "-d",
+        str(seconds),
+        "-r",
+        "200",
+    ] + (["--subprocesses"] if subprocesses else [])
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -52,10 +78,11 @@ def main(n: int = 2000) -> None:
     with scratch_database() as url, redis_prefix() as prefix, tidings_pipeline(url, prefix) as pipe:
         _warm_up(pipe, 1)
         pipe.reset()
-        spies = [record(pipe.worker_pid, worker_raw, 10, True),
-                 record(os.getpid(), producer_raw, 8, False)]
-        threads = [threading.Thread(target=lambda: [pipe.produce() for _ in range(n // PRODUCERS)])
-                   for _ in range(PRODUCERS)]
+        spies = [record(pipe.worker_pid, worker_raw, 10, True), record(os.getpid(), producer_raw, 8, False)]
+        threads = [
+            threading.Thread(target=lambda: [pipe.produce() for _ in range(n // PRODUCERS)])
+            for _ in range(PRODUCERS)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -63,8 +90,10 @@ def main(n: int = 2000) -> None:
         wait_for(lambda: pipe.handled(1) >= n // PRODUCERS * PRODUCERS, 300, "the events")
         for spy in spies:
             spy.wait()
-    for title, raw, frames in (("worker", worker_raw, WORKER_FRAMES),
-                               ("producer", producer_raw, PRODUCER_FRAMES)):
+    for title, raw, frames in (
+        ("worker", worker_raw, WORKER_FRAMES),
+        ("producer", producer_raw, PRODUCER_FRAMES),
+    ):
         print(f"\n{title} (inclusive share of non-idle samples)")
         for frame, share in shares(raw, frames).items():
             print(f"{share:5.1f}%  {frame}")

@@ -56,8 +56,12 @@ def _drain(n: int, broker: str) -> float:
                 ceiling_app.celery.send_task("ceiling.noop", queue=queue, producer=producer)
         client = redis.Redis.from_url(REDIS_URL)
         with worker("bench.ceiling:celery", [queue], env):
-            wait_for(lambda: int(client.get(f"{prefix}count") or 0) >= n, 120 + n / 100,
-                     "the no-op tasks", interval=0.05)
+            wait_for(
+                lambda: int(client.get(f"{prefix}count") or 0) >= n,
+                120 + n / 100,
+                "the no-op tasks",
+                interval=0.05,
+            )
         first, last = float(client.get(f"{prefix}first")), float(client.get(f"{prefix}last"))
         if broker.startswith("amqp"):
             with Connection(broker) as conn:
@@ -78,23 +82,28 @@ def _reachable(url: str) -> bool:
 class Pipeline:
     """A running pipeline (worker, relay) and how to produce into it and count what it did."""
 
-    def __init__(self, produce: Callable[[], Any], eng: sa.Engine, table: str,
-                 reset: Callable[[], None]) -> None:
+    def __init__(
+        self, produce: Callable[[], Any], eng: sa.Engine, table: str, reset: Callable[[], None]
+    ) -> None:
         self.produce, self.engine, self.table, self.reset = produce, eng, table, reset
         self.worker_pid = 0
 
     def handled(self, per_event: int) -> int:
         with self.engine.connect() as conn:
             return conn.exec_driver_sql(
-                f"SELECT count(*) FROM {self.table} WHERE handled >= {per_event}").scalar_one()
+                f"SELECT count(*) FROM {self.table} WHERE handled >= {per_event}"
+            ).scalar_one()
 
     def check_exactly_once(self, n: int, per_event: int) -> None:
         with self.engine.connect() as conn:
-            counts = dict(conn.exec_driver_sql(
-                f"SELECT handled, count(*) FROM {self.table} GROUP BY handled").all())
+            counts = dict(
+                conn.exec_driver_sql(f"SELECT handled, count(*) FROM {self.table} GROUP BY handled").all()
+            )
         if counts != {per_event: n}:
-            raise AssertionError(f"expected every one of {n} events applied {per_event}x, got "
-                                 f"{{times applied: events}} = {counts}")
+            raise AssertionError(
+                f"expected every one of {n} events applied {per_event}x, got "
+                f"{{times applied: events}} = {counts}"
+            )
 
     def handled_at(self) -> dict[Any, float]:
         with self.engine.connect() as conn:
@@ -112,8 +121,10 @@ def naive_pipeline(url: str, prefix: str):
 
     class Running:
         def __enter__(self) -> Pipeline:
-            self.stack = [worker("bench.naive:celery", [naive.QUEUE], env),
-                          process([__import__("sys").executable, "-m", "bench.naive", "relay"], env)]
+            self.stack = [
+                worker("bench.naive:celery", [naive.QUEUE], env),
+                process([__import__("sys").executable, "-m", "bench.naive", "relay"], env),
+            ]
             for cm in self.stack:
                 cm.__enter__()
             return Pipeline(lambda: naive.place_order(eng), eng, "bench_orders", reset)
@@ -126,8 +137,14 @@ def naive_pipeline(url: str, prefix: str):
     return Running()
 
 
-def tidings_pipeline(url: str, prefix: str, handlers: int = 1, profile: str | None = None,
-                     relay_worker: bool = False, after_commit: str = "kick"):
+def tidings_pipeline(
+    url: str,
+    prefix: str,
+    handlers: int = 1,
+    profile: str | None = None,
+    relay_worker: bool = False,
+    after_commit: str = "kick",
+):
     """Tidings on one worker for every queue (what `tidings server` runs), or with
     `relay_worker` the relay queue on a worker of its own (the naive pipeline's topology)."""
     domain = build_domain(url, handlers, profile, after_commit=after_commit)
@@ -136,9 +153,14 @@ def tidings_pipeline(url: str, prefix: str, handlers: int = 1, profile: str | No
     domain.create_tables()
     eng = domain.databases["default"].engine
     tables = ", ".join(t.name for t in domain.metadata.sorted_tables)
-    env = {"BENCH_DATABASE_URL": url, "BENCH_BROKER_URL": REDIS_URL, "BENCH_KEYPREFIX": prefix,
-           "BENCH_HANDLERS": str(handlers), "BENCH_PROFILE": profile or "",
-           "BENCH_AFTER_COMMIT": after_commit}
+    env = {
+        "BENCH_DATABASE_URL": url,
+        "BENCH_BROKER_URL": REDIS_URL,
+        "BENCH_KEYPREFIX": prefix,
+        "BENCH_HANDLERS": str(handlers),
+        "BENCH_PROFILE": profile or "",
+        "BENCH_AFTER_COMMIT": after_commit,
+    }
     queues = [relay_queue(domain)] + [queue_name(domain, h) for h in async_handlers(domain)]
 
     def reset() -> None:
@@ -148,8 +170,10 @@ def tidings_pipeline(url: str, prefix: str, handlers: int = 1, profile: str | No
     class Running:
         def __enter__(self) -> Pipeline:
             if relay_worker:
-                self.cms = [worker("bench.tidings_app:celery", queues[1:], env),
-                            worker("bench.tidings_app:celery", queues[:1], env, concurrency=1)]
+                self.cms = [
+                    worker("bench.tidings_app:celery", queues[1:], env),
+                    worker("bench.tidings_app:celery", queues[:1], env, concurrency=1),
+                ]
             else:
                 self.cms = [worker("bench.tidings_app:celery", queues, env)]
             pipe = Pipeline(lambda: place_order(domain), eng, "bench_order", reset)
@@ -172,16 +196,14 @@ def _flat_out(pipe: Pipeline, n: int, per_event: int) -> tuple[float, float]:
     producer commits/s). Fails unless every event was applied exactly `per_event` times."""
     pipe.reset()
     counts = [n // PRODUCERS + (i < n % PRODUCERS) for i in range(PRODUCERS)]
-    threads = [threading.Thread(target=lambda k=k: [pipe.produce() for _ in range(k)])
-               for k in counts]
+    threads = [threading.Thread(target=lambda k=k: [pipe.produce() for _ in range(k)]) for k in counts]
     start = time.time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     produced = time.time() - start
-    wait_for(lambda: pipe.handled(per_event) >= n, 60 + n / 20, f"{n} events handled",
-             interval=0.05)
+    wait_for(lambda: pipe.handled(per_event) >= n, 60 + n / 20, f"{n} events handled", interval=0.05)
     time.sleep(0.5)  # a duplicate delivery would show up as a second application
     pipe.check_exactly_once(n, per_event)
     last = max(pipe.handled_at().values())
@@ -212,15 +234,27 @@ def naive_baseline(n: int, runs: int) -> Report:
 def end_to_end(n: int, runs: int) -> Report:
     """Scenario 2: Tidings, one handler and three handlers per event: events/s."""
     report = Report("end-to-end", {"n": n, "runs": runs, "producers": PRODUCERS})
-    variants = ((1, False, "kick", None), (3, False, "kick", None), (1, True, "kick", None),
-                (1, False, "thread", None), (1, False, "kick", "batch"))
+    variants = (
+        (1, False, "kick", None),
+        (3, False, "kick", None),
+        (1, True, "kick", None),
+        (1, False, "thread", None),
+        (1, False, "kick", "batch"),
+    )
     for handlers, relay_worker, after_commit, profile in variants:
-        label = f"{handlers} handler(s)" + (", relay on its own worker" if relay_worker else "") \
-            + (", relay thread" if after_commit == "thread" else "") \
+        label = (
+            f"{handlers} handler(s)"
+            + (", relay on its own worker" if relay_worker else "")
+            + (", relay thread" if after_commit == "thread" else "")
             + (f", {profile} profile (packed)" if profile else "")
-        with scratch_database() as url, redis_prefix() as prefix, \
-                tidings_pipeline(url, prefix, handlers, profile, relay_worker=relay_worker,
-                                 after_commit=after_commit) as pipe:
+        )
+        with (
+            scratch_database() as url,
+            redis_prefix() as prefix,
+            tidings_pipeline(
+                url, prefix, handlers, profile, relay_worker=relay_worker, after_commit=after_commit
+            ) as pipe,
+        ):
             _warm_up(pipe, handlers)
             for _ in range(runs):
                 handled, committed = _flat_out(pipe, n, handlers)
@@ -252,8 +286,11 @@ def latency(n: int, runs: int, rates: tuple[float, ...] = (100.0,)) -> Report:
     report = Report("latency", {"n": n, "runs": runs, "rates": [round(r) for r in rates]})
     for profile, after_commit in (("production", "kick"), ("fast", "kick"), ("fast", "thread")):
         label = profile + (", relay thread" if after_commit == "thread" else "")
-        with scratch_database() as url, redis_prefix() as prefix, \
-                tidings_pipeline(url, prefix, 1, profile, after_commit=after_commit) as pipe:
+        with (
+            scratch_database() as url,
+            redis_prefix() as prefix,
+            tidings_pipeline(url, prefix, 1, profile, after_commit=after_commit) as pipe,
+        ):
             _warm_up(pipe, 1)
             for rate in rates:
                 for _ in range(runs):
@@ -277,8 +314,9 @@ def relay(n: int, runs: int) -> Report:
                 _pending_rows(domain, n)
                 start = time.perf_counter()
                 published = relay_now(celery, domain)
-                report.add(f"tidings relay, batch {batch}", "rows/s",
-                           published / (time.perf_counter() - start))
+                report.add(
+                    f"tidings relay, batch {batch}", "rows/s", published / (time.perf_counter() - start)
+                )
                 assert published == n, f"relayed {published} of {n}"
                 client.delete(*client.keys(f"{prefix}*"))
         celery.pool.force_close_all()
@@ -294,8 +332,9 @@ def relay(n: int, runs: int) -> Report:
             with naive.celery.producer_or_acquire() as producer:
                 while naive.relay_once(eng, producer):
                     pass
-            report.add("naive relay (send_task per event), batch 500", "rows/s",
-                       n / (time.perf_counter() - start))
+            report.add(
+                "naive relay (send_task per event), batch 500", "rows/s", n / (time.perf_counter() - start)
+            )
             client.delete(*client.keys(f"{prefix}*"))
         eng.dispose()
     return report
@@ -346,16 +385,17 @@ def commit_overhead(n: int, runs: int) -> Report:
 def soak(n: int, runs: int) -> Report:
     """Scenario 6: worker RSS (parent + children) sampled at each tenth of N events."""
     report = Report("soak", {"n": n, "runs": 1, "producers": PRODUCERS})
-    with scratch_database() as url, redis_prefix() as prefix, \
-            tidings_pipeline(url, prefix, 1) as pipe:
+    with scratch_database() as url, redis_prefix() as prefix, tidings_pipeline(url, prefix, 1) as pipe:
         pid = pipe.worker_pid
         _warm_up(pipe, 1)
         pipe.reset()
         samples: dict[int, float] = {}
         step = max(n // 10, 1)
         for tenth in range(1, 11):
-            threads = [threading.Thread(target=lambda: [pipe.produce() for _ in range(step // PRODUCERS)])
-                       for _ in range(PRODUCERS)]
+            threads = [
+                threading.Thread(target=lambda: [pipe.produce() for _ in range(step // PRODUCERS)])
+                for _ in range(PRODUCERS)
+            ]
             for t in threads:
                 t.start()
             for t in threads:

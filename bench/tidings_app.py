@@ -19,12 +19,19 @@ from tidings.app.factory import create_celery_app
 from tidings.domain.context import current_uow
 from tidings.fields import Float, Identifier, Integer
 
-APPLY = sa.text("UPDATE bench_order SET handled = handled + 1, "
-                "handled_at = extract(epoch from clock_timestamp()) WHERE id = :id")
+APPLY = sa.text(
+    "UPDATE bench_order SET handled = handled + 1, "
+    "handled_at = extract(epoch from clock_timestamp()) WHERE id = :id"
+)
 
 
-def build_domain(database_url: str, handlers: int = 1, profile: str | None = None,
-                 event_processing: str = "async", after_commit: str = "kick") -> Domain:
+def build_domain(
+    database_url: str,
+    handlers: int = 1,
+    profile: str | None = None,
+    event_processing: str = "async",
+    after_commit: str = "kick",
+) -> Domain:
     """The benchmark domain on `database_url` (PostgreSQL) or the memory provider."""
     domain = Domain("bench")
     domain.config["event_processing"] = event_processing
@@ -34,8 +41,7 @@ def build_domain(database_url: str, handlers: int = 1, profile: str | None = Non
         domain.config["databases"]["default"] = {"provider": "memory"}
         domain.config["event_store"] = {"provider": "memory"}
     else:
-        domain.config["databases"]["default"] = {"provider": "postgresql",
-                                                 "database_uri": database_url}
+        domain.config["databases"]["default"] = {"provider": "postgresql", "database_uri": database_url}
         domain.config["event_store"] = {"provider": "postgresql"}
     if profile:
         domain.config["server"]["default_subscription_profile"] = profile
@@ -93,13 +99,22 @@ def place_order(domain: Domain) -> str:
 def celery_app(domain: Domain, keyprefix: str, broker_url: str) -> Any:
     domain.config["brokers"]["default"] = {"provider": "redis", "url": broker_url}
     domain.init()
-    return create_celery_app(domain, broker_url=broker_url, broker_transport_options={
-        "visibility_timeout": 300, "global_keyprefix": keyprefix})
+    return create_celery_app(
+        domain,
+        broker_url=broker_url,
+        broker_transport_options={"visibility_timeout": 300, "global_keyprefix": keyprefix},
+    )
 
 
 if os.environ.get("BENCH_DATABASE_URL"):  # the worker: `celery -A bench.tidings_app worker`
-    domain = build_domain(os.environ["BENCH_DATABASE_URL"], int(os.environ.get("BENCH_HANDLERS", "1")),
-                          os.environ.get("BENCH_PROFILE") or None,
-                          after_commit=os.environ.get("BENCH_AFTER_COMMIT", "kick"))
-    celery = celery_app(domain, os.environ.get("BENCH_KEYPREFIX", ""),
-                        os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"))
+    domain = build_domain(
+        os.environ["BENCH_DATABASE_URL"],
+        int(os.environ.get("BENCH_HANDLERS", "1")),
+        os.environ.get("BENCH_PROFILE") or None,
+        after_commit=os.environ.get("BENCH_AFTER_COMMIT", "kick"),
+    )
+    celery = celery_app(
+        domain,
+        os.environ.get("BENCH_KEYPREFIX", ""),
+        os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
+    )

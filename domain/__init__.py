@@ -1,7 +1,7 @@
 """Tidings' modeling kernel: declare a domain, persist it atomically, process its messages.
 
-    from tidings.domain import Domain, handle, current_domain
-    from tidings.domain.fields import Identifier, Integer
+from tidings.domain import Domain, handle, current_domain
+from tidings.domain.fields import Identifier, Integer
 """
 
 from tidings.domain.context import current_domain
@@ -36,10 +36,31 @@ from tidings.domain.errors import (
 )
 
 __all__ = [
-    "Domain", "current_domain", "handle", "on", "read", "Message", "MessageKind",
-    "BaseAggregate", "BaseEntity", "BaseValueObject", "BaseEvent", "BaseCommand",
-    "BaseProjection", "BaseQuery", "BaseEventHandler", "BaseCommandHandler", "BaseProjector",
-    "BaseSubscriber", "BaseQueryHandler", "ConfigurationError", "ExpectedVersionError",
-    "IncorrectUsageError", "InvalidMessageError", "ObjectNotFoundError", "TooManyObjectsError",
-    "UnknownMessageTypeError", "ValidationError",
+    "Domain",
+    "current_domain",
+    "handle",
+    "on",
+    "read",
+    "Message",
+    "MessageKind",
+    "BaseAggregate",
+    "BaseEntity",
+    "BaseValueObject",
+    "BaseEvent",
+    "BaseCommand",
+    "BaseProjection",
+    "BaseQuery",
+    "BaseEventHandler",
+    "BaseCommandHandler",
+    "BaseProjector",
+    "BaseSubscriber",
+    "BaseQueryHandler",
+    "ConfigurationError",
+    "ExpectedVersionError",
+    "IncorrectUsageError",
+    "InvalidMessageError",
+    "ObjectNotFoundError",
+    "TooManyObjectsError",
+    "UnknownMessageTypeError",
+    "ValidationError",
 ]

@@ -41,8 +41,9 @@ class BrokerCapability(enum.Flag):
     SIMPLE_QUEUING = BASIC_PUBSUB | CONSUMER_GROUPS
     RELIABLE_MESSAGING = SIMPLE_QUEUING | ACK | NACK | DELIVERY_GUARANTEES
     ORDERED_MESSAGING = RELIABLE_MESSAGING | MESSAGE_ORDERING
-    ENTERPRISE_STREAMING = (ORDERED_MESSAGING | BLOCKING_READ | DEAD_LETTER_QUEUE | REPLAY
-                            | STREAM_PARTITIONING)
+    ENTERPRISE_STREAMING = (
+        ORDERED_MESSAGING | BLOCKING_READ | DEAD_LETTER_QUEUE | REPLAY | STREAM_PARTITIONING
+    )
 
 
 def mask_url(url: str) -> str:
@@ -98,8 +99,7 @@ class Broker:
 
     def health_stats(self) -> dict[str, Any]:
         """`healthy`, `message_counts` per stream, `consumer_groups` per stream, `dlq_depth`."""
-        return {"healthy": self.ping(), "message_counts": {}, "consumer_groups": {},
-                "dlq_depth": 0}
+        return {"healthy": self.ping(), "message_counts": {}, "consumer_groups": {}, "dlq_depth": 0}
 
     def has_capability(self, capability: BrokerCapability) -> bool:
         """True when the broker has every capability in `capability`."""
@@ -187,8 +187,12 @@ class InlineBroker(Broker):
         groups: dict[str, list[str]] = {}
         for stream, name in self.groups:
             groups.setdefault(stream, []).append(name)
-        return {"healthy": True, "message_counts": {s: len(e) for s, e in self.streams.items()},
-                "consumer_groups": groups, "dlq_depth": 0}
+        return {
+            "healthy": True,
+            "message_counts": {s: len(e) for s, e in self.streams.items()},
+            "consumer_groups": groups,
+            "dlq_depth": 0,
+        }
 
 
 def available_providers() -> dict[str, Any]:
@@ -201,7 +205,8 @@ def broker_class(provider: str) -> type[Broker]:
     if provider not in providers:
         raise ConfigurationError(
             f"unknown broker provider {provider!r} (installed: {sorted(providers)}); a custom "
-            f"adapter registers under the entry point group '{ENTRY_POINT_GROUP}'")
+            f"adapter registers under the entry point group '{ENTRY_POINT_GROUP}'"
+        )
     return providers[provider].load()
 
 
@@ -212,15 +217,18 @@ class Brokers:
         self.domain = domain
         if "default" not in config:
             raise ConfigurationError("config section 'brokers' needs a 'default' broker")
-        self._brokers = {name: broker_class(settings["provider"])(name, domain, dict(settings))
-                         for name, settings in config.items()}
+        self._brokers = {
+            name: broker_class(settings["provider"])(name, domain, dict(settings))
+            for name, settings in config.items()
+        }
 
     def __getitem__(self, name: str) -> Broker:
         try:
             return self._brokers[name]
         except KeyError:
-            raise ConfigurationError(f"no broker named {name!r} (configured: "
-                                     f"{sorted(self._brokers)})") from None
+            raise ConfigurationError(
+                f"no broker named {name!r} (configured: {sorted(self._brokers)})"
+            ) from None
 
     def __iter__(self):
         return iter(self._brokers.items())
@@ -234,8 +242,11 @@ class Brokers:
 
     def subscribers(self, broker: Broker, stream: str) -> list[type]:
         """The subscribers of `stream` that consume it from `broker`."""
-        return [s for s in self.domain.subscribers_for(stream)
-                if (s.meta_.get("broker") or "default") == broker.name]
+        return [
+            s
+            for s in self.domain.subscribers_for(stream)
+            if (s.meta_.get("broker") or "default") == broker.name
+        ]
 
     def deliver(self, broker: Broker, stream: str, identifier: str, message: dict) -> None:
         """After a publish: run the stream's subscribers inline (sync), or hand the message to
@@ -254,7 +265,8 @@ class Brokers:
                 return
             raise IncorrectUsageError(
                 "message_processing is async but no engine is attached: create the Celery app "
-                "with app.factory.create_celery_app(domain) first")
+                "with app.factory.create_celery_app(domain) first"
+            )
         engine.deliver(broker, stream, message_id, message, subscribers)
 
     def close(self) -> None:

@@ -71,8 +71,16 @@ _BOOLEAN = {
     ("server", "stream_subscription", "enable_dlq"),
 }
 # Sections whose keys are free-form (names chosen by the user, or provider options).
-_OPEN_SECTIONS = {"databases", "brokers", "event_store", "celery", "subscriptions", "profiles",
-                  "stream_subscription", "event_store_subscription"}  # checked by subscriptions.py
+_OPEN_SECTIONS = {
+    "databases",
+    "brokers",
+    "event_store",
+    "celery",
+    "subscriptions",
+    "profiles",
+    "stream_subscription",
+    "event_store_subscription",
+}  # checked by subscriptions.py
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:\|([^}]*))?\}")
@@ -174,8 +182,11 @@ def _coerce(config: dict, path: tuple, kind: type, problems: list[str]) -> None:
     except (TypeError, ValueError):
         problems.append(f"config key '{where}' must be a number, got {value!r}")
         return
-    if isinstance(value, bool) or number < 0 or (number == 0 and last != "retry_delay_seconds"
-                                                   and last != "max_retries"):
+    if (
+        isinstance(value, bool)
+        or number < 0
+        or (number == 0 and last != "retry_delay_seconds" and last != "max_retries")
+    ):
         problems.append(f"config key '{where}' must be a positive number, got {value!r}")
         return
     node[last] = number
@@ -193,8 +204,10 @@ def validate_config(config: dict[str, Any]) -> list[str]:
         if config.get(key) not in PROCESSING_MODES:
             problems.append(f"config key '{key}' must be 'sync' or 'async', got {config.get(key)!r}")
     if config.get("outbox", {}).get("after_commit") not in AFTER_COMMIT:
-        problems.append(f"config key 'outbox.after_commit' must be one of {sorted(AFTER_COMMIT)}, "
-                        f"got {config.get('outbox', {}).get('after_commit')!r}")
+        problems.append(
+            f"config key 'outbox.after_commit' must be one of {sorted(AFTER_COMMIT)}, "
+            f"got {config.get('outbox', {}).get('after_commit')!r}"
+        )
     _check_providers(config.get("databases", {}), "databases", DATABASE_PROVIDERS, problems)
     _check_providers(config.get("brokers", {}), "brokers", set(available_providers()), problems)
     if "default" not in config.get("databases", {}):
@@ -208,8 +221,10 @@ def validate_config(config: dict[str, Any]) -> list[str]:
             f" (choose from {sorted(EVENT_STORE_PROVIDERS)})"
         )
     elif store.get("provider") == "message_db" and not store.get("database_uri"):
-        problems.append("config key 'event_store.database_uri' is required for message_db "
-                        "(e.g. postgresql://message_store@localhost:5432/message_store)")
+        problems.append(
+            "config key 'event_store.database_uri' is required for message_db "
+            "(e.g. postgresql://message_store@localhost:5432/message_store)"
+        )
     return problems
 
 

@@ -23,8 +23,7 @@ def pop_domain(token) -> None:
 def get_current_domain() -> Any:
     stack = _domains.get()
     if not stack:
-        raise IncorrectUsageError(
-            "no active domain: wrap the code in `with domain.domain_context():`")
+        raise IncorrectUsageError("no active domain: wrap the code in `with domain.domain_context():`")
     return stack[-1]
 
 

@@ -40,14 +40,16 @@ from tidings.domain.uow import UnitOfWork
 
 log = logging.getLogger("tidings")
 
+
 class Engine(Protocol):
     """What the domain needs from an async engine (the Celery app factory provides one)."""
 
     def committed(self, messages: list[Message]) -> None:
         """Called after a commit that wrote outbox rows."""
 
-    def deliver(self, broker: Any, stream: str, message_id: str, message: dict,
-                subscribers: list[type]) -> None:
+    def deliver(
+        self, broker: Any, stream: str, message_id: str, message: dict, subscribers: list[type]
+    ) -> None:
         """Hand an external message just published on `broker` to these subscribers."""
 
 
@@ -88,7 +90,8 @@ class Domain:
         if unknown:
             raise ConfigurationError(
                 f"{cls.__name__}: unknown option(s) {sorted(unknown)} for a {kind}; "
-                f"allowed: {sorted(OPTIONS[kind])}")
+                f"allowed: {sorted(OPTIONS[kind])}"
+            )
         element = derive_element(kind, cls, options)
         self.registry[kind][element.__name__] = element
         self.initialized = False
@@ -136,8 +139,8 @@ class Domain:
         problems += check_registry(self, config)
         if problems:
             raise ConfigurationError(
-                f"domain '{self.name}' has {len(problems)} problem(s):\n  - "
-                + "\n  - ".join(problems))
+                f"domain '{self.name}' has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
+            )
         self.settings = config
         self._build_databases(config)
         if self._brokers is not None:
@@ -149,8 +152,7 @@ class Domain:
 
     def _rebuild_models(self) -> None:
         names = {n: c for kind in self.registry.values() for n, c in kind.items()}
-        for kind in ("value_object", "entity", "aggregate", "projection", "event", "command",
-                     "query"):
+        for kind in ("value_object", "entity", "aggregate", "projection", "event", "command", "query"):
             for model in self.registry[kind].values():
                 try:
                     model.model_rebuild(force=True, _types_namespace=names)
@@ -179,8 +181,9 @@ class Domain:
         if store["provider"] == "message_db":
             self.event_store_database = MessageDbDatabase("event_store", store["database_uri"])
         elif store["provider"] == "memory":
-            self.event_store_database = default if isinstance(default, MemoryDatabase) \
-                else MemoryDatabase("event_store")
+            self.event_store_database = (
+                default if isinstance(default, MemoryDatabase) else MemoryDatabase("event_store")
+            )
         else:
             uri = store.get("database_uri")
             if not uri and isinstance(default, SqlDatabase):
@@ -193,8 +196,7 @@ class Domain:
         self.databases.setdefault(self.event_store_database.name, self.event_store_database)
 
     def _build_routes(self) -> None:
-        self._types = {self.type_of(c): c for k in ("event", "command")
-                       for c in self.registry[k].values()}
+        self._types = {self.type_of(c): c for k in ("event", "command") for c in self.registry[k].values()}
         self._routes, self._methods = {}, {}
         for kind in ("event_handler", "command_handler", "projector"):
             for handler in self.registry[kind].values():
@@ -256,15 +258,27 @@ class Domain:
         self._require_init()
         return resolve_subscription(handler, self.settings["server"])
 
-    def read_messages(self, stream_or_category: str, from_position: int = 0,
-                      limit: int = 1000) -> list[Message]:
+    def read_messages(
+        self, stream_or_category: str, from_position: int = 0, limit: int = 1000
+    ) -> list[Message]:
         """Stored events and commands of a stream (from its position) or a category (from the
         global position), oldest first, as envelopes."""
         self._require_init()
         records = self.event_store_database.read_events(stream_or_category, from_position, limit)
-        return [Message.from_dict({**r["metadata"], "data": r["data"], "metadata": {
-            **r["metadata"].get("metadata", {}), "global_position": r["global_position"],
-            "position": r["position"]}}) for r in records]
+        return [
+            Message.from_dict(
+                {
+                    **r["metadata"],
+                    "data": r["data"],
+                    "metadata": {
+                        **r["metadata"].get("metadata", {}),
+                        "global_position": r["global_position"],
+                        "position": r["position"],
+                    },
+                }
+            )
+            for r in records
+        ]
 
     def repository_for(self, model: type) -> Repository:
         self._require_init()
@@ -333,16 +347,22 @@ class Domain:
         self.engine = engine
 
     # ---- envelopes -------------------------------------------------------------------------
-    def _new_message(self, obj: Any, kind: MessageKind, stream: str, category: str,
-                     sequence: int | None) -> Message:
+    def _new_message(
+        self, obj: Any, kind: MessageKind, stream: str, category: str, sequence: int | None
+    ) -> Message:
         parent: Message | None = current_message.get()
         return Message(
-            type=self.type_of(type(obj)), kind=kind, stream=stream, stream_category=category,
+            type=self.type_of(type(obj)),
+            kind=kind,
+            stream=stream,
+            stream_category=category,
             origin_stream=parent.stream if parent else None,
-            correlation_id=parent.correlation_id if parent else Message.model_fields[
-                "correlation_id"].default_factory(),
+            correlation_id=parent.correlation_id
+            if parent
+            else Message.model_fields["correlation_id"].default_factory(),
             causation_id=parent.id if parent else None,
-            sequence=sequence, data=obj.model_dump(mode="json"),
+            sequence=sequence,
+            data=obj.model_dump(mode="json"),
         )
 
     def event_message(self, event: Any, aggregate: Any | None = None) -> Message:
@@ -355,8 +375,7 @@ class Domain:
         else:
             identity = self._identity_in(event, agg_cls)
             sequence = None
-        msg = self._new_message(event, MessageKind.EVENT, f"{category}-{identity}", category,
-                                sequence)
+        msg = self._new_message(event, MessageKind.EVENT, f"{category}-{identity}", category, sequence)
         event._message = msg
         return msg
 
@@ -365,8 +384,7 @@ class Domain:
         agg_cls = self.part_of(type(command))
         category = self.category(agg_cls) + ":command"
         identity = self._identity_in(command, agg_cls)
-        msg = self._new_message(command, MessageKind.COMMAND, f"{category}-{identity}",
-                                category, None)
+        msg = self._new_message(command, MessageKind.COMMAND, f"{category}-{identity}", category, None)
         command._message = msg
         return msg
 
@@ -427,8 +445,11 @@ class Domain:
         return names
 
     def subscribers_for(self, stream: str) -> list[type]:
-        return [s for s in self.registry["subscriber"].values()
-                if stream_matches(stream, s.meta_["stream"]) or s.meta_["stream"] == stream]
+        return [
+            s
+            for s in self.registry["subscriber"].values()
+            if stream_matches(stream, s.meta_["stream"]) or s.meta_["stream"] == stream
+        ]
 
     # ---- processing ----------------------------------------------------------------------------
     def process(self, command: Any, asynchronous: bool | None = None) -> Any:
@@ -438,8 +459,7 @@ class Domain:
         handlers = self.handlers_for(message)
         if not handlers:
             raise IncorrectUsageError(f"no command handler for {type(command).__name__}")
-        run_async = (self.settings["command_processing"] == "async") if asynchronous is None \
-            else asynchronous
+        run_async = (self.settings["command_processing"] == "async") if asynchronous is None else asynchronous
         uow = current_uow.get()
         if uow is not None and uow.in_progress and uow.domain is self:
             # Called from a handler, a subscriber or an explicit unit of work: the command joins
@@ -474,8 +494,14 @@ class Domain:
         """Run the query handler for this query and return its result."""
         self._check_registered(query, "query")
         for handler in self.registry["query_handler"].values():
-            method = next((m for q, m in query_targets(handler).items()
-                           if q is type(query) or q == type(query).__name__), None)
+            method = next(
+                (
+                    m
+                    for q, m in query_targets(handler).items()
+                    if q is type(query) or q == type(query).__name__
+                ),
+                None,
+            )
             if method:
                 with self.domain_context():
                     return getattr(handler(), method)(query)
@@ -496,8 +522,9 @@ class Domain:
             try:
                 self.engine.committed(relayed)
             except Exception:  # noqa: BLE001 - committed rows are relayed by the next tick
-                log.warning("could not kick the relay; the next beat tick will pick the rows up",
-                            exc_info=True)
+                log.warning(
+                    "could not kick the relay; the next beat tick will pick the rows up", exc_info=True
+                )
         if sync:
             with self._draining() as queue:
                 queue.extend(sync)
@@ -525,8 +552,14 @@ class Domain:
             for handler in self.handlers_for(message):
                 self.run_handler(handler, message)
 
-    def run_handler(self, handler: type, message: Message, *, store_message: bool = False,
-                    idempotency_key: str | None = None) -> Any:
+    def run_handler(
+        self,
+        handler: type,
+        message: Message,
+        *,
+        store_message: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Any:
         """Run one handler for one message in its own unit of work.
 
         With `idempotency_key`, an inbox row (key, message id) commits with the handler's
@@ -536,7 +569,8 @@ class Domain:
         try:
             with self.domain_context(), self.unit_of_work() as uow:
                 if idempotency_key and not uow.session_for(self.outbox_database).mark_processed(
-                        idempotency_key, message.id):
+                    idempotency_key, message.id
+                ):
                     log.debug("%s already applied %s; skipped", idempotency_key, message.id)
                     return SKIPPED
                 if store_message:
@@ -567,13 +601,22 @@ class Domain:
         finally:
             current_message.reset(token)
 
-    def run_subscriber(self, subscriber: type, payload: dict, *,
-                       idempotency_key: str | None = None, message_id: str | None = None) -> Any:
+    def run_subscriber(
+        self,
+        subscriber: type,
+        payload: dict,
+        *,
+        idempotency_key: str | None = None,
+        message_id: str | None = None,
+    ) -> Any:
         """Run one subscriber for one external payload in its own unit of work."""
         try:
             with self.domain_context(), self.unit_of_work() as uow:
-                if idempotency_key and message_id and not uow.session_for(
-                        self.outbox_database).mark_processed(idempotency_key, message_id):
+                if (
+                    idempotency_key
+                    and message_id
+                    and not uow.session_for(self.outbox_database).mark_processed(idempotency_key, message_id)
+                ):
                     return SKIPPED
                 instance = subscriber()
                 methods = self.methods_for(subscriber, str(payload.get("type", "")))

@@ -65,9 +65,7 @@ class Message(BaseModel):
         try:
             return cls.model_validate(raw)
         except PydanticValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-            )
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise InvalidMessageError(f"malformed envelope: {problems}") from None
 
 

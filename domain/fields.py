@@ -1,8 +1,8 @@
 """Protean-style field declarations, each mapped to a pydantic field with the same options.
 
-    class Order:
-        quantity: Integer(required=True, min_value=1)
-        status = String(choices=["PENDING", "SHIPPED"], default="PENDING")
+class Order:
+    quantity: Integer(required=True, min_value=1)
+    status = String(choices=["PENDING", "SHIPPED"], default="PENDING")
 """
 
 from __future__ import annotations
@@ -229,6 +229,18 @@ class HasOne(FieldSpec):
 
 
 __all__ = [
-    "FieldSpec", "String", "Text", "Identifier", "Integer", "Float", "Boolean", "Date",
-    "DateTime", "List", "Dict", "ValueObject", "HasMany", "HasOne",
+    "FieldSpec",
+    "String",
+    "Text",
+    "Identifier",
+    "Integer",
+    "Float",
+    "Boolean",
+    "Date",
+    "DateTime",
+    "List",
+    "Dict",
+    "ValueObject",
+    "HasMany",
+    "HasOne",
 ]

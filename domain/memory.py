@@ -47,18 +47,16 @@ class MemoryDatabase:
     def dispose(self) -> None:
         """Nothing to release."""
 
-    def read_events(self, stream_or_category: str, from_position: int = 0,
-                    limit: int = 1000) -> list[dict]:
+    def read_events(self, stream_or_category: str, from_position: int = 0, limit: int = 1000) -> list[dict]:
         with self.lock:
             return _select_events(self.events, stream_or_category, from_position, limit)
 
-
-    def read_categories(self, categories: list[str], from_position: int,
-                        limit: int) -> list[dict]:
+    def read_categories(self, categories: list[str], from_position: int, limit: int) -> list[dict]:
         wanted = set(categories)
         with self.lock:
-            found = [e for e in self.events
-                     if e["category"] in wanted and e["global_position"] >= from_position]
+            found = [
+                e for e in self.events if e["category"] in wanted and e["global_position"] >= from_position
+            ]
             return copy.deepcopy(found[:limit])
 
 
@@ -68,8 +66,9 @@ def _select_events(events: list[dict], key: str, from_position: int, limit: int)
         if record["stream"] == key:
             if record["position"] >= from_position:
                 out.append(copy.deepcopy(record))
-        elif (record["category"] == key or stream_matches(record["stream"], key)) \
-                and record["global_position"] >= from_position:
+        elif (record["category"] == key or stream_matches(record["stream"], key)) and record[
+            "global_position"
+        ] >= from_position:
             out.append(copy.deepcopy(record))
         if len(out) >= limit:
             break
@@ -101,17 +100,18 @@ class MemorySession:
         with self.db.lock:
             ids = set(self.db.tables.get(table, {})) | {i for t, i in self.writes if t == table}
             rows = [self._current(table, i) for i in sorted(ids)]
-        return [copy.deepcopy(r) for r in rows
-                if r and all(r[0].get(k) == v for k, v in filters.items())]
+        return [copy.deepcopy(r) for r in rows if r and all(r[0].get(k) == v for k, v in filters.items())]
 
-    def save(self, table: str, identity: str, data: dict[str, Any], expected_version: int,
-             versioned: bool) -> int:
+    def save(
+        self, table: str, identity: str, data: dict[str, Any], expected_version: int, versioned: bool
+    ) -> int:
         with self.db.lock:
             current = self._current(table, identity)
             stored = current[1] if current else -1
             if versioned and stored != expected_version:
                 raise ExpectedVersionError(
-                    f"{table} {identity}: expected version {expected_version}, found {stored}")
+                    f"{table} {identity}: expected version {expected_version}, found {stored}"
+                )
             key = (table, identity)
             if key not in self.expected:
                 committed = self.db.tables.get(table, {}).get(identity)

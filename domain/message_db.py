@@ -40,8 +40,10 @@ def make_engine(uri: str) -> sa.Engine:
     """A psycopg2 engine whose sessions find Message DB's functions."""
     uri = normalize_uri(uri)
     if not uri.startswith("postgresql"):
-        raise ConfigurationError(f"event_store.database_uri for message_db must be PostgreSQL, "
-                                 f"got {sa.make_url(uri).render_as_string(hide_password=True)}")
+        raise ConfigurationError(
+            f"event_store.database_uri for message_db must be PostgreSQL, "
+            f"got {sa.make_url(uri).render_as_string(hide_password=True)}"
+        )
     return sa.create_engine(uri, pool_pre_ping=True, connect_args={"options": _SEARCH_PATH})
 
 
@@ -70,8 +72,8 @@ class MessageDbDatabase:
         except DBAPIError as exc:
             url = self.engine.url.render_as_string(hide_password=True)
             raise ConfigurationError(
-                f"no Message DB at {url}: install it with .ci/install-message-db "
-                f"({type(exc.orig).__name__})") from None
+                f"no Message DB at {url}: install it with .ci/install-message-db ({type(exc.orig).__name__})"
+            ) from None
 
     def drop_tables(self) -> None:
         """Never drops anything: the message store is append-only and shared."""
@@ -81,8 +83,7 @@ class MessageDbDatabase:
             self._engine.dispose()
             self._engine = None
 
-    def read_events(self, stream_or_category: str, from_position: int = 0,
-                    limit: int = 1000) -> list[dict]:
+    def read_events(self, stream_or_category: str, from_position: int = 0, limit: int = 1000) -> list[dict]:
         """A stream from its position `from_position`, or a category from a global position."""
         if "-" in stream_or_category:
             query = "SELECT * FROM get_stream_messages(:name, :position, :limit)"
@@ -127,13 +128,19 @@ class MessageDbSession(TransactionSession):
 
         Raises ExpectedVersionError when the stream is not at `expected_version`.
         """
-        params = {"id": record["message_id"], "stream": record["stream"], "type": record["type"],
-                  "data": json.dumps(record["data"]), "metadata": json.dumps(record["metadata"]),
-                  "expected": expected_version}
-        query = ("SELECT write_message(:id, :stream, :type, CAST(:data AS jsonb), "
-                 "CAST(:metadata AS jsonb), :expected)")
+        params = {
+            "id": record["message_id"],
+            "stream": record["stream"],
+            "type": record["type"],
+            "data": json.dumps(record["data"]),
+            "metadata": json.dumps(record["metadata"]),
+            "expected": expected_version,
+        }
+        query = (
+            "SELECT write_message(:id, :stream, :type, CAST(:data AS jsonb), "
+            "CAST(:metadata AS jsonb), :expected)"
+        )
         return _run(self.conn, query, params).scalar_one()
-
 
 
 def _run(conn: sa.Connection, query: str, params: dict[str, Any]) -> sa.CursorResult:
@@ -143,8 +150,7 @@ def _run(conn: sa.Connection, query: str, params: dict[str, Any]) -> sa.CursorRe
     except DBAPIError as exc:
         detail = str(getattr(exc.orig, "pgerror", None) or exc.orig).strip().splitlines()[0]
         if _WRONG_VERSION in detail:
-            raise ExpectedVersionError(f"Message DB: {detail.removeprefix('ERROR:').strip()}") \
-                from None
+            raise ExpectedVersionError(f"Message DB: {detail.removeprefix('ERROR:').strip()}") from None
         raise MessageDbError(f"Message DB: {detail}") from exc
 
 

@@ -32,14 +32,24 @@ OPTIONS: dict[str, set[str]] = {
     "command": {"part_of", "version"},
     "projection": {"provider", "table"},
     "query": {"part_of"},
-    "event_handler": {"part_of", "stream_category", "source_stream", "subscription_type",
-                      "subscription_profile", "subscription_config"},
-    "command_handler": {"part_of", "subscription_type", "subscription_profile",
-                        "subscription_config"},
-    "projector": {"projector_for", "aggregates", "stream_categories", "subscription_type",
-                  "subscription_profile", "subscription_config"},
-    "subscriber": {"stream", "broker", "subscription_type", "subscription_profile",
-                   "subscription_config"},
+    "event_handler": {
+        "part_of",
+        "stream_category",
+        "source_stream",
+        "subscription_type",
+        "subscription_profile",
+        "subscription_config",
+    },
+    "command_handler": {"part_of", "subscription_type", "subscription_profile", "subscription_config"},
+    "projector": {
+        "projector_for",
+        "aggregates",
+        "stream_categories",
+        "subscription_type",
+        "subscription_profile",
+        "subscription_config",
+    },
+    "subscriber": {"stream", "broker", "subscription_type", "subscription_profile", "subscription_config"},
     "query_handler": {"part_of"},
 }
 
@@ -50,14 +60,15 @@ def derive_element(kind: str, cls: type, options: dict[str, Any]) -> type:
     if issubclass(cls, base):
         new_cls = cls
     elif kind in HANDLER_KINDS:
-        new_cls = type(cls.__name__, (cls, base),
-                       {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                        "__doc__": cls.__doc__})
+        new_cls = type(
+            cls.__name__,
+            (cls, base),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+        )
     else:
         namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
         parents = tuple(b for b in cls.__bases__ if b is not object)
-        new_cls = types.new_class(cls.__name__, (*parents, base), {},
-                                  lambda ns: ns.update(namespace))
+        new_cls = types.new_class(cls.__name__, (*parents, base), {}, lambda ns: ns.update(namespace))
         _rebind_class_cells(namespace, cls, new_cls)
     new_cls.meta_ = {**getattr(cls, "meta_", {}), **options}
     return new_cls
@@ -95,5 +106,9 @@ def handler_targets(cls: type) -> dict[Any, list[str]]:
 
 
 def query_targets(cls: type) -> dict[Any, str]:
-    return {a._tidings_reads: n for klass in reversed(cls.__mro__)
-            for n, a in vars(klass).items() if getattr(a, "_tidings_reads", None) is not None}
+    return {
+        a._tidings_reads: n
+        for klass in reversed(cls.__mro__)
+        for n, a in vars(klass).items()
+        if getattr(a, "_tidings_reads", None) is not None
+    }

@@ -50,8 +50,13 @@ class Repository(Generic[T]):
 
         def work(uow):
             session = uow.session_for(self.database)
-            version = session.save(self.table, obj.identity, self._row(obj),
-                                   obj.version if self.versioned else -1, self.versioned)
+            version = session.save(
+                self.table,
+                obj.identity,
+                self._row(obj),
+                obj.version if self.versioned else -1,
+                self.versioned,
+            )
             if self.versioned:
                 obj._version = version
                 events, obj._events = list(obj._events), []

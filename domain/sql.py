@@ -26,7 +26,7 @@ def normalize_uri(uri: str) -> str:
     """Plain `postgresql://` URLs use psycopg2 (SQLAlchemy 2.1 would pick psycopg 3)."""
     for scheme in ("postgresql://", "postgres://"):
         if uri.startswith(scheme):
-            return "postgresql+psycopg2://" + uri[len(scheme):]
+            return "postgresql+psycopg2://" + uri[len(scheme) :]
     return uri
 
 
@@ -107,8 +107,7 @@ class SqlDatabase:
             self._engine.dispose()
             self._engine = None
 
-    def read_events(self, stream_or_category: str, from_position: int = 0,
-                    limit: int = 1000) -> list[dict]:
+    def read_events(self, stream_or_category: str, from_position: int = 0, limit: int = 1000) -> list[dict]:
         t = self.event_store_table
         if t is None:
             raise IncorrectUsageError(f"database '{self.name}' holds no event store")
@@ -117,19 +116,20 @@ class SqlDatabase:
         if is_stream:
             query = query.where(t.c.stream == stream_or_category, t.c.position >= from_position)
         else:
-            query = query.where(t.c.category == stream_or_category,
-                                t.c.global_position >= from_position)
+            query = query.where(t.c.category == stream_or_category, t.c.global_position >= from_position)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def read_categories(self, categories: list[str], from_position: int,
-                        limit: int) -> list[dict]:
+    def read_categories(self, categories: list[str], from_position: int, limit: int) -> list[dict]:
         t = self.event_store_table
         if t is None:
             raise IncorrectUsageError(f"database '{self.name}' holds no event store")
-        query = (sa.select(t).where(t.c.category.in_(categories),
-                                    t.c.global_position >= from_position)
-                 .order_by(t.c.global_position).limit(limit))
+        query = (
+            sa.select(t)
+            .where(t.c.category.in_(categories), t.c.global_position >= from_position)
+            .order_by(t.c.global_position)
+            .limit(limit)
+        )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -162,7 +162,6 @@ class TransactionSession:
 
 
 class SqlSession(TransactionSession):
-
     @staticmethod
     def _row(mapping: Any) -> Row:
         data = dict(mapping)
@@ -185,8 +184,9 @@ class SqlSession(TransactionSession):
         pk = next(iter(t.primary_key.columns))
         return [self._row(r._mapping) for r in self.conn.execute(query.order_by(pk))]
 
-    def save(self, table: str, identity: str, data: dict[str, Any], expected_version: int,
-             versioned: bool) -> int:
+    def save(
+        self, table: str, identity: str, data: dict[str, Any], expected_version: int, versioned: bool
+    ) -> int:
         t = self.db.table(table)
         pk = next(iter(t.primary_key.columns))
         if versioned and expected_version >= 0:
@@ -197,7 +197,8 @@ class SqlSession(TransactionSession):
             )
             if result.rowcount != 1:
                 raise ExpectedVersionError(
-                    f"{table} {identity}: expected version {expected_version} is stale")
+                    f"{table} {identity}: expected version {expected_version} is stale"
+                )
             return expected_version + 1
         if not versioned:
             result = self.conn.execute(sa.update(t).where(pk == identity).values(**data))
@@ -240,7 +241,8 @@ class SqlSession(TransactionSession):
             stream = record["stream"]
             if stream not in positions:
                 last = self.conn.execute(
-                    sa.select(sa.func.max(t.c.position)).where(t.c.stream == stream)).scalar()
+                    sa.select(sa.func.max(t.c.position)).where(t.c.stream == stream)
+                ).scalar()
                 positions[stream] = -1 if last is None else last
             positions[stream] += 1
             values = {**record, "position": positions[stream], "time": _as_datetime(record["time"])}
@@ -251,9 +253,13 @@ class SqlSession(TransactionSession):
             self.conn.execute(sa.insert(self.db.outbox_table), rows)
 
     def mark_processed(self, handler: str, message_id: str) -> bool:
-        return self._insert_new(self.db.inbox_table, {
-            "handler": handler, "message_id": message_id, "processed_at": datetime.now(UTC)}) == 1
-
+        return (
+            self._insert_new(
+                self.db.inbox_table,
+                {"handler": handler, "message_id": message_id, "processed_at": datetime.now(UTC)},
+            )
+            == 1
+        )
 
 
 _INSERT_IGNORING_CONFLICTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}

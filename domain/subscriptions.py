@@ -27,25 +27,54 @@ BUILT_IN: dict[str, Any] = {  # the reference's effective defaults for a stream 
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "production": {"subscription_type": "stream", "messages_per_tick": 100,
-                   "blocking_timeout_ms": 5000, "max_retries": 3, "retry_delay_seconds": 1,
-                   "enable_dlq": True, "position_update_interval": 10},
-    "fast": {"subscription_type": "stream", "messages_per_tick": 10, "blocking_timeout_ms": 100,
-             "max_retries": 2, "retry_delay_seconds": 0, "enable_dlq": True,
-             "position_update_interval": 5},
-    "batch": {"subscription_type": "stream", "messages_per_tick": 500,
-              "blocking_timeout_ms": 10000, "max_retries": 5, "retry_delay_seconds": 2,
-              "enable_dlq": True, "position_update_interval": 50, "batch_delivery": True},
-    "debug": {"subscription_type": "stream", "messages_per_tick": 1, "blocking_timeout_ms": 1000,
-              "max_retries": 1, "retry_delay_seconds": 0, "enable_dlq": False,
-              "position_update_interval": 1},
-    "projection": {"subscription_type": "event_store", "messages_per_tick": 100,
-                   "max_retries": 3, "retry_delay_seconds": 1, "enable_dlq": False,
-                   "position_update_interval": 10},
+    "production": {
+        "subscription_type": "stream",
+        "messages_per_tick": 100,
+        "blocking_timeout_ms": 5000,
+        "max_retries": 3,
+        "retry_delay_seconds": 1,
+        "enable_dlq": True,
+        "position_update_interval": 10,
+    },
+    "fast": {
+        "subscription_type": "stream",
+        "messages_per_tick": 10,
+        "blocking_timeout_ms": 100,
+        "max_retries": 2,
+        "retry_delay_seconds": 0,
+        "enable_dlq": True,
+        "position_update_interval": 5,
+    },
+    "batch": {
+        "subscription_type": "stream",
+        "messages_per_tick": 500,
+        "blocking_timeout_ms": 10000,
+        "max_retries": 5,
+        "retry_delay_seconds": 2,
+        "enable_dlq": True,
+        "position_update_interval": 50,
+        "batch_delivery": True,
+    },
+    "debug": {
+        "subscription_type": "stream",
+        "messages_per_tick": 1,
+        "blocking_timeout_ms": 1000,
+        "max_retries": 1,
+        "retry_delay_seconds": 0,
+        "enable_dlq": False,
+        "position_update_interval": 1,
+    },
+    "projection": {
+        "subscription_type": "event_store",
+        "messages_per_tick": 100,
+        "max_retries": 3,
+        "retry_delay_seconds": 1,
+        "enable_dlq": False,
+        "position_update_interval": 10,
+    },
 }
 TYPES = {"stream", "event_store"}
-_POSITIVE = {"messages_per_tick", "blocking_timeout_ms", "position_update_interval",
-             "retry_backoff_max"}
+_POSITIVE = {"messages_per_tick", "blocking_timeout_ms", "position_update_interval", "retry_backoff_max"}
 _NON_NEGATIVE = {"max_retries", "retry_delay_seconds"}
 _BOOLEAN = {"retry_backoff", "retry_jitter", "enable_dlq", "batch_delivery"}
 
@@ -78,12 +107,14 @@ def _check(handler: str, where: str, values: dict[str, Any]) -> None:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise SettingsError(f"{handler}: unknown option '{key}' in {where}{hint}")
         if key == "subscription_type" and value not in TYPES:
-            raise SettingsError(f"{handler}: {where} subscription_type must be one of "
-                                f"{sorted(TYPES)}, got {value!r}")
+            raise SettingsError(
+                f"{handler}: {where} subscription_type must be one of {sorted(TYPES)}, got {value!r}"
+            )
         if key in _BOOLEAN and not isinstance(value, bool):
             raise SettingsError(f"{handler}: {where} {key} must be true or false, got {value!r}")
-        if key in _POSITIVE | _NON_NEGATIVE and (isinstance(value, bool)
-                                                 or not isinstance(value, int | float)):
+        if key in _POSITIVE | _NON_NEGATIVE and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+        ):
             raise SettingsError(f"{handler}: {where} {key} must be a number, got {value!r}")
         if key in _POSITIVE and value <= 0:
             raise SettingsError(f"{handler}: {where} {key} must be > 0, got {value!r}")
@@ -117,12 +148,16 @@ def resolve(handler: type, server: dict[str, Any]) -> SubscriptionSettings:
     layers: list[tuple[str, dict[str, Any]]] = []  # lowest first
     layers.append(("built-in default", dict(BUILT_IN)))
     named_profile = bool(meta.get("subscription_profile")) or "profile" in server.get(
-        "subscriptions", {}).get(name, {})
+        "subscriptions", {}
+    ).get(name, {})
     default_profile = server.get("default_subscription_profile")
     if default_profile and not named_profile:
-        layers.append((f"server.default_subscription_profile ({default_profile})",
-                       profile_values(default_profile, server, name,
-                                      "server.default_subscription_profile")))
+        layers.append(
+            (
+                f"server.default_subscription_profile ({default_profile})",
+                profile_values(default_profile, server, name, "server.default_subscription_profile"),
+            )
+        )
     defaults: dict[str, Any] = {}
     if server.get("default_subscription_type"):
         defaults["subscription_type"] = server["default_subscription_type"]
@@ -130,21 +165,30 @@ def resolve(handler: type, server: dict[str, Any]) -> SubscriptionSettings:
         defaults["messages_per_tick"] = server["messages_per_tick"]
     layers.append(("server defaults", defaults))
     layers.append(("server.stream_subscription", dict(server.get("stream_subscription", {}))))
-    store = {k: v for k, v in server.get("event_store_subscription", {}).items()
-             if k == "position_update_interval"}
+    store = {
+        k: v for k, v in server.get("event_store_subscription", {}).items() if k == "position_update_interval"
+    }
     layers.append(("server.event_store_subscription", store))
     per_handler = dict(server.get("subscriptions", {}).get(name, {}))
     if "profile" in per_handler:
         profile = per_handler.pop("profile")
-        layers.append((f"server.subscriptions.{name}.profile ({profile})",
-                       profile_values(profile, server, name, f"server.subscriptions.{name}")))
+        layers.append(
+            (
+                f"server.subscriptions.{name}.profile ({profile})",
+                profile_values(profile, server, name, f"server.subscriptions.{name}"),
+            )
+        )
     layers.append((f"server.subscriptions.{name}", per_handler))
     if meta.get("subscription_type"):
         layers.append(("handler subscription_type", {"subscription_type": meta["subscription_type"]}))
     if meta.get("subscription_profile"):
         profile = meta["subscription_profile"]
-        layers.append((f"handler subscription_profile ({profile})",
-                       profile_values(profile, server, name, "subscription_profile")))
+        layers.append(
+            (
+                f"handler subscription_profile ({profile})",
+                profile_values(profile, server, name, "subscription_profile"),
+            )
+        )
     layers.append(("handler subscription_config", dict(meta.get("subscription_config") or {})))
 
     values: dict[str, Any] = {}
@@ -155,10 +199,14 @@ def resolve(handler: type, server: dict[str, Any]) -> SubscriptionSettings:
             if value is not None:
                 values[key], sources[key] = value, where
     if values["subscription_type"] == "event_store":
-        if values.get("enable_dlq") and sources["enable_dlq"] not in ("built-in default",
-                                                                      "server.stream_subscription"):
-            raise SettingsError(f"{name}: enable_dlq is not available on an event_store "
-                                f"subscription (set in {sources['enable_dlq']})")
+        if values.get("enable_dlq") and sources["enable_dlq"] not in (
+            "built-in default",
+            "server.stream_subscription",
+        ):
+            raise SettingsError(
+                f"{name}: enable_dlq is not available on an event_store "
+                f"subscription (set in {sources['enable_dlq']})"
+            )
         values["enable_dlq"] = False
         sources["enable_dlq"] = "forced off for event_store"
     return SubscriptionSettings(name, values, sources)

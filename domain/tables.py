@@ -22,8 +22,14 @@ _SQL_TYPES: dict[str, Any] = {
     "datetime": lambda spec: sa.DateTime(timezone=True),
     "json": lambda spec: sa.JSON(),
 }
-_PY_KINDS = {str: "string", int: "integer", float: "float", bool: "boolean",
-             dt.date: "date", dt.datetime: "datetime"}
+_PY_KINDS = {
+    str: "string",
+    int: "integer",
+    float: "float",
+    bool: "boolean",
+    dt.date: "date",
+    dt.datetime: "datetime",
+}
 
 
 def column_kind(model: type, name: str) -> str:
@@ -51,9 +57,15 @@ def define_model_table(metadata: sa.MetaData, model: type, versioned: bool) -> s
         sql_type = _SQL_TYPES[kind](spec)
         is_id = name == model._id_field
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        columns.append(sa.Column(name, sql_type, primary_key=is_id,
-                                 unique=bool(extra.get("tidings_unique")) and not is_id,
-                                 nullable=not is_id))
+        columns.append(
+            sa.Column(
+                name,
+                sql_type,
+                primary_key=is_id,
+                unique=bool(extra.get("tidings_unique")) and not is_id,
+                nullable=not is_id,
+            )
+        )
     if versioned:
         columns.append(sa.Column(VERSION_COLUMN, sa.Integer, nullable=False, default=0))
     return sa.Table(table_name(model), metadata, *columns)
@@ -64,8 +76,12 @@ def define_event_store(metadata: sa.MetaData) -> sa.Table:
     return sa.Table(
         "tidings_event_store",
         metadata,
-        sa.Column("global_position", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-                  primary_key=True, autoincrement=True),
+        sa.Column(
+            "global_position",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("message_id", sa.String(64), nullable=False, unique=True),
         sa.Column("stream", sa.String(255), nullable=False),
         sa.Column("category", sa.String(255), nullable=False, index=True),

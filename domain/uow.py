@@ -72,8 +72,9 @@ class UnitOfWork:
             # locks, so a version conflict aborted everything above, and a failed business
             # commit rolls the events back instead of leaving events that never happened.
             store_name = domain.event_store_database.name
-            for name in sorted(self.sessions, key=lambda n: (n != domain.outbox_database.name,
-                                                            n == store_name)):
+            for name in sorted(
+                self.sessions, key=lambda n: (n != domain.outbox_database.name, n == store_name)
+            ):
                 self.sessions[name].commit()
         except BaseException:
             self.rollback()

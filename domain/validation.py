@@ -28,8 +28,10 @@ def check_registry(domain: Domain, config: dict) -> list[str]:
             problems.append(f"subscriber {sub.__name__}: 'stream' is required")
         broker = sub.meta_.get("broker") or "default"
         if broker not in config.get("brokers", {}):
-            problems.append(f"subscriber {sub.__name__}: broker {broker!r} is not configured "
-                            f"(add [brokers.{broker}]; configured: {sorted(config.get('brokers', {}))})")
+            problems.append(
+                f"subscriber {sub.__name__}: broker {broker!r} is not configured "
+                f"(add [brokers.{broker}]; configured: {sorted(config.get('brokers', {}))})"
+            )
     return problems
 
 
@@ -39,8 +41,10 @@ def _check_part_of(domain: Domain, cls: type, kind: str) -> list[str]:
     try:
         domain.part_of(cls)
     except ConfigurationError:
-        return [f"{kind.replace('_', ' ')} {cls.__name__}: part_of "
-                f"{_name(cls.meta_['part_of'])!r} is not a registered aggregate"]
+        return [
+            f"{kind.replace('_', ' ')} {cls.__name__}: part_of "
+            f"{_name(cls.meta_['part_of'])!r} is not a registered aggregate"
+        ]
     return []
 
 
@@ -54,21 +58,23 @@ def _registered(domain: Domain, target: object, kinds: tuple[str, ...]) -> bool:
 
 def _check_handler_targets(domain: Domain) -> list[str]:
     problems = []
-    expected = {"event_handler": ("event",), "projector": ("event",),
-                "command_handler": ("command",)}
+    expected = {"event_handler": ("event",), "projector": ("event",), "command_handler": ("command",)}
     for kind, kinds in expected.items():
         for handler in domain.registry[kind].values():
             for target in handler_targets(handler):
                 if isinstance(target, str):
                     continue  # a type string or "$any"
                 if not _registered(domain, target, kinds):
-                    problems.append(f"{handler.__name__}: @handle({_name(target)}) names a class "
-                                    f"that is not a registered {' or '.join(kinds)}")
+                    problems.append(
+                        f"{handler.__name__}: @handle({_name(target)}) names a class "
+                        f"that is not a registered {' or '.join(kinds)}"
+                    )
     for handler in domain.registry["query_handler"].values():
         for target in query_targets(handler):
             if not isinstance(target, str) and not _registered(domain, target, ("query",)):
-                problems.append(f"{handler.__name__}: @read({_name(target)}) names a class "
-                                f"that is not a registered query")
+                problems.append(
+                    f"{handler.__name__}: @read({_name(target)}) names a class that is not a registered query"
+                )
     return problems
 
 
@@ -79,8 +85,11 @@ def _check_command_handlers(domain: Domain) -> list[str]:
         for target in handler_targets(handler):
             counts[_name(target)] += 1
             owners.setdefault(_name(target), []).append(handler.__name__)
-    return [f"command {name} has {n} command handlers ({', '.join(owners[name])}); "
-            f"a command has exactly one" for name, n in counts.items() if n > 1]
+    return [
+        f"command {name} has {n} command handlers ({', '.join(owners[name])}); a command has exactly one"
+        for name, n in counts.items()
+        if n > 1
+    ]
 
 
 def _check_projectors(domain: Domain) -> list[str]:
@@ -90,15 +99,15 @@ def _check_projectors(domain: Domain) -> list[str]:
         if not target:
             problems.append(f"projector {projector.__name__}: 'projector_for' is required")
         elif _name(target) not in domain.registry["projection"]:
-            problems.append(f"projector {projector.__name__}: projector_for {_name(target)!r} "
-                            f"is not a registered projection")
+            problems.append(
+                f"projector {projector.__name__}: projector_for {_name(target)!r} "
+                f"is not a registered projection"
+            )
         if not projector.meta_.get("aggregates") and not projector.meta_.get("stream_categories"):
-            problems.append(f"projector {projector.__name__}: give 'aggregates' or "
-                            f"'stream_categories'")
+            problems.append(f"projector {projector.__name__}: give 'aggregates' or 'stream_categories'")
         for agg in projector.meta_.get("aggregates") or []:
             if _name(agg) not in domain.registry["aggregate"]:
-                problems.append(f"projector {projector.__name__}: aggregate {_name(agg)!r} "
-                                f"is not registered")
+                problems.append(f"projector {projector.__name__}: aggregate {_name(agg)!r} is not registered")
     return problems
 
 
@@ -108,8 +117,10 @@ def _check_categories(domain: Domain) -> list[str]:
     for handler in domain.registry["event_handler"].values():
         category = handler.meta_.get("stream_category")
         if category and domain.qualify(category) not in known:
-            problems.append(f"event handler {handler.__name__}: stream_category {category!r} "
-                            f"matches no aggregate (known: {sorted(known)})")
+            problems.append(
+                f"event handler {handler.__name__}: stream_category {category!r} "
+                f"matches no aggregate (known: {sorted(known)})"
+            )
     return problems
 
 

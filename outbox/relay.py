@@ -59,42 +59,55 @@ class SqlOutbox:
 
     def relay_batch(self, publish: Publish, batch_size: int, backoff: Backoff) -> int:
         t, now = self.table, _now()
-        claim = (sa.select(t.c.id, t.c.envelope, t.c.attempts)
-                 .where(t.c.status == PENDING, t.c.next_attempt_at <= now)
-                 .order_by(t.c.id).limit(batch_size))
+        claim = (
+            sa.select(t.c.id, t.c.envelope, t.c.attempts)
+            .where(t.c.status == PENDING, t.c.next_attempt_at <= now)
+            .order_by(t.c.id)
+            .limit(batch_size)
+        )
         if self.engine.dialect.name == "postgresql":
             claim = claim.with_for_update(skip_locked=True)
         with self.engine.begin() as conn:
             rows = conn.execute(claim).all()
             done, error = _publish_all(rows, publish)
             if done:
-                conn.execute(sa.update(t).where(t.c.id.in_(done))
-                             .values(status=PUBLISHED, published_at=now, last_error=None))
-            for row in rows[len(done):] if error is not None else ():
+                conn.execute(
+                    sa.update(t)
+                    .where(t.c.id.in_(done))
+                    .values(status=PUBLISHED, published_at=now, last_error=None)
+                )
+            for row in rows[len(done) :] if error is not None else ():
                 # the whole rest of the batch waits: publishing them now could overtake the
                 # failed row of the same stream, and the broker is likely down for all of them
-                conn.execute(sa.update(t).where(t.c.id == row.id).values(
-                    attempts=row.attempts + 1, last_error=error,
-                    next_attempt_at=now + backoff.delay(row.attempts + 1)))
+                conn.execute(
+                    sa.update(t)
+                    .where(t.c.id == row.id)
+                    .values(
+                        attempts=row.attempts + 1,
+                        last_error=error,
+                        next_attempt_at=now + backoff.delay(row.attempts + 1),
+                    )
+                )
         return len(done)
 
     def purge_published(self, older_than: datetime) -> int:
         t = self.table
         with self.engine.begin() as conn:
-            return conn.execute(sa.delete(t).where(
-                t.c.status == PUBLISHED, t.c.published_at < older_than)).rowcount
+            return conn.execute(
+                sa.delete(t).where(t.c.status == PUBLISHED, t.c.published_at < older_than)
+            ).rowcount
 
     def status(self) -> OutboxStatus:
         t = self.table
         with self.engine.connect() as conn:
-            counts = dict(conn.execute(
-                sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
-            failing = conn.execute(sa.select(sa.func.count()).where(
-                t.c.status == PENDING, t.c.attempts > 0)).scalar()
-            oldest = conn.execute(sa.select(sa.func.min(t.c.created_at)).where(
-                t.c.status == PENDING)).scalar()
-        return OutboxStatus(counts.get(PENDING, 0), counts.get(PUBLISHED, 0), failing or 0,
-                            _age(oldest))
+            counts = dict(conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
+            failing = conn.execute(
+                sa.select(sa.func.count()).where(t.c.status == PENDING, t.c.attempts > 0)
+            ).scalar()
+            oldest = conn.execute(
+                sa.select(sa.func.min(t.c.created_at)).where(t.c.status == PENDING)
+            ).scalar()
+        return OutboxStatus(counts.get(PENDING, 0), counts.get(PUBLISHED, 0), failing or 0, _age(oldest))
 
 
 def _age(created: datetime | None) -> float:
@@ -142,20 +155,20 @@ class MemoryOutbox:
     def relay_batch(self, publish: Publish, batch_size: int, backoff: Backoff) -> int:
         now = _now()
         with self.lock:
-            due = [r for r in self.rows
-                   if r["status"] == PENDING and r["next_attempt_at"] <= now][:batch_size]
+            due = [r for r in self.rows if r["status"] == PENDING and r["next_attempt_at"] <= now][
+                :batch_size
+            ]
             done, error = _publish_all(due, publish)
             for row in due[: len(done)]:
                 row.update(status=PUBLISHED, published_at=now, last_error=None)
-            for row in due[len(done):] if error is not None else ():
+            for row in due[len(done) :] if error is not None else ():
                 row["attempts"] += 1
                 row.update(last_error=error, next_attempt_at=now + backoff.delay(row["attempts"]))
         return len(done)
 
     def purge_published(self, older_than: datetime) -> int:
         with self.lock:
-            keep = [r for r in self.rows
-                    if not (r["status"] == PUBLISHED and r["published_at"] < older_than)]
+            keep = [r for r in self.rows if not (r["status"] == PUBLISHED and r["published_at"] < older_than)]
             removed = len(self.rows) - len(keep)
             self.rows[:] = keep
         return removed
@@ -169,8 +182,9 @@ class MemoryOutbox:
         return OutboxStatus(len(pending), published, failing, _age(oldest))
 
 
-def relay_pending_messages(store: OutboxStore, publish: Publish, batch_size: int,
-                           backoff: Backoff, max_rounds: int = 1000) -> int:
+def relay_pending_messages(
+    store: OutboxStore, publish: Publish, batch_size: int, backoff: Backoff, max_rounds: int = 1000
+) -> int:
     """Relay rounds while they come back full; returns how many messages were published."""
     total = 0
     for _ in range(max_rounds):

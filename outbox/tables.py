@@ -12,8 +12,9 @@ def define_outbox(metadata: sa.MetaData) -> sa.Table:
     return sa.Table(
         "tidings_outbox",
         metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
         sa.Column("message_id", sa.String(64), nullable=False, unique=True),
         sa.Column("stream", sa.String(255), nullable=False),
         sa.Column("type", sa.String(255), nullable=False),

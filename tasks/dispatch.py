@@ -41,15 +41,26 @@ def publisher(celery: Celery, domain: Any) -> Iterator[Any]:
             else:
                 # argsrepr: Celery would otherwise saferepr() every envelope for monitors,
                 # which was a third of the relay's time
-                celery.send_task(name, args=[arg], queue=queue, producer=producer,
-                                 task_id=task_id, kwargsrepr="{}", argsrepr=label)
+                celery.send_task(
+                    name,
+                    args=[arg],
+                    queue=queue,
+                    producer=producer,
+                    task_id=task_id,
+                    kwargsrepr="{}",
+                    argsrepr=label,
+                )
 
         def send_pack(handler: type) -> None:
             pack = packs.pop(handler, [])
             if pack:
-                send(batch_task_name(domain, handler), queue_name(domain, handler), pack,
-                     f"{pack[0]['id']}:{queue_name(domain, handler)}:pack{len(pack)}",
-                     f"({len(pack)} messages)")
+                send(
+                    batch_task_name(domain, handler),
+                    queue_name(domain, handler),
+                    pack,
+                    f"{pack[0]['id']}:{queue_name(domain, handler)}:pack{len(pack)}",
+                    f"({len(pack)} messages)",
+                )
 
         def publish(envelope: str) -> None:
             message = Message.from_dict(envelope)
@@ -61,8 +72,13 @@ def publisher(celery: Celery, domain: Any) -> Iterator[Any]:
                         send_pack(handler)
                     continue
                 queue = queue_name(domain, handler)
-                send(task_name(domain, handler), queue, payload, f"{message.id}:{queue}",
-                     f"({message.type} {message.id})")
+                send(
+                    task_name(domain, handler),
+                    queue,
+                    payload,
+                    f"{message.id}:{queue}",
+                    f"({message.type} {message.id})",
+                )
 
         def flush() -> None:
             """Send the partial packs, then what the Redis pipeline buffered."""

@@ -20,8 +20,16 @@ from tidings.tasks.naming import dlq_name
 log = logging.getLogger("tidings.dlq")
 
 
-def dead_letter(celery: Celery, *, queue: str, task: str, body: Any, error: BaseException | str,
-                attempts: int, traceback: str | None = None) -> dict[str, Any]:
+def dead_letter(
+    celery: Celery,
+    *,
+    queue: str,
+    task: str,
+    body: Any,
+    error: BaseException | str,
+    attempts: int,
+    traceback: str | None = None,
+) -> dict[str, Any]:
     """Publish one DLQ entry; returns it."""
     if isinstance(error, BaseException):
         error_type, error_message = type(error).__name__, str(error)
@@ -41,10 +49,15 @@ def dead_letter(celery: Celery, *, queue: str, task: str, body: Any, error: Base
     }
     with celery.producer_or_acquire() as producer:
         dlq = Queue(dlq_name(queue), routing_key=dlq_name(queue))
-        producer.publish(entry, routing_key=dlq.routing_key, serializer="json",
-                         declare=[dlq], retry=True)
-    log.error("message %s moved to %s after %d attempt(s): %s: %s", entry["message_id"],
-              dlq.name, attempts, error_type, error_message)
+        producer.publish(entry, routing_key=dlq.routing_key, serializer="json", declare=[dlq], retry=True)
+    log.error(
+        "message %s moved to %s after %d attempt(s): %s: %s",
+        entry["message_id"],
+        dlq.name,
+        attempts,
+        error_type,
+        error_message,
+    )
     return entry
 
 
@@ -53,8 +66,7 @@ def _held(celery: Celery, queue: str, limit: int) -> Iterator[list[Any]]:
     """Fetch up to `limit` DLQ messages without acknowledging them; the caller acks what it
     removes, and whatever is left goes back to the queue when the connection closes."""
     with celery.connection_for_write() as conn:
-        simple = conn.SimpleQueue(Queue(dlq_name(queue), routing_key=dlq_name(queue)),
-                                  serializer="json")
+        simple = conn.SimpleQueue(Queue(dlq_name(queue), routing_key=dlq_name(queue)), serializer="json")
         held = []
         try:
             for _ in range(limit):
@@ -79,7 +91,8 @@ def depth(celery: Celery, queue: str) -> int:
     with celery.connection_for_write() as conn:
         try:
             _, count, _ = Queue(dlq_name(queue), routing_key=dlq_name(queue))(
-                conn.default_channel).queue_declare(passive=False)
+                conn.default_channel
+            ).queue_declare(passive=False)
         except Exception:  # noqa: BLE001 - a transport that cannot count reports 0
             return 0
         return count or 0
@@ -94,8 +107,9 @@ def replay(celery: Celery, queue: str, message_id: str | None = None, limit: int
             entry = message.payload
             if message_id and entry.get("message_id") != message_id:
                 continue
-            celery.send_task(entry["task"], args=[entry["body"]], queue=entry["queue"],
-                             producer=producer, retries=0)
+            celery.send_task(
+                entry["task"], args=[entry["body"]], queue=entry["queue"], producer=producer, retries=0
+            )
             message.ack()
             replayed += 1
     return replayed

@@ -50,12 +50,17 @@ def register_handler_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
             continue  # it reads the event store itself: see tasks/poller.py
         name, queue = task_name(domain, handler), queue_name(domain, handler)
         options = dict(
-            name=name, bind=True, acks_late=True, shared=False,
+            name=name,
+            bind=True,
+            acks_late=True,
+            shared=False,
             max_retries=settings.max_retries,
             default_retry_delay=settings.retry_delay_seconds,
-            autoretry_for=(Exception,), dont_autoretry_for=NOT_RETRIED,
+            autoretry_for=(Exception,),
+            dont_autoretry_for=NOT_RETRIED,
             retry_backoff=settings.retry_delay_seconds if settings.retry_backoff else False,
-            retry_backoff_max=settings.retry_backoff_max, retry_jitter=settings.retry_jitter,
+            retry_backoff_max=settings.retry_backoff_max,
+            retry_jitter=settings.retry_jitter,
         )
         body = _subscriber_body if handler.element_kind == "subscriber" else _handler_body
         created[name] = celery.task(**options)(body(domain, handler, name, queue))
@@ -63,7 +68,8 @@ def register_handler_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
         if settings.batch_delivery and handler.element_kind != "subscriber":
             pack_name = batch_task_name(domain, handler)
             created[pack_name] = celery.task(**{**options, "name": pack_name})(
-                _batch_body(domain, handler, name, queue, settings.retry_delay_seconds))
+                _batch_body(domain, handler, name, queue, settings.retry_delay_seconds)
+            )
             _registered[pack_name] = HandlerTask(celery, queue, settings.enable_dlq)
     return created
 
@@ -72,8 +78,7 @@ def _handler_body(domain: Any, handler: type, name: str, queue: str):
     def run(task: Task, envelope: Any) -> str:
         try:
             message = Message.from_dict(envelope)
-            log.debug("%s <- %s %s (attempt %d)", name, message.type, message.id,
-                      task.request.retries + 1)
+            log.debug("%s <- %s %s (attempt %d)", name, message.type, message.id, task.request.retries + 1)
             result = domain.run_handler(handler, message, idempotency_key=name)
         except InvalidMessageError as exc:
             _poison(task, queue, envelope, exc)
@@ -94,17 +99,21 @@ def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float)
         outcomes: Counter = Counter()
         for envelope in envelopes:
             try:
-                result = domain.run_handler(handler, Message.from_dict(envelope),
-                                            idempotency_key=name)
+                result = domain.run_handler(handler, Message.from_dict(envelope), idempotency_key=name)
             except InvalidMessageError as exc:
                 _poison(task, queue, envelope, exc)
                 outcomes["dead-lettered"] += 1
                 continue
             except Exception as exc:  # noqa: BLE001 - retried alone, by the single task
-                log.warning("%s: message %s failed in a pack (%s); retried alone", name,
-                            envelope.get("id") if isinstance(envelope, dict) else None, exc)
-                task.app.tasks[name].apply_async(args=[envelope], queue=queue, retries=1,
-                                                 countdown=delay or None)
+                log.warning(
+                    "%s: message %s failed in a pack (%s); retried alone",
+                    name,
+                    envelope.get("id") if isinstance(envelope, dict) else None,
+                    exc,
+                )
+                task.app.tasks[name].apply_async(
+                    args=[envelope], queue=queue, retries=1, countdown=delay or None
+                )
                 outcomes["split"] += 1
                 continue
             outcomes[_count(name, envelope, result)] += 1
@@ -117,11 +126,11 @@ def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float)
 def _subscriber_body(domain: Any, handler: type, name: str, queue: str):
     def run(task: Task, envelope: Any) -> str:
         if not isinstance(envelope, dict) or not isinstance(envelope.get("payload"), dict):
-            _poison(task, queue, envelope, InvalidMessageError("subscriber message needs a "
-                                                               "'payload' object"))
+            _poison(task, queue, envelope, InvalidMessageError("subscriber message needs a 'payload' object"))
             return "dead-lettered"
-        result = domain.run_subscriber(handler, envelope["payload"], idempotency_key=name,
-                                       message_id=envelope.get("id"))
+        result = domain.run_subscriber(
+            handler, envelope["payload"], idempotency_key=name, message_id=envelope.get("id")
+        )
         return _count(name, envelope, result)
 
     run.__name__ = handler.__name__
@@ -131,8 +140,7 @@ def _subscriber_body(domain: Any, handler: type, name: str, queue: str):
 def _count(name: str, envelope: Any, result: Any) -> str:
     if result is SKIPPED:
         stats["duplicates"] += 1
-        log.debug("%s: message %s was already applied; acknowledged and skipped", name,
-                  envelope.get("id"))
+        log.debug("%s: message %s was already applied; acknowledged and skipped", name, envelope.get("id"))
         return "duplicate"
     stats["handled"] += 1
     return "handled"
@@ -141,13 +149,19 @@ def _count(name: str, envelope: Any, result: Any) -> str:
 def _poison(task: Task, queue: str, envelope: Any, exc: Exception) -> None:
     """A message that can never be decoded goes straight to the DLQ; the worker goes on."""
     stats["dead_lettered"] += 1
-    dead_letter(task.app, queue=queue, task=task.name, body=envelope, error=exc,
-                attempts=task.request.retries + 1)
+    dead_letter(
+        task.app, queue=queue, task=task.name, body=envelope, error=exc, attempts=task.request.retries + 1
+    )
 
 
 @task_failure.connect(weak=False)
-def _on_final_failure(sender: Task | None = None, exception: BaseException | None = None,
-                      args: Any = None, einfo: Any = None, **_: Any) -> None:
+def _on_final_failure(
+    sender: Task | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
     spec = _registered.get(getattr(sender, "name", ""))
     if spec is None or sender is None:
         return
@@ -155,13 +169,24 @@ def _on_final_failure(sender: Task | None = None, exception: BaseException | Non
     attempts = (sender.request.retries or 0) + 1
     message_id = envelope.get("id") if isinstance(envelope, dict) else None
     if not spec.enable_dlq:
-        log.error("%s: message %s dropped after %d attempt(s) (DLQ disabled): %r",
-                  sender.name, message_id, attempts, exception)
+        log.error(
+            "%s: message %s dropped after %d attempt(s) (DLQ disabled): %r",
+            sender.name,
+            message_id,
+            attempts,
+            exception,
+        )
         return
     stats["dead_lettered"] += 1
     try:
-        dead_letter(spec.celery, queue=spec.queue, task=sender.name, body=envelope,
-                    error=exception or RuntimeError("unknown failure"), attempts=attempts,
-                    traceback=str(einfo) if einfo else None)
+        dead_letter(
+            spec.celery,
+            queue=spec.queue,
+            task=sender.name,
+            body=envelope,
+            error=exception or RuntimeError("unknown failure"),
+            attempts=attempts,
+            traceback=str(einfo) if einfo else None,
+        )
     except Exception:  # noqa: BLE001 - never take the worker down; the error is logged
         log.exception("%s: could not write message %s to the DLQ", sender.name, message_id)

@@ -31,8 +31,11 @@ def relay_queue(domain: Any) -> str:
 
 def async_handlers(domain: Any) -> list[type]:
     """Every handler that becomes a Celery task, in registration order."""
-    return [h for kind in ("command_handler", "event_handler", "projector", "subscriber")
-            for h in domain.registry[kind].values()]
+    return [
+        h
+        for kind in ("command_handler", "event_handler", "projector", "subscriber")
+        for h in domain.registry[kind].values()
+    ]
 
 
 def poll_task_name(domain: Any, handler: type) -> str:
@@ -42,8 +45,12 @@ def poll_task_name(domain: Any, handler: type) -> str:
 
 def event_store_handlers(domain: Any) -> list[type]:
     """Handlers that read the event store themselves (`subscription_type = "event_store"`)."""
-    return [h for h in async_handlers(domain) if h.element_kind != "subscriber"
-            and domain.subscription_settings(h).subscription_type == "event_store"]
+    return [
+        h
+        for h in async_handlers(domain)
+        if h.element_kind != "subscriber"
+        and domain.subscription_settings(h).subscription_type == "event_store"
+    ]
 
 
 def batch_task_name(domain: Any, handler: type) -> str:
@@ -56,7 +63,10 @@ def packed_handlers(domain: Any) -> dict[type, int]:
     packed = {}
     for handler in async_handlers(domain):
         settings = domain.subscription_settings(handler)
-        if settings.batch_delivery and settings.subscription_type == "stream" \
-                and handler.element_kind != "subscriber":
+        if (
+            settings.batch_delivery
+            and settings.subscription_type == "stream"
+            and handler.element_kind != "subscriber"
+        ):
             packed[handler] = int(settings.messages_per_tick)
     return packed

@@ -63,7 +63,8 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
     settings = domain.subscription_settings(handler)
     cursor = lease.position()
     records = domain.event_store_database.read_categories(
-        domain.handler_categories(handler), cursor + 1, settings.messages_per_tick)
+        domain.handler_categories(handler), cursor + 1, settings.messages_per_tick
+    )
     retrying = {r["global_position"]: r["attempts"] for r in store.failures(lease.name, RETRYING)}
     batch = Batch(read=len(records), full=len(records) >= settings.messages_per_tick)
     unsaved = 0
@@ -71,8 +72,16 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
         message = message_of(record)
         # Sync messages were handled inline when they were raised.
         if not domain.is_sync(message) and domain.receives(handler, message):
-            outcome = _apply(domain, handler, store, lease.name, record, message,
-                             retrying.get(record["global_position"], 0), settings.max_retries)
+            outcome = _apply(
+                domain,
+                handler,
+                store,
+                lease.name,
+                record,
+                message,
+                retrying.get(record["global_position"], 0),
+                settings.max_retries,
+            )
             if outcome == "retry":
                 batch.full, batch.retry_in = False, float(settings.retry_delay_seconds)
                 break
@@ -88,18 +97,33 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
     return batch
 
 
-def _apply(domain: Any, handler: type, store: PositionStore, name: str, record: dict[str, Any],
-           message: Message, attempts_before: int, max_retries: int) -> str:
+def _apply(
+    domain: Any,
+    handler: type,
+    store: PositionStore,
+    name: str,
+    record: dict[str, Any],
+    message: Message,
+    attempts_before: int,
+    max_retries: int,
+) -> str:
     """Run the handler once: 'handled', 'duplicate', 'retry' (try later) or 'failed' (given up)."""
     try:
         result = domain.run_handler(handler, message, idempotency_key=name)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the poller
         final = isinstance(exc, NOT_RETRIED) or attempts_before >= max_retries
         attempts = store.record_failure(name, record, exc, final)
-        log.log(logging.ERROR if final else logging.WARNING,
-                "%s: message %s at position %d failed (attempt %d%s): %s: %s", name, message.id,
-                record["global_position"], attempts, ", recorded as failed" if final else "",
-                type(exc).__name__, exc)
+        log.log(
+            logging.ERROR if final else logging.WARNING,
+            "%s: message %s at position %d failed (attempt %d%s): %s: %s",
+            name,
+            message.id,
+            record["global_position"],
+            attempts,
+            ", recorded as failed" if final else "",
+            type(exc).__name__,
+            exc,
+        )
         return "failed" if final else "retry"
     if attempts_before:
         store.resolve(name, record["global_position"])
@@ -119,7 +143,8 @@ def next_poll_in(domain: Any, handler: type, batch: Batch) -> float | None:
     if batch.full:
         return 0.0
     more = domain.event_store_database.read_categories(
-        domain.handler_categories(handler), batch.cursor + 1, 1)
+        domain.handler_categories(handler), batch.cursor + 1, 1
+    )
     return 0.0 if more else None
 
 
@@ -143,8 +168,14 @@ def _poller_task(celery: Celery, domain: Any, handler: type) -> Task:
         stats[(name, "busy" if batch.busy else "idle" if delay is None else "rescheduled")] += 1
         if delay is not None:
             task.apply_async(queue=queue, countdown=delay or None, expires=delay + 60)
-        return {"read": batch.read, "handled": batch.handled, "failed": batch.failed,
-                "cursor": batch.cursor, "busy": batch.busy, "next_in": delay}
+        return {
+            "read": batch.read,
+            "handled": batch.handled,
+            "failed": batch.failed,
+            "cursor": batch.cursor,
+            "busy": batch.busy,
+            "next_in": delay,
+        }
 
     return poll_subscription
 
@@ -171,7 +202,8 @@ def poll_all(celery: Celery, domain: Any) -> None:
     """Send every event_store handler's poller once (what beat does every few seconds)."""
     for handler in event_store_handlers(domain):
         celery.tasks[poll_task_name(domain, handler)].apply_async(
-            queue=queue_name(domain, handler), expires=60)
+            queue=queue_name(domain, handler), expires=60
+        )
 
 
 def failed_count(domain: Any) -> int:

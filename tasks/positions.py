@@ -43,8 +43,7 @@ class PositionStore(Protocol):
     def owned(self, name: str) -> Any: ...
     def reset(self, name: str, position: int = 0) -> None: ...
     def failures(self, name: str | None = None, status: str | None = None) -> list[dict[str, Any]]: ...
-    def record_failure(self, name: str, record: dict[str, Any], error: BaseException,
-                       final: bool) -> int: ...
+    def record_failure(self, name: str, record: dict[str, Any], error: BaseException, final: bool) -> int: ...
     def resolve(self, name: str, global_position: int) -> None: ...
     def purge(self, name: str) -> int: ...
     def forget(self, name: str) -> None: ...
@@ -56,14 +55,20 @@ def position_store(domain: Any) -> PositionStore:
     return MemoryPositions(db) if isinstance(db, MemoryDatabase) else SqlPositions(db)
 
 
-def failure_row(name: str, record: dict[str, Any], error: BaseException, attempts: int,
-                final: bool) -> dict[str, Any]:
+def failure_row(
+    name: str, record: dict[str, Any], error: BaseException, attempts: int, final: bool
+) -> dict[str, Any]:
     return {
-        "handler": name, "global_position": record["global_position"],
-        "message_id": record["message_id"], "type": record["type"],
-        "status": FAILED if final else RETRYING, "error_type": type(error).__name__,
-        "error_message": str(error), "traceback": "".join(tb.format_exception(error)),
-        "attempts": attempts, "failed_at": datetime.now(UTC),
+        "handler": name,
+        "global_position": record["global_position"],
+        "message_id": record["message_id"],
+        "type": record["type"],
+        "status": FAILED if final else RETRYING,
+        "error_type": type(error).__name__,
+        "error_message": str(error),
+        "traceback": "".join(tb.format_exception(error)),
+        "attempts": attempts,
+        "failed_at": datetime.now(UTC),
     }
 
 
@@ -102,12 +107,14 @@ class MemoryPositions:
 
     def failures(self, name: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         with self.db.lock:
-            rows = [dict(r) for (n, _), r in sorted(self.db.failed_positions.items())
-                    if (name is None or n == name) and (status is None or r["status"] == status)]
+            rows = [
+                dict(r)
+                for (n, _), r in sorted(self.db.failed_positions.items())
+                if (name is None or n == name) and (status is None or r["status"] == status)
+            ]
         return rows
 
-    def record_failure(self, name: str, record: dict[str, Any], error: BaseException,
-                       final: bool) -> int:
+    def record_failure(self, name: str, record: dict[str, Any], error: BaseException, final: bool) -> int:
         key = (name, record["global_position"])
         with self.db.lock:
             attempts = self.db.failed_positions.get(key, {}).get("attempts", 0) + 1
@@ -120,8 +127,7 @@ class MemoryPositions:
 
     def purge(self, name: str) -> int:
         with self.db.lock:
-            keys = [k for k, r in self.db.failed_positions.items()
-                    if k[0] == name and r["status"] == FAILED]
+            keys = [k for k, r in self.db.failed_positions.items() if k[0] == name and r["status"] == FAILED]
             for key in keys:
                 del self.db.failed_positions[key]
         return len(keys)
@@ -137,8 +143,7 @@ class MemoryPositions:
 
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit key for `pg_try_advisory_lock`, derived from the name."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
-                          signed=True)
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 class _SqlLease:
@@ -153,9 +158,13 @@ class _SqlLease:
     def save(self, position: int) -> None:
         t = self.store.positions
         with self.store.engine.begin() as conn:
-            saved = conn.execute(sa.update(t).where(t.c.handler == self.name, t.c.owner == self.token)
-                                 .values(position=position, updated_at=datetime.now(UTC),
-                                         lease_until=time.time() + LEASE_SECONDS)).rowcount
+            saved = conn.execute(
+                sa.update(t)
+                .where(t.c.handler == self.name, t.c.owner == self.token)
+                .values(
+                    position=position, updated_at=datetime.now(UTC), lease_until=time.time() + LEASE_SECONDS
+                )
+            ).rowcount
         if saved != 1:
             raise LeaseLostError(f"{self.name}: the subscription lease was taken over")
 
@@ -207,8 +216,11 @@ class SqlPositions:
             yield _SqlLease(self, name, token)
         finally:
             with self.engine.begin() as conn:
-                conn.execute(sa.update(t).where(t.c.handler == name, t.c.owner == token)
-                             .values(owner=None, lease_until=None))
+                conn.execute(
+                    sa.update(t)
+                    .where(t.c.handler == name, t.c.owner == token)
+                    .values(owner=None, lease_until=None)
+                )
 
     def _ensure_row(self, name: str) -> None:
         t = self.positions
@@ -217,8 +229,7 @@ class SqlPositions:
                 return
             try:
                 with conn.begin_nested():
-                    conn.execute(sa.insert(t).values(handler=name, position=0,
-                                                     updated_at=datetime.now(UTC)))
+                    conn.execute(sa.insert(t).values(handler=name, position=0, updated_at=datetime.now(UTC)))
             except IntegrityError:
                 pass  # another consumer created it first
 
@@ -226,8 +237,11 @@ class SqlPositions:
         self._ensure_row(name)
         t = self.positions
         with self.engine.begin() as conn:
-            conn.execute(sa.update(t).where(t.c.handler == name)
-                         .values(position=position, updated_at=datetime.now(UTC)))
+            conn.execute(
+                sa.update(t)
+                .where(t.c.handler == name)
+                .values(position=position, updated_at=datetime.now(UTC))
+            )
 
     def failures(self, name: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         t = self.failed
@@ -239,8 +253,7 @@ class SqlPositions:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def record_failure(self, name: str, record: dict[str, Any], error: BaseException,
-                       final: bool) -> int:
+    def record_failure(self, name: str, record: dict[str, Any], error: BaseException, final: bool) -> int:
         t = self.failed
         where = (t.c.handler == name) & (t.c.global_position == record["global_position"])
         with self.engine.begin() as conn:
@@ -265,7 +278,10 @@ class SqlPositions:
     def forget(self, name: str) -> None:
         """Drop the cursor, the failed positions and the inbox rows of `name` (for a rebuild)."""
         with self.engine.begin() as conn:
-            conn.execute(sa.update(self.positions).where(self.positions.c.handler == name)
-                         .values(position=0, updated_at=datetime.now(UTC)))
+            conn.execute(
+                sa.update(self.positions)
+                .where(self.positions.c.handler == name)
+                .values(position=0, updated_at=datetime.now(UTC))
+            )
             conn.execute(sa.delete(self.failed).where(self.failed.c.handler == name))
             conn.execute(sa.delete(self.db.inbox_table).where(self.db.inbox_table.c.handler == name))

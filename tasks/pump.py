@@ -32,16 +32,22 @@ def pulled_subscribers(domain: Any) -> list[type]:
     """Subscribers whose broker is read through a consumer group (async processing only)."""
     if domain.settings["message_processing"] != "async":
         return []
-    return [s for s in domain.registry["subscriber"].values()
-            if domain.brokers[s.meta_.get("broker") or "default"].pulled]
+    return [
+        s
+        for s in domain.registry["subscriber"].values()
+        if domain.brokers[s.meta_.get("broker") or "default"].pulled
+    ]
 
 
 def register_pump_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
     """One pump task per pulled subscriber, routed to the subscriber's own queue (so a busy
     subscriber is not handed more than it can take)."""
-    return {pump_task_name(domain, s): celery.task(name=pump_task_name(domain, s), bind=True,
-                                                   shared=False, ignore_result=True)(
-        _pump_body(celery, domain, s)) for s in pulled_subscribers(domain)}
+    return {
+        pump_task_name(domain, s): celery.task(
+            name=pump_task_name(domain, s), bind=True, shared=False, ignore_result=True
+        )(_pump_body(celery, domain, s))
+        for s in pulled_subscribers(domain)
+    }
 
 
 def _pump_body(celery: Celery, domain: Any, subscriber: type):
@@ -59,15 +65,16 @@ def _pump_body(celery: Celery, domain: Any, subscriber: type):
             message_id = str(message.get("id") or identifier)
             # the registered task, not send_task: eager mode must run it inline
             celery.tasks[handler_task].apply_async(
-                args=[{"id": message_id, "stream": stream, "payload": message}], queue=queue,
-                task_id=f"{message_id}:{queue}")
+                args=[{"id": message_id, "stream": stream, "payload": message}],
+                queue=queue,
+                task_id=f"{message_id}:{queue}",
+            )
             if acks:
                 broker.ack(stream, queue, identifier)
         if len(messages) == batch:
             task.apply_async(queue=queue, expires=WAKEUP_EXPIRES)
         if messages:
-            log.debug("%s: handed %d message(s) of %s to %s", task.name, len(messages), stream,
-                      handler_task)
+            log.debug("%s: handed %d message(s) of %s to %s", task.name, len(messages), stream, handler_task)
         return len(messages)
 
     pump.__name__ = f"pump_{subscriber.__name__}"

@@ -34,8 +34,9 @@ def projection_of(domain: Any, projector: type) -> type:
     try:
         return domain.registry["projection"][name]
     except KeyError:
-        raise IncorrectUsageError(f"{projector.__name__}: projector_for {name!r} is not a "
-                                  "registered projection") from None
+        raise IncorrectUsageError(
+            f"{projector.__name__}: projector_for {name!r} is not a registered projection"
+        ) from None
 
 
 def truncate(domain: Any, model: type) -> None:
@@ -54,18 +55,22 @@ def last_position(domain: Any, categories: list[str]) -> int | None:
     db = domain.event_store_database
     if isinstance(db, MemoryDatabase):
         with db.lock:
-            return max((e["global_position"] for e in db.events if e["category"] in categories),
-                       default=0)
+            return max((e["global_position"] for e in db.events if e["category"] in categories), default=0)
     t = getattr(db, "event_store_table", None)
     if t is None:
         return None
     with db.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.max(t.c.global_position))
-                            .where(t.c.category.in_(categories))).scalar() or 0
+        return (
+            conn.execute(
+                sa.select(sa.func.max(t.c.global_position)).where(t.c.category.in_(categories))
+            ).scalar()
+            or 0
+        )
 
 
-def rebuild_projection(domain: Any, projector: type, progress: Progress | None = None,
-                       wait: float = 30.0) -> Rebuilt:
+def rebuild_projection(
+    domain: Any, projector: type, progress: Progress | None = None, wait: float = 30.0
+) -> Rebuilt:
     """Truncate the projection and replay every event from position 0 through the projector.
 
     Holds the subscription's ownership throughout, so no poller runs meanwhile (waits up to
@@ -82,16 +87,26 @@ def rebuild_projection(domain: Any, projector: type, progress: Progress | None =
                 truncate(domain, projection)
                 store.forget(name)
                 store.reset(name, 0)
-                return _replay(domain, projector, store, lease, projection,
-                               last_position(domain, categories), progress)
+                return _replay(
+                    domain, projector, store, lease, projection, last_position(domain, categories), progress
+                )
         if time.monotonic() > deadline:
-            raise IncorrectUsageError(f"{projector.__name__} is busy: its poller did not release "
-                                      f"the subscription within {wait:.0f}s")
+            raise IncorrectUsageError(
+                f"{projector.__name__} is busy: its poller did not release "
+                f"the subscription within {wait:.0f}s"
+            )
         time.sleep(0.1)  # a poller holds it for one batch at most
 
 
-def _replay(domain: Any, projector: type, store: Any, lease: Any, projection: type,
-            last: int | None, progress: Progress | None) -> Rebuilt:
+def _replay(
+    domain: Any,
+    projector: type,
+    store: Any,
+    lease: Any,
+    projection: type,
+    last: int | None,
+    progress: Progress | None,
+) -> Rebuilt:
     handled = failed = cursor = 0
     while True:
         batch = run_batch(domain, projector, store, lease)

@@ -33,8 +33,7 @@ def relay_now(celery: Celery, domain: Any) -> int:
         return relay_pending_messages(store, publish, int(settings["batch_size"]), backoff)
 
 
-def register_relay_task(celery: Celery, domain: Any,
-                        before_relay: Callable[[], None] | None = None) -> Task:
+def register_relay_task(celery: Celery, domain: Any, before_relay: Callable[[], None] | None = None) -> Task:
     """The relay task; `before_relay` runs before each claim (the app's kick gate)."""
     last_purge = [0.0]
 

@@ -26,8 +26,7 @@ def build_shop(event_processing: str = "sync", command_processing: str = "sync")
 
         def ship_order(self):
             self.status = "SHIPPED"
-            self.raise_(OrderShipped(order_id=self.id, book_id=self.book_id,
-                                     quantity=self.quantity))
+            self.raise_(OrderShipped(order_id=self.id, book_id=self.book_id, quantity=self.quantity))
 
     @domain.aggregate
     class Inventory:

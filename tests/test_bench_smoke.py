@@ -61,7 +61,10 @@ def test_the_relay_publishes_every_pending_row_for_each_batch_size():
 
     figures = medians(relay(n=50, runs=1))
     assert {name for name in figures if name.startswith("tidings relay")} == {
-        "tidings relay, batch 100", "tidings relay, batch 500", "tidings relay, batch 1000"}
+        "tidings relay, batch 100",
+        "tidings relay, batch 500",
+        "tidings relay, batch 1000",
+    }
 
 
 def test_commit_overhead_soak_and_sync_mode_measure_something():

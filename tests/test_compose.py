@@ -24,8 +24,9 @@ def compose() -> list[str]:
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    return subprocess.run([*compose(), *args], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*compose(), *args], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_compose_file_validates_with_its_secrets_set():

@@ -14,8 +14,7 @@ def url_of(name: str, settings: dict[str, Any]) -> str:
     """The `url` (or the reference's `URI`) of a `[brokers.<name>]` table."""
     url = settings.get("url") or settings.get("URI") or settings.get("uri")
     if not url:
-        raise ConfigurationError(f"broker '{name}' (provider {settings.get('provider')!r}) "
-                                 f"needs a 'url'")
+        raise ConfigurationError(f"broker '{name}' (provider {settings.get('provider')!r}) needs a 'url'")
     return str(url)
 
 
@@ -25,5 +24,6 @@ def translated(name: str, url: str, errors: tuple[type[BaseException], ...]) -> 
     try:
         yield
     except errors as exc:
-        raise BrokerConnectionError(f"broker '{name}' cannot be reached at {mask_url(url)}: "
-                                    f"{type(exc).__name__}") from exc
+        raise BrokerConnectionError(
+            f"broker '{name}' cannot be reached at {mask_url(url)}: {type(exc).__name__}"
+        ) from exc

@@ -64,9 +64,15 @@ class CeleryBroker(Broker):
     def _publish(self, stream: str, message: dict) -> str:
         identifier = str(uuid4())
         with self._errors():
-            Producer(self.channel).publish(message, exchange=EXCHANGE, routing_key=stream,
-                                           serializer="json", headers={"tidings_id": identifier},
-                                           declare=[EXCHANGE], retry=True)
+            Producer(self.channel).publish(
+                message,
+                exchange=EXCHANGE,
+                routing_key=stream,
+                serializer="json",
+                headers={"tidings_id": identifier},
+                declare=[EXCHANGE],
+                retry=True,
+            )
         return identifier
 
     def ensure_group(self, stream: str, consumer_group: str) -> None:
@@ -127,8 +133,7 @@ class CeleryBroker(Broker):
         for stream, queue in sorted(queues, key=lambda q: (q[0], q[1].name)):
             groups.setdefault(stream, []).append(queue.name)
             counts[stream] = counts.get(stream, 0) + self._depth(queue)
-        return {"healthy": True, "message_counts": counts, "consumer_groups": groups,
-                "dlq_depth": 0}
+        return {"healthy": True, "message_counts": counts, "consumer_groups": groups, "dlq_depth": 0}
 
     def _depth(self, queue: Queue) -> int:
         # A declare, not a passive one: kombu's Redis transport ignores `global_keyprefix` in

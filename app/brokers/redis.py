@@ -33,14 +33,14 @@ class RedisStreamBroker(RedisBroker):
 
     def _publish(self, stream: str, message: dict) -> str:
         with self._errors():
-            return self.client.xadd(self.prefix + stream, {FIELD: json.dumps(message)},
-                                    maxlen=self.maxlen, approximate=True)
+            return self.client.xadd(
+                self.prefix + stream, {FIELD: json.dumps(message)}, maxlen=self.maxlen, approximate=True
+            )
 
     def ensure_group(self, stream: str, consumer_group: str) -> None:
         with self._errors():
             try:  # from "0": a group created late still sees the stream's history
-                self.client.xgroup_create(self.prefix + stream, consumer_group, id="0",
-                                          mkstream=True)
+                self.client.xgroup_create(self.prefix + stream, consumer_group, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -49,13 +49,14 @@ class RedisStreamBroker(RedisBroker):
         self.ensure_group(stream, consumer_group)
         key = self.prefix + stream
         with self._errors():
-            _, claimed, *_ = self.client.xautoclaim(key, consumer_group, self.consumer,
-                                                    min_idle_time=self.claim_idle_ms,
-                                                    start_id="0-0", count=n)
+            _, claimed, *_ = self.client.xautoclaim(
+                key, consumer_group, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=n
+            )
             entries = [e for e in claimed if e and e[1]]
             if len(entries) < n:
-                for _, fresh in self.client.xreadgroup(consumer_group, self.consumer, {key: ">"},
-                                                       count=n - len(entries)):
+                for _, fresh in self.client.xreadgroup(
+                    consumer_group, self.consumer, {key: ">"}, count=n - len(entries)
+                ):
                     entries += fresh
         return [(identifier, json.loads(fields[FIELD])) for identifier, fields in entries]
 
@@ -66,9 +67,15 @@ class RedisStreamBroker(RedisBroker):
     def nack(self, stream: str, consumer_group: str, identifier: str) -> bool:
         # Mark the entry idle for longer than claim_idle_ms: the next read reclaims it.
         with self._errors():
-            claimed = self.client.xclaim(self.prefix + stream, consumer_group, self.consumer,
-                                         min_idle_time=0, message_ids=[identifier],
-                                         idle=self.claim_idle_ms + 3_600_000, justid=True)
+            claimed = self.client.xclaim(
+                self.prefix + stream,
+                consumer_group,
+                self.consumer,
+                min_idle_time=0,
+                message_ids=[identifier],
+                idle=self.claim_idle_ms + 3_600_000,
+                justid=True,
+            )
         return bool(claimed)
 
     def health_stats(self) -> dict[str, Any]:
@@ -79,8 +86,5 @@ class RedisStreamBroker(RedisBroker):
             for key in self.client.scan_iter(match=f"{self.prefix}*", _type="STREAM"):
                 stream = key.removeprefix(self.prefix)
                 counts[stream] = self.client.xlen(key)
-                groups[stream] = {g["name"]: {"pending": g["pending"]}
-                                  for g in self.client.xinfo_groups(key)}
-        return {"healthy": True, "message_counts": counts, "consumer_groups": groups,
-                "dlq_depth": 0}
-
+                groups[stream] = {g["name"]: {"pending": g["pending"]} for g in self.client.xinfo_groups(key)}
+        return {"healthy": True, "message_counts": counts, "consumer_groups": groups, "dlq_depth": 0}

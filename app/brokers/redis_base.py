@@ -27,8 +27,9 @@ class RedisBroker(Broker):
     @property
     def client(self) -> redis.Redis:
         if self._client is None:  # built on first use, never at import or before a fork
-            self._client = redis.Redis.from_url(self.url, decode_responses=True,
-                                                socket_connect_timeout=2, socket_timeout=5)
+            self._client = redis.Redis.from_url(
+                self.url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+            )
         return self._client
 
     def _errors(self):
@@ -36,8 +37,9 @@ class RedisBroker(Broker):
 
     def claim_wakeup(self, stream: str, consumer_group: str, ttl: float) -> bool:
         with self._errors():
-            return bool(self.client.set(self._wakeup_key(stream, consumer_group), 1, nx=True,
-                                        px=int(ttl * 1000)))
+            return bool(
+                self.client.set(self._wakeup_key(stream, consumer_group), 1, nx=True, px=int(ttl * 1000))
+            )
 
     def release_wakeup(self, stream: str, consumer_group: str) -> None:
         with self._errors():

@@ -39,8 +39,9 @@ class RedisListBroker(RedisBroker):
 
     def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
         with self._errors():
-            position, items = self.client.eval(_READ, 2, self.prefix + stream,
-                                               f"{self.prefix}{stream}:groups", consumer_group, n)
+            position, items = self.client.eval(
+                _READ, 2, self.prefix + stream, f"{self.prefix}{stream}:groups", consumer_group, n
+            )
         return [(str(int(position) + i), json.loads(item)) for i, item in enumerate(items)]
 
     def health_stats(self) -> dict[str, Any]:
@@ -51,6 +52,4 @@ class RedisListBroker(RedisBroker):
             for stream in sorted(self.client.smembers(f"{self.prefix}tidings:lists")):
                 counts[stream] = self.client.llen(self.prefix + stream)
                 groups[stream] = sorted(self.client.hkeys(f"{self.prefix}{stream}:groups"))
-        return {"healthy": True, "message_counts": counts, "consumer_groups": groups,
-                "dlq_depth": 0}
-
+        return {"healthy": True, "message_counts": counts, "consumer_groups": groups, "dlq_depth": 0}

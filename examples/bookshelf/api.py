@@ -104,8 +104,9 @@ def create_api(domain: Domain = bookshelf.domain, *, create_tables: bool = True)
 
     @api.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": "invalid request", "errors": field_errors(exc.errors())},
-                            status_code=422)
+        return JSONResponse(
+            {"detail": "invalid request", "errors": field_errors(exc.errors())}, status_code=422
+        )
 
     @api.exception_handler(ValidationError)
     async def invalid_data(_request: Request, exc: ValidationError) -> JSONResponse:
@@ -162,8 +163,9 @@ def create_api(domain: Domain = bookshelf.domain, *, create_tables: bool = True)
         command = AddStock(book_id=book_id, quantity=body.quantity)
         with domain.domain_context():
             get_book(book_id)
-        return submit(command, book_id,
-                      lambda: domain.repository_for(Inventory).get(book_id).to_dict(), False)
+        return submit(
+            command, book_id, lambda: domain.repository_for(Inventory).get(book_id).to_dict(), False
+        )
 
     @api.get("/books/{book_id}/stock")
     def show_stock(book_id: str) -> dict:
@@ -192,8 +194,7 @@ def create_api(domain: Domain = bookshelf.domain, *, create_tables: bool = True)
     def ship_order(order_id: str) -> JSONResponse:
         with domain.domain_context():
             get_order(order_id).check("ship")
-        return submit(ShipOrder(order_id=order_id), order_id,
-                      lambda: get_order(order_id).to_dict(), False)
+        return submit(ShipOrder(order_id=order_id), order_id, lambda: get_order(order_id).to_dict(), False)
 
     @api.post("/orders/{order_id}/cancel")
     def cancel_order(order_id: str, body: CancelIn | None = None) -> JSONResponse:

@@ -67,8 +67,16 @@ class Book:
     @classmethod
     def add(cls, book_id: str, title: str, author: str, isbn: str, price: Money) -> Book:
         book = cls(id=book_id, title=title, author=author, isbn=isbn, price=price)
-        book.raise_(BookAdded(book_id=book.id, title=title, author=author, isbn=isbn,
-                              price=price.amount, currency=price.currency))
+        book.raise_(
+            BookAdded(
+                book_id=book.id,
+                title=title,
+                author=author,
+                isbn=isbn,
+                price=price.amount,
+                currency=price.currency,
+            )
+        )
         return book
 
     def update_price(self, price: Money) -> None:
@@ -119,8 +127,13 @@ class BookCommandHandler:
         repo = current_domain.repository_for(Book)
         if repo.filter(isbn=command.isbn):
             raise BusinessRuleError(f"a book with ISBN {command.isbn} already exists")
-        book = Book.add(command.book_id, command.title, command.author, command.isbn,
-                        Money(amount=command.price, currency=command.currency))
+        book = Book.add(
+            command.book_id,
+            command.title,
+            command.author,
+            command.isbn,
+            Money(amount=command.price, currency=command.currency),
+        )
         repo.add(book)
         return book.id
 
@@ -178,8 +191,11 @@ class Order:
     def place(cls, order_id: str, customer: str, items: list[LineItem]) -> Order:
         if not items:
             raise ValidationError({"lines": ["an order needs at least one line"]}, "Order")
-        order = cls(id=order_id, customer=customer,
-                    lines=[OrderLine(book_id=i.book_id, quantity=i.quantity) for i in items])
+        order = cls(
+            id=order_id,
+            customer=customer,
+            lines=[OrderLine(book_id=i.book_id, quantity=i.quantity) for i in items],
+        )
         order.raise_(OrderPlaced(order_id=order.id, customer=customer, lines=order.items()))
         return order
 
@@ -192,7 +208,8 @@ class Order:
         if self.status not in allowed:
             raise BusinessRuleError(
                 f"cannot {action} order {self.id}: it is {self.status}, "
-                f"and {action} is allowed only when {' or '.join(sorted(allowed))}")
+                f"and {action} is allowed only when {' or '.join(sorted(allowed))}"
+            )
 
     def confirm(self) -> None:
         self.check("confirm")
@@ -335,15 +352,20 @@ class Inventory:
             return  # a redelivered OrderPlaced: the stock is held already
         if quantity > self.in_stock:
             raise BusinessRuleError(
-                f"cannot reserve {quantity} of book {self.book_id}: {self.in_stock} in stock")
+                f"cannot reserve {quantity} of book {self.book_id}: {self.in_stock} in stock"
+            )
         self.in_stock -= quantity
         self.reservations = {**self.reservations, order_id: quantity}
-        self.raise_(StockReserved(book_id=self.book_id, order_id=order_id, quantity=quantity,
-                                  in_stock=self.in_stock))
+        self.raise_(
+            StockReserved(book_id=self.book_id, order_id=order_id, quantity=quantity, in_stock=self.in_stock)
+        )
 
     def report_shortage(self, order_id: str, requested: int) -> None:
-        self.raise_(StockShortageDetected(book_id=self.book_id, order_id=order_id,
-                                          requested=requested, available=self.in_stock))
+        self.raise_(
+            StockShortageDetected(
+                book_id=self.book_id, order_id=order_id, requested=requested, available=self.in_stock
+            )
+        )
 
     def release(self, order_id: str) -> None:
         """Put an order's reserved stock back on the shelf (nothing when none is held)."""
@@ -352,8 +374,9 @@ class Inventory:
             return
         self.in_stock += quantity
         self.reservations = {k: v for k, v in self.reservations.items() if k != order_id}
-        self.raise_(StockReleased(book_id=self.book_id, order_id=order_id, quantity=quantity,
-                                  in_stock=self.in_stock))
+        self.raise_(
+            StockReleased(book_id=self.book_id, order_id=order_id, quantity=quantity, in_stock=self.in_stock)
+        )
 
     def ship(self, order_id: str) -> None:
         """The order's reserved stock left the warehouse."""
@@ -451,8 +474,9 @@ class OrderEventHandler:
         repo = current_domain.repository_for(Inventory)
         wanted = quantities_by_book(event.lines)
         inventories = {book_id: inventory_for(book_id) for book_id in wanted}
-        short = [b for b, quantity in wanted.items()
-                 if not inventories[b].can_reserve(event.order_id, quantity)]
+        short = [
+            b for b, quantity in wanted.items() if not inventories[b].can_reserve(event.order_id, quantity)
+        ]
         for book_id in short:
             inventories[book_id].report_shortage(event.order_id, wanted[book_id])
             repo.add(inventories[book_id])

@@ -77,8 +77,7 @@ class DomainDriver:
         self._process(AddStock(book_id=book_id, quantity=quantity))
 
     def place_order(self, customer: str, lines: list[tuple[str, int]]) -> str:
-        command = PlaceOrder(customer=customer,
-                             lines=[LineItem(book_id=b, quantity=q) for b, q in lines])
+        command = PlaceOrder(customer=customer, lines=[LineItem(book_id=b, quantity=q) for b, q in lines])
         self._process(command)
         return command.order_id
 
@@ -90,8 +89,9 @@ class DomainDriver:
 
     def supplier_restock(self, isbn: str, quantity: int) -> None:
         with self.domain.domain_context():
-            self.domain.brokers.publish(RESTOCK_STREAM,
-                                        {"type": "restock", "isbn": isbn, "quantity": quantity})
+            self.domain.brokers.publish(
+                RESTOCK_STREAM, {"type": "restock", "isbn": isbn, "quantity": quantity}
+            )
 
     def catalog(self) -> list[dict[str, Any]]:
         with self.domain.domain_context():
@@ -189,14 +189,20 @@ def run_scenario(driver: Driver, settle: Callable[[], None] = lambda: None) -> I
 def final_state(driver: Driver, ids: Ids) -> dict[str, Any]:
     """What the scenario is judged on, read through the driver."""
     return {
-        "catalog": [{k: entry[k] for k in ("title", "author", "price", "currency", "in_stock")}
-                    for entry in driver.catalog()],
-        "stock": {name: {k: stock[k] for k in ("in_stock", "reserved", "reservations")}
-                  for name, book_id in ids["books"].items()
-                  for stock in [driver.stock(book_id)]},
-        "orders": {name: {k: order[k] for k in ("status", "cancellation_reason")}
-                   for name, order_id in ids["orders"].items()
-                   for order in [driver.order(order_id)]},
+        "catalog": [
+            {k: entry[k] for k in ("title", "author", "price", "currency", "in_stock")}
+            for entry in driver.catalog()
+        ],
+        "stock": {
+            name: {k: stock[k] for k in ("in_stock", "reserved", "reservations")}
+            for name, book_id in ids["books"].items()
+            for stock in [driver.stock(book_id)]
+        },
+        "orders": {
+            name: {k: order[k] for k in ("status", "cancellation_reason")}
+            for name, order_id in ids["orders"].items()
+            for order in [driver.order(order_id)]
+        },
     }
 
 
@@ -205,10 +211,8 @@ def expected_final_state(ids: Ids) -> dict[str, Any]:
     emma = ids["books"]["emma"]
     return {
         "catalog": [
-            {"title": "Dune", "author": "Frank Herbert", "price": 12.99, "currency": "USD",
-             "in_stock": 7},
-            {"title": "Emma", "author": "Jane Austen", "price": 7.5, "currency": "USD",
-             "in_stock": 8},
+            {"title": "Dune", "author": "Frank Herbert", "price": 12.99, "currency": "USD", "in_stock": 7},
+            {"title": "Emma", "author": "Jane Austen", "price": 7.5, "currency": "USD", "in_stock": 8},
         ],
         "stock": {
             "dune": {"in_stock": 7, "reserved": 0, "reservations": {}},

@@ -1,8 +1,8 @@
 """The Celery app of the bookshelf service, for the plain Celery CLI:
 
-    celery -A tidings.examples.bookshelf.worker worker -l INFO
-    celery -A tidings.examples.bookshelf.worker beat -l INFO
-    celery -A tidings.examples.bookshelf.worker flower
+celery -A tidings.examples.bookshelf.worker worker -l INFO
+celery -A tidings.examples.bookshelf.worker beat -l INFO
+celery -A tidings.examples.bookshelf.worker flower
 """
 
 from tidings.app.factory import create_celery_app

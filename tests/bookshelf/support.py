@@ -61,7 +61,9 @@ def outbox_rows(domain: Domain) -> list[dict[str, Any]]:
 def everything_written(domain: Domain) -> dict[str, Any]:
     """Every stored aggregate and projection, and how many events and outbox rows exist."""
     with domain.domain_context():
-        rows = {model.__name__: [obj.to_dict() for obj in domain.repository_for(model).all()]
-                for kind in ("aggregate", "projection")
-                for model in domain.registry[kind].values()}
+        rows = {
+            model.__name__: [obj.to_dict() for obj in domain.repository_for(model).all()]
+            for kind in ("aggregate", "projection")
+            for model in domain.registry[kind].values()
+        }
     return {"rows": rows, "events": event_count(domain), "outbox": len(outbox_rows(domain))}

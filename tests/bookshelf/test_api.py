@@ -23,8 +23,9 @@ def add_book(client: TestClient, **fields) -> str:
 
 
 def place(client: TestClient, *lines: tuple[str, int]) -> dict:
-    response = client.post("/orders", json={
-        "customer": "alice", "lines": [{"book_id": b, "quantity": q} for b, q in lines]})
+    response = client.post(
+        "/orders", json={"customer": "alice", "lines": [{"book_id": b, "quantity": q} for b, q in lines]}
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -41,18 +42,27 @@ def test_adding_a_book_answers_201_with_the_book(client):
     response = client.post("/books", json=DUNE)
     assert response.status_code == 201
     body = response.json()
-    assert body == {"id": body["id"], "title": "Dune", "author": "Frank Herbert",
-                    "isbn": "978-0441172719", "price": {"amount": 9.99, "currency": "USD"}}
+    assert body == {
+        "id": body["id"],
+        "title": "Dune",
+        "author": "Frank Herbert",
+        "isbn": "978-0441172719",
+        "price": {"amount": 9.99, "currency": "USD"},
+    }
     assert client.get(f"/books/{body['id']}").json() == body
 
 
-@pytest.mark.parametrize("body, fields", [
-    ({**DUNE, "title": "", "price": -1}, {"title", "price"}),  # the command's rules
-    ({"title": "Dune", "price": "cheap"}, {"author", "isbn", "price"}),  # the body's shape
-    ({**DUNE, "currency": "EURO"}, {"currency"}),
-])
+@pytest.mark.parametrize(
+    "body, fields",
+    [
+        ({**DUNE, "title": "", "price": -1}, {"title", "price"}),  # the command's rules
+        ({"title": "Dune", "price": "cheap"}, {"author", "isbn", "price"}),  # the body's shape
+        ({**DUNE, "currency": "EURO"}, {"currency"}),
+    ],
+)
 def test_an_invalid_book_answers_422_naming_each_bad_field_and_writes_nothing(
-        client, bookshelf, body, fields):
+    client, bookshelf, body, fields
+):
     before = everything_written(bookshelf)
     response = client.post("/books", json=body)
     assert response.status_code == 422
@@ -70,15 +80,18 @@ def test_a_book_whose_isbn_is_taken_answers_409_and_writes_nothing(client, books
     assert everything_written(bookshelf) == before
 
 
-@pytest.mark.parametrize("method, url, body", [
-    ("GET", "/books/nope", None),
-    ("PUT", "/books/nope/price", {"price": 3}),
-    ("POST", "/books/nope/stock", {"quantity": 3}),
-    ("GET", "/books/nope/stock", None),
-    ("GET", "/orders/nope", None),
-    ("POST", "/orders/nope/ship", None),
-    ("POST", "/orders/nope/cancel", None),
-])
+@pytest.mark.parametrize(
+    "method, url, body",
+    [
+        ("GET", "/books/nope", None),
+        ("PUT", "/books/nope/price", {"price": 3}),
+        ("POST", "/books/nope/stock", {"quantity": 3}),
+        ("GET", "/books/nope/stock", None),
+        ("GET", "/orders/nope", None),
+        ("POST", "/orders/nope/ship", None),
+        ("POST", "/orders/nope/cancel", None),
+    ],
+)
 def test_an_unknown_id_answers_404_and_writes_nothing(client, bookshelf, method, url, body):
     add_book(client)
     before = everything_written(bookshelf)
@@ -96,9 +109,18 @@ def test_updating_a_price_and_adding_stock_answer_200_with_the_new_state(client)
     response = client.post(f"/books/{book_id}/stock", json={"quantity": 4})
     assert response.status_code == 200
     assert response.json() == {"book_id": book_id, "in_stock": 4, "reservations": {}, "reserved": 0}
-    assert client.get("/catalog").json() == {"books": [
-        {"book_id": book_id, "title": "Dune", "author": "Frank Herbert", "price": 12.5,
-         "currency": "EUR", "in_stock": 4}]}
+    assert client.get("/catalog").json() == {
+        "books": [
+            {
+                "book_id": book_id,
+                "title": "Dune",
+                "author": "Frank Herbert",
+                "price": 12.5,
+                "currency": "EUR",
+                "in_stock": 4,
+            }
+        ]
+    }
 
 
 def test_the_catalog_can_be_narrowed_to_one_author(client):
@@ -120,18 +142,23 @@ def test_an_order_beyond_the_stock_answers_201_with_the_rejection(client, stocke
     order = place(client, (stocked, 6))
     assert order["status"] == "CANCELLED"
     assert order["cancellation_reason"] == (
-        f"insufficient stock for book {stocked}: requested 6, available 5")
+        f"insufficient stock for book {stocked}: requested 6, available 5"
+    )
     assert client.get(f"/books/{stocked}/stock").json()["in_stock"] == 5
 
 
-@pytest.mark.parametrize("lines, fields", [
-    ([], {"lines"}),
-    ([{"book_id": "BOOK", "quantity": 0}], {"lines.0.quantity"}),
-    ([{"book_id": "BOOK", "quantity": 1}, {"book_id": "nope", "quantity": 1}], {"lines.1.book_id"}),
-    ([{"book_id": "BOOK"}], {"lines.0.quantity"}),
-])
+@pytest.mark.parametrize(
+    "lines, fields",
+    [
+        ([], {"lines"}),
+        ([{"book_id": "BOOK", "quantity": 0}], {"lines.0.quantity"}),
+        ([{"book_id": "BOOK", "quantity": 1}, {"book_id": "nope", "quantity": 1}], {"lines.1.book_id"}),
+        ([{"book_id": "BOOK"}], {"lines.0.quantity"}),
+    ],
+)
 def test_an_invalid_order_answers_422_naming_the_bad_lines_and_writes_nothing(
-        client, bookshelf, stocked, lines, fields):
+    client, bookshelf, stocked, lines, fields
+):
     lines = json.loads(json.dumps(lines).replace("BOOK", stocked))
     before = everything_written(bookshelf)
     response = client.post("/orders", json={"customer": "alice", "lines": lines})
@@ -173,8 +200,7 @@ def test_cancelling_without_a_reason_records_the_default_one(client, stocked):
 
 
 def test_in_async_command_mode_a_write_answers_202_and_queues_the_command(provider):
-    with configured(provider, command_processing="async") as domain, \
-            TestClient(create_api(domain)) as client:
+    with configured(provider, command_processing="async") as domain, TestClient(create_api(domain)) as client:
         response = client.post("/books", json=DUNE)
         assert response.status_code == 202
         body = response.json()

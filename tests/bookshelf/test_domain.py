@@ -44,10 +44,17 @@ def test_a_new_book_gets_an_empty_inventory_and_a_catalog_entry():
     with configured(MEMORY) as domain:
         driver = DomainDriver(domain)
         book_id = driver.add_book("Dune", "Frank Herbert", "isbn-dune", 9.99)
-        assert driver.stock(book_id) == {"book_id": book_id, "in_stock": 0, "reservations": {},
-                                         "reserved": 0}
-        assert driver.catalog() == [{"book_id": book_id, "title": "Dune", "author": "Frank Herbert",
-                                     "price": 9.99, "currency": "USD", "in_stock": 0}]
+        assert driver.stock(book_id) == {"book_id": book_id, "in_stock": 0, "reservations": {}, "reserved": 0}
+        assert driver.catalog() == [
+            {
+                "book_id": book_id,
+                "title": "Dune",
+                "author": "Frank Herbert",
+                "price": 9.99,
+                "currency": "USD",
+                "in_stock": 0,
+            }
+        ]
 
 
 def test_an_order_that_fits_is_confirmed_and_holds_its_stock(shelf):
@@ -70,8 +77,12 @@ def test_a_short_order_reserves_nothing_and_is_cancelled_with_the_shortage_as_re
     domain, driver, dune, emma = shelf
     order_id = driver.place_order("carol", [(dune, 2), (emma, 4)])
     assert driver.order(order_id) | {"lines": None} == {
-        "id": order_id, "customer": "carol", "lines": None, "status": "CANCELLED",
-        "cancellation_reason": shortage_reason(emma, 4, 3)}
+        "id": order_id,
+        "customer": "carol",
+        "lines": None,
+        "status": "CANCELLED",
+        "cancellation_reason": shortage_reason(emma, 4, 3),
+    }
     assert driver.stock(dune)["in_stock"] == 10 and driver.stock(dune)["reserved"] == 0
     assert driver.stock(emma)["in_stock"] == 3
 
@@ -81,8 +92,12 @@ def test_shipping_an_order_takes_its_reserved_stock_out_of_the_warehouse(shelf):
     order_id = driver.place_order("alice", [(dune, 4)])
     driver.ship_order(order_id)
     assert driver.order(order_id)["status"] == "SHIPPED"
-    assert driver.stock(dune) | {"book_id": None} == {"book_id": None, "in_stock": 6, "reservations": {},
-                                                      "reserved": 0}
+    assert driver.stock(dune) | {"book_id": None} == {
+        "book_id": None,
+        "in_stock": 6,
+        "reservations": {},
+        "reserved": 0,
+    }
 
 
 def test_cancelling_a_confirmed_order_puts_its_stock_back(shelf):
@@ -128,8 +143,12 @@ def test_an_order_for_an_unknown_book_is_refused_and_nothing_is_written(shelf):
     domain, driver, dune, _ = shelf
     before = everything_written(domain)
     with domain.domain_context(), pytest.raises(ValidationError) as caught:
-        domain.process(PlaceOrder(customer="eve", lines=[LineItem(book_id=dune, quantity=1),
-                                                         LineItem(book_id="nope", quantity=1)]))
+        domain.process(
+            PlaceOrder(
+                customer="eve",
+                lines=[LineItem(book_id=dune, quantity=1), LineItem(book_id="nope", quantity=1)],
+            )
+        )
     assert caught.value.errors == {"lines.1.book_id": ["no book with id 'nope'"]}
     assert everything_written(domain) == before
 
@@ -153,21 +172,27 @@ def test_stock_cannot_be_added_to_an_unknown_book(shelf):
 def test_a_supplier_restock_adds_stock_to_the_book_with_that_isbn(shelf):
     domain, driver, dune, emma = shelf
     with domain.domain_context():
-        domain.brokers.publish("supplier::restock", {"type": "restock", "isbn": "isbn-emma",
-                                                     "quantity": 6})
+        domain.brokers.publish("supplier::restock", {"type": "restock", "isbn": "isbn-emma", "quantity": 6})
     assert driver.stock(emma)["in_stock"] == 9
     assert driver.stock(dune)["in_stock"] == 10
     assert [(e["title"], e["in_stock"]) for e in driver.catalog()] == [("Dune", 10), ("Emma", 9)]
 
 
-@pytest.mark.parametrize("payload, error, message", [
-    ({"type": "restock", "isbn": "isbn-unknown", "quantity": 6}, ObjectNotFoundError,
-     "unknown ISBN: 'isbn-unknown'"),
-    ({"type": "restock", "quantity": 6}, ObjectNotFoundError, "unknown ISBN: None"),
-    ({"type": "recall", "isbn": "isbn-emma"}, InvalidMessageError, "'recall' is not 'restock'"),
-])
+@pytest.mark.parametrize(
+    "payload, error, message",
+    [
+        (
+            {"type": "restock", "isbn": "isbn-unknown", "quantity": 6},
+            ObjectNotFoundError,
+            "unknown ISBN: 'isbn-unknown'",
+        ),
+        ({"type": "restock", "quantity": 6}, ObjectNotFoundError, "unknown ISBN: None"),
+        ({"type": "recall", "isbn": "isbn-emma"}, InvalidMessageError, "'recall' is not 'restock'"),
+    ],
+)
 def test_a_supplier_message_that_cannot_be_applied_raises_a_clear_error_and_changes_nothing(
-        shelf, payload, error, message):
+    shelf, payload, error, message
+):
     domain, _, _, _ = shelf
     before = everything_written(domain)
     with domain.domain_context(), pytest.raises(error, match=message):
@@ -189,11 +214,25 @@ def test_the_catalog_keeps_the_stock_when_it_arrives_before_the_book(shelf):
     domain, _, _, _ = shelf
     with domain.domain_context():
         stock = domain.event_message(StockAdded(book_id="b-9", quantity=5, in_stock=5))
-        added = domain.event_message(BookAdded(book_id="b-9", title="Ulysses", author="James Joyce",
-                                               isbn="isbn-u", price=20.0, currency="EUR"))
+        added = domain.event_message(
+            BookAdded(
+                book_id="b-9",
+                title="Ulysses",
+                author="James Joyce",
+                isbn="isbn-u",
+                price=20.0,
+                currency="EUR",
+            )
+        )
     domain.run_handler(BookCatalogProjector, stock)
     domain.run_handler(BookCatalogProjector, added)
     with domain.domain_context():
         entry = domain.repository_for(BookCatalog).get("b-9")
-    assert entry.to_dict() == {"book_id": "b-9", "title": "Ulysses", "author": "James Joyce",
-                               "price": 20.0, "currency": "EUR", "in_stock": 5}
+    assert entry.to_dict() == {
+        "book_id": "b-9",
+        "title": "Ulysses",
+        "author": "James Joyce",
+        "price": 20.0,
+        "currency": "EUR",
+        "in_stock": 5,
+    }

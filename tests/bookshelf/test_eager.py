@@ -30,13 +30,16 @@ def eager(provider):
 
 def test_in_eager_mode_an_order_answers_202_and_is_confirmed_by_the_time_it_returns(eager):
     with TestClient(create_api(eager)) as client:
-        response = client.post("/books", json={"title": "Dune", "author": "Frank Herbert",
-                                               "isbn": "978-0441172719", "price": 9.99})
+        response = client.post(
+            "/books",
+            json={"title": "Dune", "author": "Frank Herbert", "isbn": "978-0441172719", "price": 9.99},
+        )
         assert response.status_code == 202
         book_id = response.json()["id"]
         assert client.post(f"/books/{book_id}/stock", json={"quantity": 5}).status_code == 202
-        response = client.post("/orders", json={"customer": "alice",
-                                                "lines": [{"book_id": book_id, "quantity": 2}]})
+        response = client.post(
+            "/orders", json={"customer": "alice", "lines": [{"book_id": book_id, "quantity": 2}]}
+        )
         assert response.status_code == 202
         order = client.get(f"/orders/{response.json()['id']}").json()
         assert order["status"] == "CONFIRMED"

@@ -23,17 +23,20 @@ def test_health_reports_the_outbox_lag_of_queued_commands(tmp_path):
     with configured(provider, command_processing="async", event_processing="async") as domain:
         domain.settings["brokers"]["default"] = {"provider": "inline"}  # memory://, no worker
         with TestClient(create_api(domain)) as client:
-            client.post("/books", json={"title": "Dune", "author": "Frank Herbert",
-                                        "isbn": "978-0441172719", "price": 9.99})
+            client.post(
+                "/books",
+                json={"title": "Dune", "author": "Frank Herbert", "isbn": "978-0441172719", "price": 9.99},
+            )
             body = client.get("/health").json()
     assert body["broker"] == {"ok": True, "transport": "memory"}
-    assert body["outbox"]["pending"] >= 0 and body["outbox"]["published"] + body["outbox"][
-        "pending"] >= 1
+    assert body["outbox"]["pending"] >= 0 and body["outbox"]["published"] + body["outbox"]["pending"] >= 1
 
 
 def test_health_answers_503_naming_the_database_that_does_not_answer(tmp_path):
-    with configured({"provider": "sqlite", "database_uri": f"sqlite:///{tmp_path}/b.db"}) as domain, \
-            TestClient(create_api(domain)) as client:
+    with (
+        configured({"provider": "sqlite", "database_uri": f"sqlite:///{tmp_path}/b.db"}) as domain,
+        TestClient(create_api(domain)) as client,
+    ):
         database = domain.databases["default"]
         uri = database.uri
         database.dispose()
@@ -51,14 +54,18 @@ def test_health_answers_503_naming_the_database_that_does_not_answer(tmp_path):
 
 def test_health_reports_every_broker_and_names_the_one_that_does_not_answer(tmp_path):
     with configured({"provider": "sqlite", "database_uri": f"sqlite:///{tmp_path}/b.db"}) as domain:
-        domain.config["brokers"]["feed"] = {"provider": "redis",
-                                            "url": "redis://:s3cret@127.0.0.1:1/0"}
+        domain.config["brokers"]["feed"] = {"provider": "redis", "url": "redis://:s3cret@127.0.0.1:1/0"}
         domain.init()
         with TestClient(create_api(domain)) as client:
             response = client.get("/health")
     assert response.status_code == 503
     brokers = response.json()["brokers"]
-    assert brokers["default"] == {"provider": "inline", "healthy": True, "message_counts": {},
-                                  "consumer_groups": {}, "dlq_depth": 0}
+    assert brokers["default"] == {
+        "provider": "inline",
+        "healthy": True,
+        "message_counts": {},
+        "consumer_groups": {},
+        "dlq_depth": 0,
+    }
     assert brokers["feed"]["healthy"] is False and brokers["feed"]["provider"] == "redis"
     assert "s3cret" not in response.text

@@ -34,8 +34,11 @@ def test_every_step_of_the_scenario_is_recorded_in_the_event_store_in_causal_ord
     events = bookshelf.event_store_database.read_events(f"bookshelf::order-{rejected}")
     assert [e["type"] for e in events] == ["Bookshelf.OrderPlaced.v1", "Bookshelf.OrderRejected.v1"]
     # the rejection was caused by the inventory's shortage, itself caused by OrderPlaced
-    shortage = [e for e in bookshelf.event_store_database.read_events("bookshelf::inventory")
-                if e["type"] == "Bookshelf.StockShortageDetected.v1"]
+    shortage = [
+        e
+        for e in bookshelf.event_store_database.read_events("bookshelf::inventory")
+        if e["type"] == "Bookshelf.StockShortageDetected.v1"
+    ]
     assert [e["data"]["order_id"] for e in shortage] == [rejected]
     assert shortage[0]["metadata"]["causation_id"] == events[0]["message_id"]
     assert events[1]["metadata"]["causation_id"] == shortage[0]["message_id"]

@@ -10,8 +10,15 @@ from fastapi.testclient import TestClient
 from tidings.examples.bookshelf import api
 from tidings.examples.bookshelf.domain import domain
 
-VARIABLES = ["TIDINGS_EVENT_PROCESSING", "TIDINGS_COMMAND_PROCESSING", "TIDINGS_MESSAGE_PROCESSING",
-             "TIDINGS_DATABASE_PROVIDER", "DATABASE_URL", "TIDINGS_BROKER_PROVIDER", "BROKER_URL"]
+VARIABLES = [
+    "TIDINGS_EVENT_PROCESSING",
+    "TIDINGS_COMMAND_PROCESSING",
+    "TIDINGS_MESSAGE_PROCESSING",
+    "TIDINGS_DATABASE_PROVIDER",
+    "DATABASE_URL",
+    "TIDINGS_BROKER_PROVIDER",
+    "BROKER_URL",
+]
 BOOK = {"title": "Dune", "author": "Frank Herbert", "isbn": "978-0441172719", "price": 9.99}
 
 
@@ -37,7 +44,9 @@ def test_on_the_embedded_defaults_the_app_starts_on_sqlite_and_queues_commands(f
         response = client.post("/books", json=BOOK)
     assert response.status_code == 202  # async by default: a worker handles the command
     assert domain.settings["databases"]["default"] == {
-        "provider": "sqlite", "database_uri": "sqlite:///.tidings/bookshelf.db"}
+        "provider": "sqlite",
+        "database_uri": "sqlite:///.tidings/bookshelf.db",
+    }
     assert (fresh_start / ".tidings" / "bookshelf.db").is_file()
 
 

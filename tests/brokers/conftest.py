@@ -46,16 +46,18 @@ def broker(request):
         return
     if kind in ("redis", "redis_pubsub"):
         require_redis()
-        adapter = broker_class(kind)("conformance", None, {
-            "url": REDIS_URL, "key_prefix": prefix, "claim_idle_ms": 200})
+        adapter = broker_class(kind)(
+            "conformance", None, {"url": REDIS_URL, "key_prefix": prefix, "claim_idle_ms": 200}
+        )
         yield adapter
         adapter.close()
         redis_cleanup(prefix)
         return
     if kind == "celery-redis":
         require_redis()
-        adapter = broker_class("celery")("conformance", None, {
-            "url": REDIS_URL, "transport_options": {"global_keyprefix": prefix}})
+        adapter = broker_class("celery")(
+            "conformance", None, {"url": REDIS_URL, "transport_options": {"global_keyprefix": prefix}}
+        )
     else:
         require_rabbitmq()
         adapter = broker_class("celery")("conformance", None, {"url": BROKER_URL})

@@ -12,8 +12,9 @@ from tidings.domain.errors import BrokerConnectionError
 
 def read_all(broker, stream, group, n=100):
     """Everything the group can read now (a remote queue may take a moment to route)."""
-    return wait_until(lambda: broker.read(stream, group, n), timeout=5,
-                      message=f"{group} to read from {stream}")
+    return wait_until(
+        lambda: broker.read(stream, group, n), timeout=5, message=f"{group} to read from {stream}"
+    )
 
 
 def test_publish_returns_an_identifier(broker, stream):
@@ -45,8 +46,11 @@ def test_read_returns_at_most_n_messages(broker, stream):
     broker.ensure_group(stream, "g")
     for i in range(5):
         broker.publish(stream, {"n": i})
-    wait_until(lambda: broker.health_stats()["message_counts"].get(stream) == 5, timeout=5,
-               message="5 messages on the stream")
+    wait_until(
+        lambda: broker.health_stats()["message_counts"].get(stream) == 5,
+        timeout=5,
+        message="5 messages on the stream",
+    )
     first = broker.read(stream, "g", 2)
     rest = broker.read(stream, "g", 10)
     assert len(first) == 2 and len(rest) == 3
@@ -93,29 +97,39 @@ def test_a_live_broker_answers_ping_and_reports_its_health(broker, stream):
     broker.ensure_group(stream, "g")
     broker.publish(stream, {"n": 1})
     assert broker.ping() is True
-    stats = wait_until(lambda: (s := broker.health_stats())["message_counts"].get(stream) and s,
-                       timeout=5, message="the published message in health_stats")
+    stats = wait_until(
+        lambda: (s := broker.health_stats())["message_counts"].get(stream) and s,
+        timeout=5,
+        message="the published message in health_stats",
+    )
     assert stats["healthy"] is True and stats["message_counts"][stream] == 1
     assert stats["consumer_groups"][stream]
     assert stats["dlq_depth"] == 0
 
 
 def test_capability_tiers_include_every_lower_tier(broker):
-    tiers = [Cap.BASIC_PUBSUB, Cap.SIMPLE_QUEUING, Cap.RELIABLE_MESSAGING, Cap.ORDERED_MESSAGING,
-             Cap.ENTERPRISE_STREAMING]
+    tiers = [
+        Cap.BASIC_PUBSUB,
+        Cap.SIMPLE_QUEUING,
+        Cap.RELIABLE_MESSAGING,
+        Cap.ORDERED_MESSAGING,
+        Cap.ENTERPRISE_STREAMING,
+    ]
     held = [broker.has_capability(t) for t in tiers]
     assert held[0] and held == sorted(held, reverse=True)  # True... then False...
     assert broker.has_any_capability(Cap.ACK | Cap.PUBLISH)
 
 
-@pytest.mark.parametrize("provider, url", [
-    ("redis", "redis://:s3cret@127.0.0.1:1/0"),
-    ("redis_pubsub", "redis://:s3cret@127.0.0.1:1/0"),
-    ("celery", "amqp://guest:s3cret@127.0.0.1:1//"),
-    ("celery", "redis://:s3cret@127.0.0.1:1/0"),
-])
-def test_an_unreachable_broker_raises_broker_connection_error_with_the_password_masked(
-        provider, url):
+@pytest.mark.parametrize(
+    "provider, url",
+    [
+        ("redis", "redis://:s3cret@127.0.0.1:1/0"),
+        ("redis_pubsub", "redis://:s3cret@127.0.0.1:1/0"),
+        ("celery", "amqp://guest:s3cret@127.0.0.1:1//"),
+        ("celery", "redis://:s3cret@127.0.0.1:1/0"),
+    ],
+)
+def test_an_unreachable_broker_raises_broker_connection_error_with_the_password_masked(provider, url):
     from tidings.domain.brokers import broker_class
 
     adapter = broker_class(provider)("down", None, {"url": url})
@@ -136,6 +150,9 @@ def test_publishes_from_several_threads_all_arrive(broker, stream):
         ids = list(pool.map(lambda i: broker.publish(stream, {"n": i}), range(80)))
     assert len(set(ids)) == 80
     got: list = []
-    wait_until(lambda: got.extend(broker.read(stream, "g", 100)) or len(got) >= 80, timeout=5,
-               message="80 messages read")
+    wait_until(
+        lambda: got.extend(broker.read(stream, "g", 100)) or len(got) >= 80,
+        timeout=5,
+        message="80 messages read",
+    )
     assert sorted(m["n"] for _, m in got) == list(range(80))

@@ -16,8 +16,9 @@ from tidings.domain.brokers import broker_class
 def broker():
     require_redis()
     prefix = f"tidings-test-{uuid.uuid4().hex[:8]}:"
-    adapter = broker_class("redis")("streams", None, {"url": REDIS_URL, "key_prefix": prefix,
-                                                      "claim_idle_ms": 200})
+    adapter = broker_class("redis")(
+        "streams", None, {"url": REDIS_URL, "key_prefix": prefix, "claim_idle_ms": 200}
+    )
     yield adapter
     adapter.close()
     redis_cleanup(prefix)
@@ -32,8 +33,9 @@ def test_a_message_left_pending_by_a_dead_consumer_goes_to_the_next_reader(broke
     # when another consumer of the group reads once claim_idle_ms (200 ms here) has passed
     survivor = broker_class("redis")("streams", None, dict(broker.settings))
     try:
-        reclaimed = wait_until(lambda: survivor.read(stream, "g", 10), timeout=5,
-                               message="the pending entry to be reclaimed")
+        reclaimed = wait_until(
+            lambda: survivor.read(stream, "g", 10), timeout=5, message="the pending entry to be reclaimed"
+        )
         # then it gets the same entry, and acknowledging it empties the group
         assert reclaimed == [(identifier, message)]
         assert survivor.consumer != broker.consumer

@@ -33,8 +33,9 @@ def build(tmp_path, message_processing="sync", **brokers) -> tuple[Domain, list]
 
 
 def test_every_configured_broker_is_built_at_init_by_its_provider(tmp_path):
-    domain, _ = build(tmp_path, audit={"provider": "inline"},
-                      feed={"provider": "redis", "url": "redis://127.0.0.1:6379/0"})
+    domain, _ = build(
+        tmp_path, audit={"provider": "inline"}, feed={"provider": "redis", "url": "redis://127.0.0.1:6379/0"}
+    )
     domain.init()
     assert isinstance(domain.brokers["default"], InlineBroker)
     assert type(domain.brokers["feed"]).__name__ == "RedisStreamBroker"
@@ -62,8 +63,9 @@ class CarrierPigeon(InlineBroker):
 
 def test_a_custom_adapter_registers_by_entry_point(tmp_path, monkeypatch):
     installed = brokers_module.entry_points(group=brokers_module.ENTRY_POINT_GROUP)
-    pigeon = EntryPoint(name="pigeon", value=f"{__name__}:CarrierPigeon",
-                        group=brokers_module.ENTRY_POINT_GROUP)
+    pigeon = EntryPoint(
+        name="pigeon", value=f"{__name__}:CarrierPigeon", group=brokers_module.ENTRY_POINT_GROUP
+    )
     monkeypatch.setattr(brokers_module, "entry_points", lambda group: [*installed, pigeon])
     domain, seen = build(tmp_path, audit={"provider": "pigeon"})
     domain.init()
@@ -81,8 +83,7 @@ def test_sync_publish_calls_the_subscribers_of_that_stream_on_that_broker_inline
         domain.brokers.publish("other-stream", {"user": "eve"})
     assert seen == [("welcome", "ada"), ("audit", "bob")]
     # the message is on the broker too, for any other consumer group
-    assert domain.brokers["default"].health_stats()["message_counts"] == {
-        "user-events": 1, "other-stream": 1}
+    assert domain.brokers["default"].health_stats()["message_counts"] == {"user-events": 1, "other-stream": 1}
 
 
 def test_publish_external_is_an_alias_of_brokers_publish(tmp_path):
@@ -116,8 +117,11 @@ def test_a_password_in_a_broker_url_is_masked():
 
 def test_a_subscriber_on_a_broker_that_is_not_configured_fails_at_init(tmp_path):
     domain, _ = build(tmp_path)  # Audit reads broker 'audit', which is not configured
-    with pytest.raises(ConfigurationError, match=r"subscriber Audit: broker 'audit' is not "
-                                                 r"configured \(add \[brokers.audit\]"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"subscriber Audit: broker 'audit' is not "
+        r"configured \(add \[brokers.audit\]",
+    ):
         domain.init()
 
 

@@ -16,8 +16,7 @@ FAILURES: dict[int, int] = {}  # deposit amount -> failures the Auditor still ra
 def build_accounts(**subscription: object) -> Domain:
     """`subscription`: extra `subscription_config` for the projector (e.g. messages_per_tick)."""
     domain = Domain("accounts", root_path=Path(__file__).parent)
-    domain.config.update(event_processing="async", command_processing="async",
-                         message_processing="async")
+    domain.config.update(event_processing="async", command_processing="async", message_processing="async")
 
     @domain.aggregate
     class Account:
@@ -55,8 +54,12 @@ def build_accounts(**subscription: object) -> Domain:
         history: List(Integer())
         total: Integer(default=0)
 
-    @domain.projector(projector_for=Statement, aggregates=[Account], subscription_profile="projection",
-                      subscription_config=dict(subscription) or None)
+    @domain.projector(
+        projector_for=Statement,
+        aggregates=[Account],
+        subscription_profile="projection",
+        subscription_config=dict(subscription) or None,
+    )
     class StatementProjector:
         @handle(Deposited)
         def deposited(self, event: Deposited) -> None:
@@ -75,8 +78,12 @@ def build_accounts(**subscription: object) -> Domain:
         entry_id: Identifier(identifier=True)
         amount: Integer(required=True)
 
-    @domain.projector(projector_for=Audit, aggregates=[Account], subscription_type="event_store",
-                      subscription_config={"max_retries": 2, "retry_delay_seconds": 0})
+    @domain.projector(
+        projector_for=Audit,
+        aggregates=[Account],
+        subscription_type="event_store",
+        subscription_config={"max_retries": 2, "retry_delay_seconds": 0},
+    )
     class Auditor:
         @handle(Deposited)
         def audit(self, event: Deposited) -> None:
@@ -85,15 +92,20 @@ def build_accounts(**subscription: object) -> Domain:
                 raise ConnectionError(f"audit store down for {event.amount}")
             CALLS[("Auditor", event.account_id, event.n)] += 1
             current_domain.repository_for(Audit).add(
-                Audit(entry_id=f"{event.account_id}-{event.n}", amount=event.amount))
+                Audit(entry_id=f"{event.account_id}-{event.n}", amount=event.amount)
+            )
 
     @domain.projection
     class Commanded:
         account_id: Identifier(identifier=True)
         count: Integer(default=0)
 
-    @domain.event_handler(part_of=Commanded, stream_category="account",
-                          source_stream="account:command", subscription_type="event_store")
+    @domain.event_handler(
+        part_of=Commanded,
+        stream_category="account",
+        source_stream="account:command",
+        subscription_type="event_store",
+    )
     class CommandedDeposits:
         """Counts only the deposits raised while handling a command (source_stream)."""
 

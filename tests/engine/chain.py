@@ -10,8 +10,9 @@ from tidings.fields import Identifier, Integer, String
 
 def build_chain(processing: str) -> Domain:
     domain = Domain("chain", root_path=Path(__file__).parent)
-    domain.config.update(event_processing=processing, command_processing=processing,
-                         message_processing="sync")
+    domain.config.update(
+        event_processing=processing, command_processing=processing, message_processing="sync"
+    )
 
     @domain.aggregate
     class Job:
@@ -85,8 +86,10 @@ def chain_state(domain: Domain, job_id: str) -> tuple | None:
     reg = domain.registry["aggregate"]
     with domain.domain_context():
         try:
-            return (domain.repository_for(reg["Job"]).get(job_id).name,
-                    domain.repository_for(reg["Step"]).get(job_id).hops,
-                    domain.repository_for(reg["Report"]).get(job_id).summary)
+            return (
+                domain.repository_for(reg["Job"]).get(job_id).name,
+                domain.repository_for(reg["Step"]).get(job_id).hops,
+                domain.repository_for(reg["Report"]).get(job_id).summary,
+            )
         except Exception:  # noqa: BLE001 - not there yet
             return None

@@ -38,14 +38,21 @@ def redis_app(redis_prefix):
         if not domain.initialized:
             domain.init()
         domain.settings["brokers"]["default"] = {"provider": "redis", "url": REDIS_URL}
-        return create_celery_app(domain, broker_transport_options={
-            **FAST, "global_keyprefix": redis_prefix}, **overrides)
+        return create_celery_app(
+            domain, broker_transport_options={**FAST, "global_keyprefix": redis_prefix}, **overrides
+        )
 
     return build
 
 
 @contextmanager
 def running_worker(celery, pool: str = "threads", concurrency: int = 2):
-    with start_worker(celery, pool=pool, concurrency=concurrency, perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=30) as worker:
+    with start_worker(
+        celery,
+        pool=pool,
+        concurrency=concurrency,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+    ) as worker:
         yield worker

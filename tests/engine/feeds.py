@@ -15,8 +15,7 @@ ERRORS_SEEN: list[str] = []
 def build_feeds(broker: dict, name: str = "feeds") -> Domain:
     """Subscriber `Signups` reads stream `signups` from the broker `feed` (settings `broker`)."""
     domain = Domain(name, root_path=Path(__file__).parent)
-    domain.config.update(event_processing="async", command_processing="async",
-                         message_processing="async")
+    domain.config.update(event_processing="async", command_processing="async", message_processing="async")
     domain.config["brokers"]["feed"] = dict(broker)
 
     @domain.aggregate
@@ -24,9 +23,11 @@ def build_feeds(broker: dict, name: str = "feeds") -> Domain:
         user_id: Identifier(identifier=True)
         welcomed: Integer(default=0)
 
-    @domain.subscriber(stream="signups", broker="feed",
-                       subscription_config={"max_retries": 2, "retry_delay_seconds": 0,
-                                            "messages_per_tick": 2})
+    @domain.subscriber(
+        stream="signups",
+        broker="feed",
+        subscription_config={"max_retries": 2, "retry_delay_seconds": 0, "messages_per_tick": 2},
+    )
     class Signups:
         def __call__(self, payload):
             if payload["user"] == POISON:
@@ -48,5 +49,6 @@ def build_feeds(broker: dict, name: str = "feeds") -> Domain:
 
 def welcomed(domain: Domain) -> dict[str, int]:
     with domain.domain_context():
-        return {m.user_id: m.welcomed
-                for m in domain.repository_for(domain.registry["aggregate"]["Member"]).all()}
+        return {
+            m.user_id: m.welcomed for m in domain.repository_for(domain.registry["aggregate"]["Member"]).all()
+        }

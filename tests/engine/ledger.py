@@ -16,8 +16,7 @@ ERRORS_SEEN: list[tuple[str, str]] = []
 def build_ledger(root: Path | None = None, name: str = "ledger") -> Domain:
     """The ledger domain; another `name` gives it queues of its own (`<name>.apply`, ...)."""
     domain = Domain(name, root_path=root or Path(__file__).parent)
-    domain.config.update(event_processing="async", command_processing="async",
-                         message_processing="async")
+    domain.config.update(event_processing="async", command_processing="async", message_processing="async")
     domain.config["server"]["stream_subscription"].update(max_retries=3, retry_delay_seconds=0)
 
     @domain.aggregate

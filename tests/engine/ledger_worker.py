@@ -39,8 +39,7 @@ def build_named_ledger(name: str) -> Domain:
 def configure(domain: Domain, database_url: str, broker_url: str) -> Domain:
     """Point a ledger domain at the test database (PostgreSQL) and broker, and init it."""
     provider = "amqp" if broker_url.startswith("amqp") else "redis"
-    domain.config["databases"]["default"] = {"provider": "postgresql",
-                                             "database_uri": database_url}
+    domain.config["databases"]["default"] = {"provider": "postgresql", "database_uri": database_url}
     domain.config["event_store"] = {"provider": "postgresql"}
     domain.config["brokers"]["default"] = {"provider": provider, "url": broker_url}
     return domain.init()
@@ -79,10 +78,12 @@ def _build_app():
     task_postrun.connect(_after_apply, weak=False)
 
     broker_url = os.environ["LEDGER_BROKER_URL"]
-    domain = configure(build_named_ledger(os.environ.get("LEDGER_DOMAIN", "ledger")),
-                       os.environ["LEDGER_DATABASE_URL"], broker_url)
-    return create_celery_app(domain, **celery_overrides(broker_url,
-                                                        os.environ.get("LEDGER_KEYPREFIX")))
+    domain = configure(
+        build_named_ledger(os.environ.get("LEDGER_DOMAIN", "ledger")),
+        os.environ["LEDGER_DATABASE_URL"],
+        broker_url,
+    )
+    return create_celery_app(domain, **celery_overrides(broker_url, os.environ.get("LEDGER_KEYPREFIX")))
 
 
 _app = None

@@ -22,9 +22,10 @@ def ship_one(shop):
 
 def state(shop, order_id):
     with shop.domain_context():
-        return (shop.repository_for(shop.registry["aggregate"]["Order"]).get(order_id).status,
-                shop.repository_for(shop.registry["aggregate"]["Inventory"])
-                .find_by(book_id="b1").in_stock)
+        return (
+            shop.repository_for(shop.registry["aggregate"]["Order"]).get(order_id).status,
+            shop.repository_for(shop.registry["aggregate"]["Inventory"]).find_by(book_id="b1").in_stock,
+        )
 
 
 def test_the_inventory_example_reaches_the_same_state_async_as_sync(use_provider, redis_app):
@@ -60,11 +61,15 @@ def test_the_embedded_default_runs_on_sqlite_and_the_sqlalchemy_transport(tmp_pa
     from tidings.app.factory import create_celery_app
 
     shop = build_shop("async", "async")
-    shop.config["databases"]["default"] = {"provider": "sqlite",
-                                           "database_uri": f"sqlite:///{tmp_path}/shop.db"}
+    shop.config["databases"]["default"] = {
+        "provider": "sqlite",
+        "database_uri": f"sqlite:///{tmp_path}/shop.db",
+    }
     shop.config["event_store"] = {"provider": "sqlite"}
-    shop.config["brokers"]["default"] = {"provider": "sqlalchemy",
-                                         "url": f"sqla+sqlite:///{tmp_path}/broker.db"}
+    shop.config["brokers"]["default"] = {
+        "provider": "sqlalchemy",
+        "url": f"sqla+sqlite:///{tmp_path}/broker.db",
+    }
     shop.init()
     shop.create_tables()
     celery = create_celery_app(shop)

@@ -20,8 +20,9 @@ def packed_ledger(use_provider, tmp_path, **overrides):
     ledger.FAILURES.clear()
     ledger.ERRORS_SEEN.clear()
     domain = build_ledger(tmp_path)
-    domain.config["server"]["subscriptions"] = {"Apply": {
-        "profile": "batch", "messages_per_tick": 3, "retry_delay_seconds": 0, **overrides}}
+    domain.config["server"]["subscriptions"] = {
+        "Apply": {"profile": "batch", "messages_per_tick": 3, "retry_delay_seconds": 0, **overrides}
+    }
     return use_provider(domain)
 
 
@@ -45,8 +46,7 @@ def test_seven_messages_travel_in_three_packs_and_each_is_applied_once(use_provi
 
 def test_a_failing_message_is_split_out_and_retried_alone(use_provider, tmp_path):
     domain = packed_ledger(use_provider, tmp_path)
-    ids = [make_entry(domain, "a"), make_failing_entry(domain, "flaky", failures=1),
-           make_entry(domain, "b")]
+    ids = [make_entry(domain, "a"), make_failing_entry(domain, "flaky", failures=1), make_entry(domain, "b")]
     celery = eager_app(domain)
     relay_now(celery, domain)
     assert [applied(domain, i) for i in ids] == [1, 1, 1]
@@ -55,7 +55,8 @@ def test_a_failing_message_is_split_out_and_retried_alone(use_provider, tmp_path
 
 @pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
 def test_on_a_worker_packs_apply_everything_once_and_a_poison_member_reaches_the_dlq(
-        use_provider, tmp_path, redis_app):
+    use_provider, tmp_path, redis_app
+):
     domain = packed_ledger(use_provider, tmp_path, max_retries=2, messages_per_tick=10)
     good = [make_entry(domain, f"g{n}") for n in range(25)]
     doomed = make_failing_entry(domain, "doomed", failures=10**6)
@@ -65,6 +66,6 @@ def test_on_a_worker_packs_apply_everything_once_and_a_poison_member_reaches_the
         wait_until(lambda: all(applied(domain, i) == 1 for i in good), message="all applied")
         [entry] = wait_until(lambda: dlq.list_entries(celery, "ledger.apply"), message="DLQ")
     assert entry["message_id"] and entry["attempts"] == 3  # max_retries + 1, counted across
-    assert entry["task"] == "tidings.ledger.Apply"          # the pack and the split-out task
+    assert entry["task"] == "tidings.ledger.Apply"  # the pack and the split-out task
     assert applied(domain, doomed) is None
     assert [applied(domain, i) for i in good] == [1] * 25

@@ -24,8 +24,9 @@ def _fresh_counters():
 
 
 def handler(domain, name):
-    return next(h for kind in ("projector", "event_handler") for n, h in domain.registry[kind].items()
-                if n == name)
+    return next(
+        h for kind in ("projector", "event_handler") for n, h in domain.registry[kind].items() if n == name
+    )
 
 
 def poll_until_idle(domain, name) -> int:
@@ -49,8 +50,17 @@ def test_read_categories_returns_records_in_global_order_from_a_position(use_pro
     store = domain.event_store_database
     everything = store.read_categories(["accounts::account"], 0, 100)
     assert [r["data"]["n"] for r in everything] == [1, 2, 3]
-    assert set(everything[0]) == {"global_position", "message_id", "stream", "category", "position",
-                                  "type", "data", "metadata", "time"}
+    assert set(everything[0]) == {
+        "global_position",
+        "message_id",
+        "stream",
+        "category",
+        "position",
+        "type",
+        "data",
+        "metadata",
+        "time",
+    }
     positions = [r["global_position"] for r in everything]
     assert positions == sorted(positions)
     later = store.read_categories(["accounts::account", "accounts::other"], positions[1], 100)
@@ -95,8 +105,10 @@ def test_the_cursor_is_saved_every_position_update_interval_and_at_the_end_of_a_
         deposit(domain, account, amount)
     lease = RecordingLease()
     batch = run_batch(domain, handler(domain, "StatementProjector"), position_store(domain), lease)
-    positions = [r["global_position"] for r in
-                 domain.event_store_database.read_categories(["accounts::account"], 0, 100)]
+    positions = [
+        r["global_position"]
+        for r in domain.event_store_database.read_categories(["accounts::account"], 0, 100)
+    ]
     assert batch.handled == 7
     assert lease.saves == [positions[2], positions[5], positions[6]]
 
@@ -192,8 +204,9 @@ def test_rebuild_reproduces_the_projection_exactly(use_provider):
     last = domain.event_store_database.read_categories(["accounts::account"], 0, 100)[-1]
 
     seen: list[tuple[int, int | None]] = []
-    done = rebuild_projection(domain, handler(domain, "StatementProjector"),
-                              lambda cursor, total: seen.append((cursor, total)))
+    done = rebuild_projection(
+        domain, handler(domain, "StatementProjector"), lambda cursor, total: seen.append((cursor, total))
+    )
 
     assert sorted(rows(domain, "Statement"), key=lambda r: r["account_id"]) == before
     assert (done.handled, done.failed, done.cursor) == (15, 0, last["global_position"])

@@ -28,7 +28,8 @@ def history(domain) -> dict[str, list[int]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
 def test_a_real_worker_applies_each_event_once_in_stream_order_and_records_failures(
-        use_provider, redis_app, caplog):
+    use_provider, redis_app, caplog
+):
     caplog.set_level("ERROR")
     domain = use_provider(build_accounts(messages_per_tick=5, position_update_interval=2))
     celery = redis_app(domain)
@@ -42,8 +43,10 @@ def test_a_real_worker_applies_each_event_once_in_stream_order_and_records_failu
         wait_until(lambda: history(domain) == expected, message="every statement complete")
         wait_until(lambda: len(rows(domain, "Audit")) == 29, message="every audit but one")
         auditor = domain.registry["projector"]["Auditor"]
-        wait_until(lambda: position_store(domain).failures(task_name(domain, auditor), FAILED),
-                   message="the failed position")
+        wait_until(
+            lambda: position_store(domain).failures(task_name(domain, auditor), FAILED),
+            message="the failed position",
+        )
 
     assert {k: v for k, v in CALLS.items() if k[0] == "StatementProjector" and v != 1} == {}
     [failed] = position_store(domain).failures(task_name(domain, auditor), FAILED)
@@ -55,8 +58,10 @@ def cli_domain(tmp_path):
     """The CLI's domain module, on a SQLite file of this test."""
     from tests.engine.accounts_app import domain
 
-    domain.config["databases"]["default"] = {"provider": "sqlite",
-                                             "database_uri": f"sqlite:///{tmp_path}/cli.db"}
+    domain.config["databases"]["default"] = {
+        "provider": "sqlite",
+        "database_uri": f"sqlite:///{tmp_path}/cli.db",
+    }
     domain.config["event_store"] = {"provider": "sqlite"}
     domain.init()
     domain.create_tables()
@@ -104,8 +109,10 @@ def test_test_mode_runs_the_pollers_until_every_event_is_applied_or_failed(tmp_p
     from tidings.app.server import run_until_quiescent, subscription_lines
 
     domain = build_accounts()
-    domain.config["databases"]["default"] = {"provider": "sqlite",
-                                             "database_uri": f"sqlite:///{tmp_path}/mode.db"}
+    domain.config["databases"]["default"] = {
+        "provider": "sqlite",
+        "database_uri": f"sqlite:///{tmp_path}/mode.db",
+    }
     domain.config["event_store"] = {"provider": "sqlite"}
     domain.init()
     domain.create_tables()
@@ -121,7 +128,9 @@ def test_test_mode_runs_the_pollers_until_every_event_is_applied_or_failed(tmp_p
     assert summary["quiescent"]
     assert history(domain) == {account: [1, 2, 3]}
     assert sorted(r["amount"] for r in rows(domain, "Audit")) == [1, 3]
-    assert "StatementProjector -> accounts::account (accounts.statement_projector, event_store)" \
+    assert (
+        "StatementProjector -> accounts::account (accounts.statement_projector, event_store)"
         in subscription_lines(domain)
+    )
     domain.drop_tables()
     domain.dispose()

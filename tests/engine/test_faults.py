@@ -85,16 +85,23 @@ class Broker:
         """Messages the broker still holds for this domain: queued, or delivered but unacked."""
         if self.kind == "redis":
             with redis.Redis.from_url(self.url) as client:
-                return (sum(client.llen(self.keyprefix + q) for q in self.queue_names())
-                        + client.hlen(self.keyprefix + "unacked"))
+                return sum(client.llen(self.keyprefix + q) for q in self.queue_names()) + client.hlen(
+                    self.keyprefix + "unacked"
+                )
         with Connection(self.url) as conn:
             channel = conn.default_channel
-            return sum(Queue(q, routing_key=q)(channel).queue_declare(passive=True).message_count
-                       for q in self.queue_names())
+            return sum(
+                Queue(q, routing_key=q)(channel).queue_declare(passive=True).message_count
+                for q in self.queue_names()
+            )
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis),
-                        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
 def broker(request):
     name = f"ledger_{uuid.uuid4().hex[:8]}"
     if request.param == "redis":
@@ -124,13 +131,31 @@ class WorkerProcess:
 
     def __init__(self, log: Path, env: dict[str, str], domain_name: str, number: int) -> None:
         self.log = log
-        command = [sys.executable, "-m", "celery", "-A", "tests.engine.ledger_worker", "worker",
-                   "-Q", f"{domain_name}.apply,{domain_name}.outbox", "--pool", "prefork",
-                   "-c", "2", "-l", "WARNING", "-n", f"{domain_name}-{number}@%h",
-                   "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.engine.ledger_worker",
+            "worker",
+            "-Q",
+            f"{domain_name}.apply,{domain_name}.outbox",
+            "--pool",
+            "prefork",
+            "-c",
+            "2",
+            "-l",
+            "WARNING",
+            "-n",
+            f"{domain_name}-{number}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         with log.open("ab") as out:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -148,11 +173,18 @@ class WorkerProcess:
 @contextmanager
 def worker_process(tmp_path: Path, broker: Broker, database_url: str, number: int, **files: Path):
     """A worker subprocess, always killed on exit; `files` set LEDGER_<NAME>_FILE."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in CELERY_CLI_ENV and not k.startswith(("CELERY_", "LEDGER_"))}
-    env.update(PYTHONPATH=str(ROOT), LEDGER_DOMAIN=broker.domain_name,
-               LEDGER_DATABASE_URL=database_url, LEDGER_BROKER_URL=broker.url,
-               LEDGER_KEYPREFIX=broker.keyprefix)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in CELERY_CLI_ENV and not k.startswith(("CELERY_", "LEDGER_"))
+    }
+    env.update(
+        PYTHONPATH=str(ROOT),
+        LEDGER_DOMAIN=broker.domain_name,
+        LEDGER_DATABASE_URL=database_url,
+        LEDGER_BROKER_URL=broker.url,
+        LEDGER_KEYPREFIX=broker.keyprefix,
+    )
     env.update({f"LEDGER_{name.upper()}_FILE": str(path) for name, path in files.items()})
     worker = WorkerProcess(tmp_path / f"worker-{number}.log", env, broker.domain_name, number)
     try:
@@ -186,8 +218,10 @@ def wait_for(worker: WorkerProcess, condition, what: str, timeout: float = 30) -
 def crash_ledger(broker, use_provider):
     """A ledger domain on PostgreSQL and `broker`, with its Celery app (for the relay kicks)."""
     domain = use_provider(build_named_ledger(broker.domain_name))
-    domain.settings["brokers"]["default"] = {"provider": "redis" if broker.kind == "redis"
-                                             else "amqp", "url": broker.url}
+    domain.settings["brokers"]["default"] = {
+        "provider": "redis" if broker.kind == "redis" else "amqp",
+        "url": broker.url,
+    }
     celery = create_celery_app(domain, **celery_overrides(broker.url, broker.keyprefix))
     yield domain, celery
     celery.close()
@@ -198,22 +232,31 @@ def crash_ledger(broker, use_provider):
 @pytest.mark.postgres
 @pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
 def test_a_worker_killed_with_sigkill_mid_handler_applies_every_entry_exactly_once_after_restart(
-        crash_ledger, broker, postgres_url, tmp_path):
+    crash_ledger, broker, postgres_url, tmp_path
+):
     domain, celery = crash_ledger
     slow_file, stall_file = tmp_path / "slow-entry", tmp_path / "stall-entry"
     first_results, second_results = tmp_path / "results-1.jsonl", tmp_path / "results-2.jsonl"
 
-    with worker_process(tmp_path, broker, postgres_url, 1, slow=slow_file, stall=stall_file,
-                        results=first_results) as first:
+    with worker_process(
+        tmp_path, broker, postgres_url, 1, slow=slow_file, stall=stall_file, results=first_results
+    ) as first:
         before = [make_entry(domain, f"before-{i}") for i in range(3)]  # relayed by the kicks
-        wait_for(first, lambda: all(applied(domain, e) == 1 for e in before),
-                 "the first worker to apply the first entries")
+        wait_for(
+            first,
+            lambda: all(applied(domain, e) == 1 for e in before),
+            "the first worker to apply the first entries",
+        )
         # Both pool processes get stuck: one inside the handler (before its commit), the
         # other after the commit but before the message is acknowledged.
         slow = make_entry(domain, "slow-1")
         stall = make_entry(domain, "stall-1")
-        wait_for(first, lambda: written(slow_file, slow) and written(stall_file, stall),
-                 "both pool processes to be stuck", timeout=20)
+        wait_for(
+            first,
+            lambda: written(slow_file, slow) and written(stall_file, stall),
+            "both pool processes to be stuck",
+            timeout=20,
+        )
         after = [make_entry(domain, f"after-{i}") for i in range(3)]
         relay_now(celery, domain)  # the worker's processes are busy: relay from here
         assert {r["status"] for r in outbox_rows_of(domain)} == {PUBLISHED}  # all in the broker
@@ -226,10 +269,12 @@ def test_a_worker_killed_with_sigkill_mid_handler_applies_every_entry_exactly_on
 
     everything = [*before, slow, stall, *after]
     with worker_process(tmp_path, broker, postgres_url, 2, results=second_results) as second:
-        wait_for(second, lambda: all(applied(domain, e) for e in everything)
-                 and stall in results(second_results), "the restarted worker to get every message")
-        wait_for(second, lambda: broker.held() == 0, "the broker to hold nothing left to deliver",
-                 timeout=15)
+        wait_for(
+            second,
+            lambda: all(applied(domain, e) for e in everything) and stall in results(second_results),
+            "the restarted worker to get every message",
+        )
+        wait_for(second, lambda: broker.held() == 0, "the broker to hold nothing left to deliver", timeout=15)
         assert second.alive(), second.output()
     assert {e: applied(domain, e) for e in everything} == {e: 1 for e in everything}
     assert inbox_count(domain) == len(everything)
@@ -246,21 +291,36 @@ def test_a_worker_killed_with_sigkill_mid_handler_applies_every_entry_exactly_on
 @pytest.mark.redis
 @pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
 def test_commits_succeed_while_the_broker_is_down_and_every_row_is_delivered_once_it_is_back(
-        use_provider, redis_app, caplog):
+    use_provider, redis_app, caplog
+):
     domain = use_provider(build_ledger())
     dead_url = f"redis://127.0.0.1:{closed_port()}/0"
     domain.settings["brokers"]["default"] = {"provider": "redis", "url": dead_url}
     domain.settings["outbox"]["backoff_base"] = 60.0  # no failed row comes due during the test
     # A publish to a refused port fails after task_publish_retry_policy's retries (3 x 0.2 s by
     # default); broker_connection_timeout bounds the connect to a host that does not answer.
-    dead = create_celery_app(domain, broker_connection_timeout=1, task_publish_retry_policy={
-        "max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1})
+    dead = create_celery_app(
+        domain,
+        broker_connection_timeout=1,
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.1,
+            "interval_max": 0.1,
+        },
+    )
 
     started = datetime.now(UTC)
     entries = [make_entry(domain, f"offline-{i}") for i in range(5)]
     assert datetime.now(UTC) - started < timedelta(seconds=10)  # no commit waits on the broker
-    kick_failures = [r for r in caplog.records if r.name == "tidings" and r.levelname == "WARNING"
-                     and r.exc_info and isinstance(r.exc_info[1], OperationalError)]
+    kick_failures = [
+        r
+        for r in caplog.records
+        if r.name == "tidings"
+        and r.levelname == "WARNING"
+        and r.exc_info
+        and isinstance(r.exc_info[1], OperationalError)
+    ]
     assert len(kick_failures) == len(entries)  # each commit's relay kick failed, and was logged
     rows = outbox_rows_of(domain)
     assert [r["status"] for r in rows] == [PENDING] * len(entries)
@@ -293,8 +353,9 @@ def test_commits_succeed_while_the_broker_is_down_and_every_row_is_delivered_onc
             return sum(published) >= len(entries)
 
         wait_until(relay_tick, timeout=15, message="the relay to publish every pending row")
-        wait_until(lambda: all(applied(domain, e) is not None for e in entries),
-                   message="every entry applied")
+        wait_until(
+            lambda: all(applied(domain, e) is not None for e in entries), message="every entry applied"
+        )
     assert sum(published) == len(entries)
     assert [applied(domain, e) for e in entries] == [1] * len(entries)
     assert inbox_count(domain) == len(entries)
@@ -310,8 +371,9 @@ ROWS = 5000
 def write_outbox_rows(domain, count: int) -> set[str]:
     """`count` EntryMade envelopes written as outbox rows (what a unit of work writes)."""
     EntryMade = domain.registry["event"]["EntryMade"]
-    messages = [domain.event_message(EntryMade(entry_id=str(uuid.uuid4()), label=f"race-{i}"))
-                for i in range(count)]
+    messages = [
+        domain.event_message(EntryMade(entry_id=str(uuid.uuid4()), label=f"race-{i}")) for i in range(count)
+    ]
     with domain.outbox_database.engine.begin() as conn:
         conn.execute(sa.insert(domain.outbox_database.outbox_table), outbox_rows(messages))
     return {m.id for m in messages}
@@ -330,9 +392,12 @@ def test_two_relays_racing_over_5000_rows_publish_every_row_exactly_once(use_pro
         engine = make_engine(domain.outbox_database.uri)  # its own pool, as another process
         try:
             start.wait(timeout=10)
-            relay_pending_messages(SqlOutbox(engine, table),
-                                   lambda envelope: published.append(json.loads(envelope)["id"]),
-                                   batch_size=100, backoff=Backoff())
+            relay_pending_messages(
+                SqlOutbox(engine, table),
+                lambda envelope: published.append(json.loads(envelope)["id"]),
+                batch_size=100,
+                backoff=Backoff(),
+            )
         finally:
             engine.dispose()
         return published
@@ -368,13 +433,12 @@ def rabbit_ledger(use_provider):
     delete_rabbitmq_queues(name)
 
 
-
-
 @pytest.mark.postgres
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
 def test_on_rabbitmq_an_always_failing_handler_is_tried_max_retries_plus_one_times_then_dead_lettered(
-        rabbit_ledger):
+    rabbit_ledger,
+):
     domain, celery, queue = rabbit_ledger
     assert celery.conf.broker_url.startswith("amqp://")
     with running_worker(celery):

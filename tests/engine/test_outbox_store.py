@@ -9,8 +9,7 @@ from tidings.outbox.relay import Backoff
 from tidings.tasks.relay import outbox_store
 
 
-def test_published_rows_are_deleted_after_the_retention_and_pending_ones_never(use_provider,
-                                                                               tmp_path):
+def test_published_rows_are_deleted_after_the_retention_and_pending_ones_never(use_provider, tmp_path):
     domain = use_provider(build_ledger(tmp_path))
     for label in ("a", "b", "c"):
         make_entry(domain, label)  # no engine attached: the rows wait in the outbox

@@ -20,9 +20,19 @@ from tidings.tasks.relay import relay_now
 
 def memory_outbox(count: int) -> MemoryOutbox:
     now = datetime.now(UTC)
-    rows = [{"id": i, "envelope": f'{{"n": {i}}}', "status": PENDING, "attempts": 0,
-             "next_attempt_at": now, "created_at": now, "published_at": None, "last_error": None}
-            for i in range(count)]
+    rows = [
+        {
+            "id": i,
+            "envelope": f'{{"n": {i}}}',
+            "status": PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "published_at": None,
+            "last_error": None,
+        }
+        for i in range(count)
+    ]
     return MemoryOutbox(rows, threading.Lock())
 
 
@@ -74,16 +84,15 @@ def test_the_gate_kicks_anyway_when_redis_cannot_be_reached():
     assert gate.should_kick() is True
 
 
-def test_many_commits_queue_one_relay_kick_and_one_relay_publishes_them_all(use_provider,
-                                                                             redis_app,
-                                                                             redis_prefix):
+def test_many_commits_queue_one_relay_kick_and_one_relay_publishes_them_all(
+    use_provider, redis_app, redis_prefix
+):
     shop = use_provider(build_shop("async", "sync"))
     celery = redis_app(shop)
     client = redis.Redis.from_url(REDIS_URL)
     Order = shop.registry["aggregate"]["Order"]
     with shop.domain_context():
-        orders = [shop.repository_for(Order).add(Order(book_id="b1", quantity=1))
-                  for _ in range(5)]
+        orders = [shop.repository_for(Order).add(Order(book_id="b1", quantity=1)) for _ in range(5)]
         for order in orders:
             order.ship_order()
             shop.repository_for(Order).add(order)

@@ -34,8 +34,6 @@ def test_a_handler_failing_twice_then_succeeding_is_applied_once_on_the_third_at
     assert dlq.list_entries(celery, QUEUE) == []
 
 
-
-
 @pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
 def test_an_always_failing_handler_is_tried_max_retries_plus_one_times_then_dead_lettered(ledger_app):
     domain, celery = ledger_app
@@ -63,11 +61,12 @@ def test_an_always_failing_handler_is_tried_max_retries_plus_one_times_then_dead
 def test_a_poison_message_goes_to_the_dlq_and_the_worker_keeps_running(ledger_app):
     domain, celery = ledger_app
     with running_worker(celery):
-        celery.send_task("tidings.ledger.Apply", args=[{"id": "x", "type": "nonsense"}],
-                         queue=QUEUE)
+        celery.send_task("tidings.ledger.Apply", args=[{"id": "x", "type": "nonsense"}], queue=QUEUE)
         celery.send_task("tidings.ledger.Apply", args=["{not json"], queue=QUEUE)
-        entries = wait_until(lambda: len(dlq.list_entries(celery, QUEUE)) == 2 and
-                             dlq.list_entries(celery, QUEUE), message="two poison entries")
+        entries = wait_until(
+            lambda: len(dlq.list_entries(celery, QUEUE)) == 2 and dlq.list_entries(celery, QUEUE),
+            message="two poison entries",
+        )
         assert {e["error_type"] for e in entries} == {"InvalidMessageError"}
         assert all(e["attempts"] == 1 for e in entries)
         entry_id = make_entry(domain, "after-poison")

@@ -36,15 +36,15 @@ def feed_settings(kind: str, prefix: str) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["redis", "redis_pubsub"])
-def test_a_subscriber_consumes_its_redis_stream_through_a_pump(use_provider, redis_app,
-                                                               redis_prefix, kind):
+def test_a_subscriber_consumes_its_redis_stream_through_a_pump(use_provider, redis_app, redis_prefix, kind):
     domain = use_provider(build_feeds(feed_settings(kind, redis_prefix)))
     celery = redis_app(domain)
     with running_worker(celery), domain.domain_context():
         for user in ("ada", "bob", "cy"):
             domain.brokers.publish("signups", {"user": user}, broker="feed")
-        wait_until(lambda: welcomed(domain) == {"ada": 1, "bob": 1, "cy": 1},
-                   message="every signup welcomed once")
+        wait_until(
+            lambda: welcomed(domain) == {"ada": 1, "bob": 1, "cy": 1}, message="every signup welcomed once"
+        )
     stats = domain.brokers["feed"].health_stats()
     assert stats["message_counts"] == {"signups": 3}
     if kind == "redis":  # the group acknowledged everything it handed on
@@ -52,7 +52,8 @@ def test_a_subscriber_consumes_its_redis_stream_through_a_pump(use_provider, red
 
 
 def test_a_failing_subscriber_is_retried_then_dead_lettered_with_its_reason(
-        use_provider, redis_app, redis_prefix):
+    use_provider, redis_app, redis_prefix
+):
     domain = use_provider(build_feeds(feed_settings("redis", redis_prefix)))
     celery = redis_app(domain)
     with running_worker(celery), domain.domain_context():
@@ -67,8 +68,7 @@ def test_a_failing_subscriber_is_retried_then_dead_lettered_with_its_reason(
     assert feeds.ERRORS_SEEN == ["ConnectionError"] * 3
 
 
-def test_a_backlog_is_drained_by_one_pump_run_and_an_idle_pump_reads_once(use_provider,
-                                                                          redis_prefix):
+def test_a_backlog_is_drained_by_one_pump_run_and_an_idle_pump_reads_once(use_provider, redis_prefix):
     # given messages published while no engine runs (they wait on the Redis stream)
     domain = use_provider(build_feeds(feed_settings("redis", redis_prefix)))
     with domain.domain_context():
@@ -116,8 +116,7 @@ def test_a_subscriber_on_a_celery_broker_gets_messages_in_its_rabbitmq_queue(use
                 Queue(q, routing_key=q)(conn.default_channel).delete()
 
 
-def test_a_burst_of_publishes_sends_one_wake_up_while_one_is_pending(use_provider, redis_app,
-                                                                     redis_prefix):
+def test_a_burst_of_publishes_sends_one_wake_up_while_one_is_pending(use_provider, redis_app, redis_prefix):
     domain = use_provider(build_feeds(feed_settings("redis", redis_prefix)))
     celery = redis_app(domain)  # no worker: the wake-ups stay in the subscriber's queue
     with domain.domain_context():

@@ -12,9 +12,15 @@ from tidings.tasks import dlq
 
 def test_retry_settings_map_onto_the_handlers_celery_task(tmp_path):
     domain = build_ledger(tmp_path)
-    domain.config["server"]["subscriptions"] = {"Apply": {
-        "max_retries": 5, "retry_delay_seconds": 2, "retry_backoff": True,
-        "retry_backoff_max": 30, "retry_jitter": True}}
+    domain.config["server"]["subscriptions"] = {
+        "Apply": {
+            "max_retries": 5,
+            "retry_delay_seconds": 2,
+            "retry_backoff": True,
+            "retry_backoff_max": 30,
+            "retry_jitter": True,
+        }
+    }
     task = eager_app(domain).tasks["tidings.ledger.Apply"]
     assert (task.max_retries, task.default_retry_delay) == (5, 2)
     assert (task.retry_backoff, task.retry_backoff_max, task.retry_jitter) == (2, 30, True)

@@ -31,8 +31,9 @@ def message_db_installed() -> None:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT message_store.message_store_version()")
     except sa.exc.DBAPIError:
-        unavailable(f"Message DB is not installed in database '{MESSAGE_DB_NAME}' "
-                    "(run .ci/install-message-db)")
+        unavailable(
+            f"Message DB is not installed in database '{MESSAGE_DB_NAME}' (run .ci/install-message-db)"
+        )
     finally:
         engine.dispose()
 
@@ -41,8 +42,7 @@ def message_db_installed() -> None:
 def message_db_url(message_db_installed) -> str:
     """A fresh copy of the installed message store, reached as its least-privilege role."""
     name = f"tidings_msgdb_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(_admin_url("postgres"), isolation_level="AUTOCOMMIT",
-                             poolclass=NullPool)
+    admin = sa.create_engine(_admin_url("postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
 
     def copy_template() -> bool:
         try:

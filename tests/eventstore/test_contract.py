@@ -9,8 +9,17 @@ import pytest
 from tests.shop import build_shop
 from tidings import ExpectedVersionError
 
-RECORD_KEYS = {"global_position", "message_id", "stream", "category", "position", "type", "data",
-               "metadata", "time"}
+RECORD_KEYS = {
+    "global_position",
+    "message_id",
+    "stream",
+    "category",
+    "position",
+    "type",
+    "data",
+    "metadata",
+    "time",
+}
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql", "message_db"])
@@ -28,8 +37,10 @@ def shop(request, tmp_path):
         domain.config["databases"]["default"] = {"provider": "postgresql", "database_uri": uri}
         domain.config["event_store"] = {"provider": "postgresql"}
     else:
-        domain.config["event_store"] = {"provider": "message_db",
-                                        "database_uri": request.getfixturevalue("message_db_url")}
+        domain.config["event_store"] = {
+            "provider": "message_db",
+            "database_uri": request.getfixturevalue("message_db_url"),
+        }
     domain.init()
     domain.drop_tables()
     domain.create_tables()

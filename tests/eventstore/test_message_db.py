@@ -17,8 +17,14 @@ from tidings.domain.message_db import MessageDbDatabase
 
 
 def record(stream: str, sequence: int | None = 0) -> dict:
-    message = Message(type="Test.Happened.v1", kind=MessageKind.EVENT, stream=stream,
-                      stream_category=category_of(stream), sequence=sequence, data={"n": 1})
+    message = Message(
+        type="Test.Happened.v1",
+        kind=MessageKind.EVENT,
+        stream=stream,
+        stream_category=category_of(stream),
+        sequence=sequence,
+        data={"n": 1},
+    )
     return event_record(message.to_dict())
 
 
@@ -55,10 +61,15 @@ def test_a_concurrent_writer_to_the_same_stream_gets_expected_version_error(stor
     thread = threading.Thread(target=append_concurrently)
     thread.start()
     with store.engine.connect() as conn:
-        wait_until(lambda: conn.execute(sa.text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")).scalar(),
-            message="the second writer to wait for the stream's lock")
+        wait_until(
+            lambda: conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                )
+            ).scalar(),
+            message="the second writer to wait for the stream's lock",
+        )
     first.commit()
     thread.join(timeout=20)
     assert isinstance(outcome[0], ExpectedVersionError)
@@ -78,8 +89,7 @@ def test_message_db_parses_our_categories_as_we_do(store):
     names = [f"shop::order-{uuid.uuid4()}", f"shop::order:command-{uuid.uuid4()}", "a::b-c-d"]
     with store.engine.connect() as conn:
         for name in names:
-            assert conn.execute(sa.text("SELECT category(:s)"), {"s": name}).scalar() \
-                == category_of(name)
+            assert conn.execute(sa.text("SELECT category(:s)"), {"s": name}).scalar() == category_of(name)
 
 
 def test_message_db_requires_a_database_uri():
@@ -96,8 +106,7 @@ def test_a_database_without_message_db_is_reported_with_the_installer_to_run(pos
     db.dispose()
 
 
-def test_the_shop_runs_end_to_end_on_postgresql_with_events_in_message_db(postgres_url,
-                                                                           message_db_url):
+def test_the_shop_runs_end_to_end_on_postgresql_with_events_in_message_db(postgres_url, message_db_url):
     shop = build_shop()
     shop.config["databases"]["default"] = {"provider": "postgresql", "database_uri": postgres_url}
     shop.config["event_store"] = {"provider": "message_db", "database_uri": message_db_url}

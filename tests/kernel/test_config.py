@@ -9,8 +9,9 @@ from tidings.domain.config import interpolate
 def test_interpolation_reads_the_environment_and_falls_back_to_defaults(monkeypatch):
     monkeypatch.setenv("SHOP_DB", "sqlite:///x.db")
     monkeypatch.delenv("SHOP_MISSING", raising=False)
-    value = interpolate({"a": "${SHOP_DB|none}", "b": "${SHOP_MISSING|fallback}",
-                         "c": ["${SHOP_MISSING|}", "x${SHOP_DB}y"]})
+    value = interpolate(
+        {"a": "${SHOP_DB|none}", "b": "${SHOP_MISSING|fallback}", "c": ["${SHOP_MISSING|}", "x${SHOP_DB}y"]}
+    )
     assert value == {"a": "sqlite:///x.db", "b": "fallback", "c": ["", "xsqlite:///x.dby"]}
 
 
@@ -23,7 +24,8 @@ def test_a_missing_variable_without_default_names_the_key(monkeypatch):
 def test_domain_toml_beside_the_domain_is_loaded(tmp_path, monkeypatch):
     monkeypatch.setenv("SHOP_BATCH", "250")
     (tmp_path / "domain.toml").write_text(
-        'event_processing = "sync"\n[outbox]\nbatch_size = "${SHOP_BATCH|100}"\n')
+        'event_processing = "sync"\n[outbox]\nbatch_size = "${SHOP_BATCH|100}"\n'
+    )
     domain = Domain("shop", root_path=tmp_path).init()
     assert domain.settings["event_processing"] == "sync"
     assert domain.settings["outbox"]["batch_size"] == 250

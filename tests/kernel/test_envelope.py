@@ -36,8 +36,9 @@ def test_a_command_travels_on_the_command_stream_of_its_aggregate(shop):
 
 
 def test_an_unknown_type_is_a_typed_error(shop):
-    raw = shop.event_message(shop.registry["event"]["OrderShipped"](
-        order_id="o", book_id="b", quantity=1)).to_dict()
+    raw = shop.event_message(
+        shop.registry["event"]["OrderShipped"](order_id="o", book_id="b", quantity=1)
+    ).to_dict()
     raw["type"] = "Shop.Nope.v1"
     with pytest.raises(UnknownMessageTypeError):
         shop.from_message(raw)
@@ -50,8 +51,9 @@ def test_malformed_envelopes_are_typed_errors(raw):
 
 
 def test_bad_data_in_a_known_type_is_a_typed_error(shop):
-    raw = shop.event_message(shop.registry["event"]["OrderShipped"](
-        order_id="o", book_id="b", quantity=1)).to_dict()
+    raw = shop.event_message(
+        shop.registry["event"]["OrderShipped"](order_id="o", book_id="b", quantity=1)
+    ).to_dict()
     raw["data"]["quantity"] = "many"
     with pytest.raises(InvalidMessageError, match="quantity"):
         shop.from_message(raw)

@@ -27,8 +27,14 @@ def build(tmp_path) -> Domain:
 
         def ship_order(self):
             self.status = "SHIPPED"
-            self.raise_(OrderShipped(order_id=self.id, book_id=self.book_id,
-                                     quantity=self.quantity, total_amount=self.total_amount))
+            self.raise_(
+                OrderShipped(
+                    order_id=self.id,
+                    book_id=self.book_id,
+                    quantity=self.quantity,
+                    total_amount=self.total_amount,
+                )
+            )
 
     @domain.aggregate
     class Inventory:

@@ -10,8 +10,7 @@ from tidings.fields import Identifier, Integer, String
 
 def build_catalog(tmp_path, calls: list) -> Domain:
     domain = Domain("store", root_path=tmp_path)
-    domain.config.update(event_processing="sync", command_processing="sync",
-                         message_processing="sync")
+    domain.config.update(event_processing="sync", command_processing="sync", message_processing="sync")
 
     @domain.aggregate
     class Book:
@@ -51,8 +50,7 @@ def build_catalog(tmp_path, calls: list) -> Domain:
         @on(BookAdded)
         def added(self, event):
             calls.append("projector")
-            current_domain.repository_for(Catalog).add(
-                Catalog(book_id=event.book_id, title=event.title))
+            current_domain.repository_for(Catalog).add(Catalog(book_id=event.book_id, title=event.title))
             current_domain.publish(BookNoticed(book_id=event.book_id))
 
         @on(BookNoticed)
