@@ -244,7 +244,7 @@ class Brokers:
         """The subscribers of `stream` that consume it from `broker`."""
         return [
             s
-            for s in self.domain.subscribers_for(stream)
+            for s in self.domain.bus.routes.subscribers_for(stream)
             if (s.meta_.get("broker") or "default") == broker.name
         ]
 
@@ -257,7 +257,7 @@ class Brokers:
         message_id = str(message.get("id") or identifier)
         if self.domain.settings["message_processing"] == "sync":
             for subscriber in subscribers:
-                self.domain.run_subscriber(subscriber, message, message_id=message_id)
+                self.domain.bus.run_subscriber(subscriber, message, message_id=message_id)
             return
         engine = self.domain.engine
         if engine is None:

@@ -1,60 +1,46 @@
-"""The Domain: registry, composition root and message processing entry points."""
+"""The Domain: registration of elements, `init()`, and the facade over storage and the bus.
+
+Decorators only record; `init()` validates everything at once, then builds the databases,
+the brokers and one message bus (domain/bus.py), which does all message processing.
+"""
 
 from __future__ import annotations
 
 import copy
 import inspect
 import logging
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
-from uuid import uuid4
+from typing import Any
 
 import sqlalchemy as sa
 
 from tidings.domain import config as cfg
 from tidings.domain.brokers import Brokers
-from tidings.domain.context import current_message, current_uow, pop_domain, push_domain
+from tidings.domain.bus import SKIPPED, Engine, MessageBus, Processing
+from tidings.domain.context import pop_domain, push_domain
 from tidings.domain.database import Database
-from tidings.domain.envelope import Message, MessageKind, stream_matches
-from tidings.domain.errors import (
-    ConfigurationError,
-    IncorrectUsageError,
-    InvalidMessageError,
-    UnknownMessageTypeError,
-    ValidationError,
-)
+from tidings.domain.envelope import Message
+from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 from tidings.domain.memory import MemoryDatabase
 from tidings.domain.message_db import MessageDbDatabase
-from tidings.domain.naming import camel, snake
-from tidings.domain.registry import OPTIONS, derive_element, handler_targets, query_targets
+from tidings.domain.messages import stored_messages
+from tidings.domain.naming import Names
+from tidings.domain.registry import OPTIONS, derive_element
 from tidings.domain.repository import Repository
+from tidings.domain.routing import Routes
 from tidings.domain.sql import SqlDatabase
 from tidings.domain.subscriptions import SubscriptionSettings
 from tidings.domain.subscriptions import resolve as resolve_subscription
 from tidings.domain.tables import define_model_table
-from tidings.domain.uow import UnitOfWork
+from tidings.domain.uow import Stores, UnitOfWork
 
 log = logging.getLogger("tidings")
+ENGINE_ENTRY_POINT = "tidings.engines"  # how a committing process finds the async engine
 
-
-class Engine(Protocol):
-    """What the domain needs from an async engine (the Celery app factory provides one)."""
-
-    def committed(self, messages: list[Message]) -> None:
-        """Called after a commit that wrote outbox rows."""
-
-    def deliver(
-        self, broker: Any, stream: str, message_id: str, message: dict, subscribers: list[type]
-    ) -> None:
-        """Hand an external message just published on `broker` to these subscribers."""
-
-
-_sync_queue: ContextVar[deque | None] = ContextVar("tidings_sync_queue", default=None)
-SKIPPED = object()  # run_handler's result for a message this handler already applied
+__all__ = ["Domain", "SKIPPED"]
 
 
 class Domain:
@@ -67,19 +53,15 @@ class Domain:
             name = module.rsplit(".", 1)[-1]
             if name == "__main__":
                 name = Path(caller.filename).stem
-        self.name = snake(name)
-        self.camel_name = camel(name)
-        self.prefix = f"{self.name}::"
+        self.registry: dict[str, dict[str, type]] = {kind: {} for kind in OPTIONS}
+        self.names = Names(name, self.registry)
+        self.name, self.camel_name, self.prefix = self.names.name, self.names.camel_name, self.names.prefix
         self.root_path = Path(root_path or Path(caller.filename).resolve().parent)
         self.config: dict[str, Any] = cfg.load_config(self.root_path)
-        self.registry: dict[str, dict[str, type]] = {kind: {} for kind in OPTIONS}
         self.initialized = False
         self.databases: dict[str, Database] = {}
         self._brokers: Brokers | None = None  # built by init() from [brokers.<name>]
-        self._types: dict[str, type] = {}
-        self._routes: dict[str, list[type]] = {}
-        self._methods: dict[tuple[type, str], list[str]] = {}
-        self.engine: Engine | None = None  # attached by the Celery app factory
+        self._bus: MessageBus | None = None  # built by init()
 
     def __repr__(self) -> str:
         return f"<Domain {self.name}>"
@@ -146,7 +128,7 @@ class Domain:
         if self._brokers is not None:
             self._brokers.close()
         self._brokers = Brokers(self, config["brokers"])
-        self._build_routes()
+        self._build_bus(config)
         self.initialized = True
         return self
 
@@ -195,55 +177,37 @@ class Domain:
             self.event_store_database.add_event_store()
         self.databases.setdefault(self.event_store_database.name, self.event_store_database)
 
-    def _build_routes(self) -> None:
-        self._types = {self.type_of(c): c for k in ("event", "command") for c in self.registry[k].values()}
-        self._routes, self._methods = {}, {}
-        for kind in ("event_handler", "command_handler", "projector"):
-            for handler in self.registry[kind].values():
-                for category in self.handler_categories(handler):
-                    self._routes.setdefault(category, []).append(handler)
+    def _build_bus(self, config: dict[str, Any]) -> None:
+        engine = self._bus.engine if self._bus is not None else None  # survives a re-init
+        processing = Processing(
+            config["event_processing"], config["command_processing"], config["message_processing"]
+        )
+        stores = Stores(event_store=self.event_store_database, outbox=self.outbox_database)
+        self._bus = MessageBus(
+            Routes(self.names), stores, processing, self.domain_context, _engine_loader(self)
+        )
+        if engine is not None:
+            self._bus.attach_engine(engine)
 
     def _require_init(self) -> None:
         if not self.initialized:
             raise IncorrectUsageError(f"call domain.init() before using domain '{self.name}'")
 
-    # ---- naming ------------------------------------------------------------------------------
+    # ---- naming (see domain/naming.py) -----------------------------------------------------
     def category(self, aggregate: type | str) -> str:
-        name = aggregate if isinstance(aggregate, str) else aggregate.__name__
-        cls = self.registry["aggregate"].get(name)
-        custom = cls.meta_.get("stream_category") if cls else None
-        if custom:
-            return custom if "::" in custom else self.prefix + custom
-        return self.prefix + snake(name)
+        return self.names.category(aggregate)
 
     def qualify(self, category: str) -> str:
-        """`order` -> `shop::order`; already-qualified names pass through."""
-        return category if "::" in category else self.prefix + category
+        return self.names.qualify(category)
 
     def type_of(self, cls: type) -> str:
-        return f"{self.camel_name}.{cls.__name__}.v{cls.meta_.get('version', 1)}"
+        return self.names.type_of(cls)
 
     def part_of(self, cls: type) -> type:
-        target = cls.meta_.get("part_of")
-        name = target if isinstance(target, str) else getattr(target, "__name__", None)
-        for kind in ("aggregate", "projection"):
-            if name in self.registry[kind]:
-                return self.registry[kind][name]
-        raise ConfigurationError(f"{cls.__name__}: part_of {target!r} is not registered")
+        return self.names.part_of(cls)
 
     def handler_categories(self, handler: type) -> list[str]:
-        kind, meta = handler.element_kind, handler.meta_
-        if kind == "command_handler":
-            return [self.category(self.part_of(handler)) + ":command"]
-        if kind == "projector":
-            if meta.get("stream_categories"):
-                return [self.qualify(c) for c in meta["stream_categories"]]
-            return [self.category(a) for a in meta.get("aggregates") or []]
-        if kind == "event_handler":
-            if meta.get("stream_category"):
-                return [self.qualify(meta["stream_category"])]
-            return [self.category(self.part_of(handler))]
-        return []
+        return self.names.handler_categories(handler)
 
     # ---- composition -----------------------------------------------------------------------
     def database_for(self, model: type) -> Database:
@@ -264,31 +228,16 @@ class Domain:
         """Stored events and commands of a stream (from its position) or a category (from the
         global position), oldest first, as envelopes."""
         self._require_init()
-        records = self.event_store_database.read_events(stream_or_category, from_position, limit)
-        return [
-            Message.from_dict(
-                {
-                    **r["metadata"],
-                    "data": r["data"],
-                    "metadata": {
-                        **r["metadata"].get("metadata", {}),
-                        "global_position": r["global_position"],
-                        "position": r["position"],
-                    },
-                }
-            )
-            for r in records
-        ]
+        return stored_messages(self.event_store_database, stream_or_category, from_position, limit)
 
     def repository_for(self, model: type) -> Repository:
         self._require_init()
         if model.element_kind not in ("aggregate", "projection"):
             raise IncorrectUsageError(f"{model.__name__} is not an aggregate or projection")
-        return Repository(self, model, self.database_for(model))
+        return Repository(self.bus, model, self.database_for(model))
 
     def unit_of_work(self) -> UnitOfWork:
-        self._require_init()
-        return UnitOfWork(self)
+        return self.bus.unit_of_work()
 
     @contextmanager
     def domain_context(self) -> Iterator[Domain]:
@@ -339,312 +288,68 @@ class Domain:
         return self.initialized and cfg.outbox_enabled(self.settings)
 
     def is_sync(self, message: Message) -> bool:
-        key = "event_processing" if message.kind == MessageKind.EVENT else "command_processing"
-        return self.settings[key] == "sync"
+        return self.bus.processing.is_sync(message)
+
+    # ---- messages: the bus does the work (domain/bus.py) ------------------------------------
+    @property
+    def bus(self) -> MessageBus:
+        self._require_init()
+        assert self._bus is not None
+        return self._bus
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._bus.engine if self._bus is not None else None
 
     def attach_engine(self, engine: Engine | None) -> None:
         """The async engine this domain hands work to (one per domain; None detaches it)."""
-        self.engine = engine
-
-    # ---- envelopes -------------------------------------------------------------------------
-    def _new_message(
-        self, obj: Any, kind: MessageKind, stream: str, category: str, sequence: int | None
-    ) -> Message:
-        parent: Message | None = current_message.get()
-        return Message(
-            type=self.type_of(type(obj)),
-            kind=kind,
-            stream=stream,
-            stream_category=category,
-            origin_stream=parent.stream if parent else None,
-            correlation_id=parent.correlation_id
-            if parent
-            else Message.model_fields["correlation_id"].default_factory(),
-            causation_id=parent.id if parent else None,
-            sequence=sequence,
-            data=obj.model_dump(mode="json"),
-        )
+        self.bus.attach_engine(engine)
 
     def event_message(self, event: Any, aggregate: Any | None = None) -> Message:
         """The envelope for an event raised by `aggregate` (or published on its own)."""
-        self._check_registered(event, "event")
-        agg_cls = self.part_of(type(event))
-        category = self.category(agg_cls)
-        if aggregate is not None:
-            identity, sequence = aggregate.identity, aggregate.version
-        else:
-            identity = self._identity_in(event, agg_cls)
-            sequence = None
-        msg = self._new_message(event, MessageKind.EVENT, f"{category}-{identity}", category, sequence)
-        event._message = msg
-        return msg
+        return self.bus.envelopes.event(event, aggregate)
 
     def command_message(self, command: Any) -> Message:
-        self._check_registered(command, "command")
-        agg_cls = self.part_of(type(command))
-        category = self.category(agg_cls) + ":command"
-        identity = self._identity_in(command, agg_cls)
-        msg = self._new_message(command, MessageKind.COMMAND, f"{category}-{identity}", category, None)
-        command._message = msg
-        return msg
+        return self.bus.envelopes.command(command)
 
-    def _identity_in(self, obj: Any, agg_cls: type) -> str:
-        """The aggregate identity a message carries (`<aggregate>_id` or the id field)."""
-        for name in (f"{snake(agg_cls.__name__)}_{agg_cls._id_field}", agg_cls._id_field):
-            value = getattr(obj, name, None)
-            if value:
-                return str(value)
-        return str(uuid4())
-
-    def _check_registered(self, obj: Any, kind: str) -> None:
-        self._require_init()
-        cls = type(obj)
-        if self.registry[kind].get(cls.__name__) is not cls:
-            raise IncorrectUsageError(f"{cls.__name__} is not a registered {kind} of '{self.name}'")
-
-    def from_message(self, message: Message | dict) -> Any:
+    def from_message(self, message: Message | dict[str, Any]) -> Any:
         """The typed event/command in an envelope; unknown type or bad data is a typed error."""
-        self._require_init()
-        if not isinstance(message, Message):
-            message = Message.from_dict(message)
-        cls = self._types.get(message.type)
-        if cls is None:
-            raise UnknownMessageTypeError(f"unknown message type {message.type!r} in {self.name}")
-        try:
-            obj = cls(**message.data)
-        except ValidationError as exc:
-            raise InvalidMessageError(f"{message.type}: {exc}") from exc
-        obj._message = message
-        return obj
+        return self.bus.routes.decode(message)
 
-    # ---- routing -----------------------------------------------------------------------------
     def handlers_for(self, message: Message) -> list[type]:
         """Every handler that must receive this message (category, type and source_stream)."""
-        self._require_init()
-        return [h for h in self._routes.get(message.stream_category, []) if self.receives(h, message)]
+        return self.bus.routes.handlers_for(message)
 
-    def receives(self, handler: type, message: Message) -> bool:
-        """Does `handler` handle this message's type, and does its `source_stream` (if any) match?"""
-        if not self.methods_for(handler, message.type):
-            return False
-        source = handler.meta_.get("source_stream")
-        return not source or stream_matches(message.origin_stream, source)
-
-    def methods_for(self, handler: type, type_string: str) -> list[str]:
-        """The handler's methods for a message type; memoised (it runs for every message)."""
-        cached = self._methods.get((handler, type_string))
-        if cached is not None:
-            return cached
-        names: list[str] = []
-        for target, methods in handler_targets(handler).items():
-            key = target if isinstance(target, str) else self.type_of(target)
-            if key == type_string or key == "$any":
-                names += methods
-        if self.initialized:  # type names are final only once init() has run
-            self._methods[(handler, type_string)] = names
-        return names
-
-    def subscribers_for(self, stream: str) -> list[type]:
-        return [
-            s
-            for s in self.registry["subscriber"].values()
-            if stream_matches(stream, s.meta_["stream"]) or s.meta_["stream"] == stream
-        ]
-
-    # ---- processing ----------------------------------------------------------------------------
     def process(self, command: Any, asynchronous: bool | None = None) -> Any:
         """Handle a command: inline in sync mode (returns the handler's value), else via the
         outbox (returns the command's message id at once)."""
-        message = self.command_message(command)
-        handlers = self.handlers_for(message)
-        if not handlers:
-            raise IncorrectUsageError(f"no command handler for {type(command).__name__}")
-        run_async = (self.settings["command_processing"] == "async") if asynchronous is None else asynchronous
-        uow = current_uow.get()
-        if uow is not None and uow.in_progress and uow.domain is self:
-            # Called from a handler, a subscriber or an explicit unit of work: the command joins
-            # that transaction, so it commits (and is deduplicated) with the caller's work, and
-            # SQLite never waits on a second write transaction opened by the same thread.
-            if run_async:
-                uow.record([message])
-                return message.id
-            return self._handle_within(uow, handlers[0], message)
-        if run_async:
-            with self.unit_of_work() as uow:
-                uow.record([message])
-            return message.id
-        with self._draining() as queue:
-            result = self.run_handler(handlers[0], message, store_message=True)
-            self._drain(queue)
-        return result
+        return self.bus.process(command, asynchronous)
 
     def publish(self, events: Any) -> list[Message]:
         """Publish events raised outside an aggregate; they commit with the current unit of work."""
-        events = events if isinstance(events, list | tuple) else [events]
-        messages = [self.event_message(e) for e in events]
-        uow = current_uow.get()
-        if uow is not None and uow.in_progress and uow.domain is self:
-            uow.record(messages)
-        else:
-            with self.unit_of_work() as own:
-                own.record(messages)
-        return messages
+        return self.bus.publish(events)
 
     def dispatch(self, query: Any) -> Any:
         """Run the query handler for this query and return its result."""
-        self._check_registered(query, "query")
-        for handler in self.registry["query_handler"].values():
-            method = next(
-                (
-                    m
-                    for q, m in query_targets(handler).items()
-                    if q is type(query) or q == type(query).__name__
-                ),
-                None,
-            )
-            if method:
-                with self.domain_context():
-                    return getattr(handler(), method)(query)
-        raise IncorrectUsageError(f"no query handler for {type(query).__name__}")
+        return self.bus.dispatch(query)
 
-    def publish_external(self, stream: str, payload: dict, broker: str = "default") -> str:
+    def publish_external(self, stream: str, payload: dict[str, Any], broker: str = "default") -> str:
         """Alias of `domain.brokers.publish(stream, payload, broker)`."""
-        self._require_init()
         return self.brokers.publish(stream, payload, broker)
 
-    def after_commit(self, messages: list[Message]) -> None:
-        """Called by the unit of work once its transaction committed."""
-        if not messages:
-            return
-        sync = [m for m in messages if self.is_sync(m)]
-        relayed = [m for m in messages if not self.is_sync(m)]
-        if relayed and self.engine is not None:
-            try:
-                self.engine.committed(relayed)
-            except Exception:  # noqa: BLE001 - committed rows are relayed by the next tick
-                log.warning(
-                    "could not kick the relay; the next beat tick will pick the rows up", exc_info=True
-                )
-        if sync:
-            with self._draining() as queue:
-                queue.extend(sync)
-                self._drain(queue)
-
-    @contextmanager
-    def _draining(self) -> Iterator[deque]:
-        """The breadth-first queue of sync messages; the outermost caller owns and drains it."""
-        queue = _sync_queue.get()
-        if queue is not None:
-            yield _Nested(queue)
-            return
-        queue = deque()
-        token = _sync_queue.set(queue)
-        try:
-            yield queue
-        finally:
-            _sync_queue.reset(token)
-
-    def _drain(self, queue: deque) -> None:
-        if isinstance(queue, _Nested):
-            return  # the outer loop drains, so nested handling stays breadth-first
-        while queue:
-            message = queue.popleft()
-            for handler in self.handlers_for(message):
-                self.run_handler(handler, message)
-
-    def run_handler(
-        self,
-        handler: type,
-        message: Message,
-        *,
-        store_message: bool = False,
-        idempotency_key: str | None = None,
-    ) -> Any:
-        """Run one handler for one message in its own unit of work.
-
-        With `idempotency_key`, an inbox row (key, message id) commits with the handler's
-        effects; a message already applied is skipped and SKIPPED is returned.
-        """
-        obj = self.from_message(message)
-        try:
-            with self.domain_context(), self.unit_of_work() as uow:
-                if idempotency_key and not uow.session_for(self.outbox_database).mark_processed(
-                    idempotency_key, message.id
-                ):
-                    log.debug("%s already applied %s; skipped", idempotency_key, message.id)
-                    return SKIPPED
-                if store_message:
-                    uow.store_only([message])
-                return self._call(handler, message, obj)
-        except Exception as exc:
-            call_handle_error(handler, exc, message)
-            raise
-
-    def _handle_within(self, uow: UnitOfWork, handler: type, message: Message) -> Any:
-        """Run a sync command handler inside `uow`; its events dispatch once `uow` commits."""
-        obj = self.from_message(message)
-        uow.store_only([message])
-        try:
-            return self._call(handler, message, obj)
-        except Exception as exc:
-            call_handle_error(handler, exc, message)
-            raise
-
-    def _call(self, handler: type, message: Message, obj: Any) -> Any:
-        """The handler's methods for this message, with `message` the cause of what they raise."""
-        token = current_message.set(message)
-        try:
-            instance, result = handler(), None
-            for name in self.methods_for(handler, message.type):
-                result = getattr(instance, name)(obj)
-            return result
-        finally:
-            current_message.reset(token)
-
-    def run_subscriber(
-        self,
-        subscriber: type,
-        payload: dict,
-        *,
-        idempotency_key: str | None = None,
-        message_id: str | None = None,
-    ) -> Any:
-        """Run one subscriber for one external payload in its own unit of work."""
-        try:
-            with self.domain_context(), self.unit_of_work() as uow:
-                if (
-                    idempotency_key
-                    and message_id
-                    and not uow.session_for(self.outbox_database).mark_processed(idempotency_key, message_id)
-                ):
-                    return SKIPPED
-                instance = subscriber()
-                methods = self.methods_for(subscriber, str(payload.get("type", "")))
-                if methods:
-                    result = None
-                    for name in methods:
-                        result = getattr(instance, name)(payload)
-                    return result
-                return instance(payload)
-        except Exception as exc:
-            call_handle_error(subscriber, exc, payload)
-            raise
+    def run_handler(self, handler: type, message: Message, **options: Any) -> Any:
+        """Run one handler for one message in its own unit of work (see `MessageBus.run_handler`)."""
+        return self.bus.run_handler(handler, message, **options)
 
 
-class _Nested(deque):
-    """Marks a queue borrowed from an outer dispatch loop."""
+def _engine_loader(domain: Domain) -> Callable[[], Engine | None]:
+    """Finds the async engine by entry point (`tidings.engines`), so the kernel never imports
+    the Celery layer: installed Tidings registers its Celery runtime there."""
 
-    def __init__(self, outer: deque) -> None:
-        super().__init__()
-        self.outer = outer
+    def load() -> Engine | None:
+        for point in entry_points(group=ENGINE_ENTRY_POINT):
+            engine: Engine | None = point.load()(domain)
+            return engine
+        return None
 
-    def extend(self, items) -> None:  # type: ignore[override]
-        self.outer.extend(items)
-
-
-def call_handle_error(handler: type, exc: Exception, message: Any) -> None:
-    """Give the handler its `handle_error(exc, message)` hook; a failure there is only logged."""
-    try:
-        handler.handle_error(exc, message)
-    except Exception:  # noqa: BLE001 - the hook must never take the pipeline down
-        log.exception("%s.handle_error raised while handling %r", handler.__name__, exc)
+    return load

@@ -52,7 +52,7 @@ def _user_locals() -> dict[str, Any]:
     depth = 0
     while frame is not None and depth < 12:
         module = frame.f_globals.get("__name__", "")
-        if not module.startswith(("domain.", "pydantic", "typing")):
+        if not module.startswith(("tidings.domain.", "pydantic", "typing")):
             found = {**frame.f_locals, **found}
             if len(found) and depth > 4:
                 break

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from tidings.domain.context import current_uow
 from tidings.domain.database import Database
 from tidings.domain.errors import ObjectNotFoundError, TooManyObjectsError
 from tidings.domain.tables import column_kind, table_name
 
 if TYPE_CHECKING:
-    from tidings.domain.domain import Domain
+    from tidings.domain.bus import MessageBus
 
 T = TypeVar("T")
 
@@ -18,8 +17,8 @@ T = TypeVar("T")
 class Repository(Generic[T]):
     """Persists one aggregate (versioned, with its events) or projection (upserted)."""
 
-    def __init__(self, domain: Domain, model: type[T], database: Database) -> None:
-        self.domain = domain
+    def __init__(self, bus: MessageBus, model: type[T], database: Database) -> None:
+        self.bus = bus
         self.model = model
         self.database = database
         self.table = table_name(model)
@@ -27,10 +26,10 @@ class Repository(Generic[T]):
         self._json_fields = {n for n in model.model_fields if column_kind(model, n) == "json"}
 
     def _run(self, work):
-        uow = current_uow.get()
-        if uow is not None and uow.in_progress and uow.domain is self.domain:
+        uow = self.bus.active_uow()
+        if uow is not None:
             return work(uow)
-        with self.domain.unit_of_work() as own:
+        with self.bus.unit_of_work() as own:
             return work(own)
 
     def _row(self, obj: Any) -> dict[str, Any]:
@@ -60,7 +59,7 @@ class Repository(Generic[T]):
             if self.versioned:
                 obj._version = version
                 events, obj._events = list(obj._events), []
-                uow.record([self.domain.event_message(e, obj) for e in events])
+                uow.record([self.bus.envelopes.event(e, obj) for e in events])
             return obj
 
         return self._run(work)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
 from tidings.domain.context import current_uow
 from tidings.domain.database import Database, Session, event_record
 from tidings.domain.envelope import Message
 from tidings.outbox.writer import outbox_rows
 
-if TYPE_CHECKING:
-    from tidings.domain.domain import Domain
+
+@dataclass(frozen=True)
+class Stores:
+    """Where a unit of work writes its messages: the event store and the outbox's database."""
+
+    event_store: Database
+    outbox: Database
 
 
 class UnitOfWork:
@@ -21,8 +29,17 @@ class UnitOfWork:
     inside `with domain.unit_of_work():` rolls everything back and dispatches nothing.
     """
 
-    def __init__(self, domain: Domain) -> None:
-        self.domain = domain
+    def __init__(
+        self,
+        stores: Stores,
+        is_sync: Callable[[Message], bool],
+        committed: Callable[[list[Message]], None],
+        owner: object = None,
+    ) -> None:
+        self.stores = stores
+        self.is_sync = is_sync  # sync messages are dispatched inline, never written to the outbox
+        self.committed = committed  # told what committed, once the transaction is durable
+        self.owner = owner  # the bus this unit of work belongs to
         self.sessions: dict[str, Session] = {}
         self.messages: list[Message] = []  # stored, relayed or dispatched after commit
         self.stored_only: list[Message] = []  # stored in the event store only (handled already)
@@ -33,6 +50,10 @@ class UnitOfWork:
         if database.name not in self.sessions:
             self.sessions[database.name] = database.session()
         return self.sessions[database.name]
+
+    def mark_processed(self, handler: str, message_id: str) -> bool:
+        """The inbox row (handler, message id) in this transaction; False if already there."""
+        return self.session_for(self.stores.outbox).mark_processed(handler, message_id)
 
     def record(self, messages: list[Message]) -> None:
         """Messages to store and relay with this transaction."""
@@ -47,7 +68,9 @@ class UnitOfWork:
         self._token = current_uow.set(self)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             if exc_type is None and self.in_progress:
                 self.commit()
@@ -58,29 +81,27 @@ class UnitOfWork:
 
     def commit(self) -> list[Message]:
         """Write everything; returns the committed messages (already handed to dispatch)."""
-        domain, messages = self.domain, self.messages
+        stores, messages = self.stores, self.messages
         try:
             stored = self.stored_only + messages
             if stored:
-                store = self.session_for(domain.event_store_database)
+                store = self.session_for(stores.event_store)
                 store.append_events([event_record(m.to_dict()) for m in stored])
-            relayed = [m for m in messages if not domain.is_sync(m)]
+            relayed = [m for m in messages if not self.is_sync(m)]
             if relayed:
-                self.session_for(domain.outbox_database).write_outbox(outbox_rows(relayed))
+                self.session_for(stores.outbox).write_outbox(outbox_rows(relayed))
             # The outbox's database commits first (with the event store when they share it), a
             # separate event store (Message DB) last: its writes already ran and took their
             # locks, so a version conflict aborted everything above, and a failed business
             # commit rolls the events back instead of leaving events that never happened.
-            store_name = domain.event_store_database.name
-            for name in sorted(
-                self.sessions, key=lambda n: (n != domain.outbox_database.name, n == store_name)
-            ):
+            outbox_name, store_name = stores.outbox.name, stores.event_store.name
+            for name in sorted(self.sessions, key=lambda n: (n != outbox_name, n == store_name)):
                 self.sessions[name].commit()
         except BaseException:
             self.rollback()
             raise
         self._reset()
-        domain.after_commit(messages)
+        self.committed(messages)
         return messages
 
     def rollback(self) -> None:

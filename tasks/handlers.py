@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import task_failure
 
-from tidings.domain.domain import SKIPPED
+from tidings.domain.bus import SKIPPED
 from tidings.domain.envelope import Message
 from tidings.domain.errors import InvalidMessageError, ValidationError
 from tidings.tasks.dlq import dead_letter
@@ -128,7 +128,7 @@ def _subscriber_body(domain: Any, handler: type, name: str, queue: str):
         if not isinstance(envelope, dict) or not isinstance(envelope.get("payload"), dict):
             _poison(task, queue, envelope, InvalidMessageError("subscriber message needs a 'payload' object"))
             return "dead-lettered"
-        result = domain.run_subscriber(
+        result = domain.bus.run_subscriber(
             handler, envelope["payload"], idempotency_key=name, message_id=envelope.get("id")
         )
         return _count(name, envelope, result)

@@ -21,7 +21,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from tidings.domain.domain import SKIPPED
+from tidings.domain.bus import SKIPPED
 from tidings.domain.envelope import Message
 from tidings.tasks.handlers import NOT_RETRIED
 from tidings.tasks.naming import event_store_handlers, poll_task_name, queue_name, task_name
@@ -71,7 +71,7 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
     for record in records:
         message = message_of(record)
         # Sync messages were handled inline when they were raised.
-        if not domain.is_sync(message) and domain.receives(handler, message):
+        if not domain.is_sync(message) and domain.bus.routes.receives(handler, message):
             outcome = _apply(
                 domain,
                 handler,

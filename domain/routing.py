@@ -1,0 +1,81 @@
+"""Routing: which handlers receive a message, and which of their methods run.
+
+Built once by `domain.init()` from the registry; every lookup on the hot path is a dict read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tidings.domain.envelope import Message, stream_matches
+from tidings.domain.errors import InvalidMessageError, UnknownMessageTypeError, ValidationError
+from tidings.domain.naming import Names
+from tidings.domain.registry import handler_targets
+
+HANDLER_KINDS_WITH_STREAMS = ("event_handler", "command_handler", "projector")
+
+
+class Routes:
+    """Message type -> class, stream category -> handlers, (handler, type) -> methods."""
+
+    def __init__(self, names: Names) -> None:
+        self.names = names
+        registry = names.registry
+        self.types: dict[str, type] = {
+            names.type_of(c): c for k in ("event", "command") for c in registry[k].values()
+        }
+        self.by_category: dict[str, list[type]] = {}
+        for kind in HANDLER_KINDS_WITH_STREAMS:
+            for handler in registry[kind].values():
+                for category in names.handler_categories(handler):
+                    self.by_category.setdefault(category, []).append(handler)
+        self._methods: dict[tuple[type, str], list[str]] = {}
+
+    def handlers_for(self, message: Message) -> list[type]:
+        """Every handler that must receive this message (category, type and source_stream)."""
+        return [h for h in self.by_category.get(message.stream_category, []) if self.receives(h, message)]
+
+    def receives(self, handler: type, message: Message) -> bool:
+        """Does `handler` handle this message's type, and does its `source_stream` (if any) match?"""
+        if not self.methods_for(handler, message.type):
+            return False
+        source = handler.meta_.get("source_stream")  # type: ignore[attr-defined]
+        return not source or stream_matches(message.origin_stream, source)
+
+    def methods_for(self, handler: type, type_string: str) -> list[str]:
+        """The handler's methods for a message type; memoised (it runs for every message)."""
+        cached = self._methods.get((handler, type_string))
+        if cached is None:
+            cached = self._methods[(handler, type_string)] = methods_for(self.names, handler, type_string)
+        return cached
+
+    def subscribers_for(self, stream: str) -> list[type]:
+        return [
+            s
+            for s in self.names.registry["subscriber"].values()
+            if stream_matches(stream, s.meta_["stream"]) or s.meta_["stream"] == stream  # type: ignore[attr-defined]
+        ]
+
+    def decode(self, message: Message | dict[str, Any]) -> Any:
+        """The typed event/command in an envelope; unknown type or bad data is a typed error."""
+        if not isinstance(message, Message):
+            message = Message.from_dict(message)
+        cls = self.types.get(message.type)
+        if cls is None:
+            raise UnknownMessageTypeError(f"unknown message type {message.type!r} in {self.names.name}")
+        try:
+            obj = cls(**message.data)
+        except ValidationError as exc:
+            raise InvalidMessageError(f"{message.type}: {exc}") from exc
+        obj._message = message
+        return obj
+
+
+def methods_for(names: Names, handler: type, type_string: str) -> list[str]:
+    """The methods of `handler` decorated for `type_string` (or the `$any` catch-all)."""
+    found: list[str] = []
+    for target, methods in handler_targets(handler).items():
+        key = target if isinstance(target, str) else names.type_of(target)
+        if key == type_string or key == "$any":
+            found += methods
+    return found
