@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from tidings.app.factory import celery_app_for
+from tidings.app.bootstrap import runtime_for
 from tidings.app.loading import load_domain
 
 
@@ -21,7 +21,7 @@ def _load(domain_path: str):
     domain = load_domain(domain_path)
     if not domain.initialized:
         domain.init()
-    return domain, celery_app_for(domain)
+    return domain, runtime_for(domain).celery
 
 
 @main.command()

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
 from kombu import Queue
 
 from tidings.app import sqla_transport
-from tidings.app.kick import KickGate, gate_for
+from tidings.app.engine import CeleryEngine
+from tidings.app.kick import gate_for
 from tidings.app.relay_thread import RelayThread
-from tidings.tasks.handlers import register_handler_tasks
+from tidings.tasks.handlers import failure_hook, register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
     event_store_handlers,
@@ -24,13 +25,12 @@ from tidings.tasks.naming import (
     relay_task_name,
     task_name,
 )
-from tidings.tasks.poller import SAFETY_NET_SECONDS, Pollers, kick, pollers_by_category, register_poller_tasks
-from tidings.tasks.pump import WAKEUP_EXPIRES, pulled_subscribers, pump_task_name, register_pump_tasks
+from tidings.tasks.poller import SAFETY_NET_SECONDS, pollers_by_category, register_poller_tasks
+from tidings.tasks.pump import pulled_subscribers, pump_task_name, register_pump_tasks
 from tidings.tasks.relay import register_relay_task, relay_now
 
 log = logging.getLogger("tidings")
 sqla_transport.register()
-_apps: dict[int, Celery] = {}
 
 
 def broker_url(settings: dict[str, Any]) -> str:
@@ -47,7 +47,15 @@ def broker_url(settings: dict[str, Any]) -> str:
 
 
 def create_celery_app(domain: Any, **overrides: Any) -> Celery:
-    """A Celery app running `domain`'s handlers, each in its own queue, and the outbox relay.
+    """The runtime's Celery app for `domain` (see `tidings.app.bootstrap.bootstrap`)."""
+    from tidings.app.bootstrap import bootstrap
+
+    return bootstrap(domain, **overrides).celery
+
+
+def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tuple[Celery, CeleryEngine, Any]:
+    """A Celery app running `domain`'s handlers, each in its own queue, and the outbox relay;
+    with the engine the domain's bus hands commits to and the task-failure receiver.
 
     Configured from `celeryconfig.py`, then the domain (`brokers.default`, `[celery]`), then
     `overrides`. Also connects the after-commit kick of the relay.
@@ -72,8 +80,8 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     celery.conf.update(domain.settings.get("celery") or {})
     celery.conf.update(overrides)
     _check_retry_delays(celery, domain)
-    register_handler_tasks(celery, domain)
-    pollers = register_poller_tasks(celery, domain)
+    handler_tasks = register_handler_tasks(celery, domain, stats)
+    pollers = register_poller_tasks(celery, domain, stats)
     register_pump_tasks(celery, domain)
     gate = (
         None
@@ -99,18 +107,16 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
         **_pump_schedule(domain),
     }
     in_thread = domain.settings["outbox"]["after_commit"] == "thread" and not celery.conf.task_always_eager
-    domain.attach_engine(
-        CeleryEngine(
-            celery,
-            domain,
-            relay,
-            pollers_by_category(domain, pollers),
-            gate,
-            RelayThread(lambda: relay_now(celery, domain), domain.name) if in_thread else None,
-        )
+    engine = CeleryEngine(
+        celery,
+        domain,
+        relay,
+        pollers_by_category(domain, pollers),
+        gate,
+        RelayThread(lambda: relay_now(celery, domain), domain.name) if in_thread else None,
     )
     celery.tidings_domain = domain
-    _apps[id(domain)] = celery
+    return celery, engine, failure_hook(handler_tasks, stats)
     return celery
 
 
@@ -137,57 +143,6 @@ def _polling_interval(domain: Any) -> float:
     return min(timeouts, default=100) / 1000
 
 
-def celery_app_for(domain: Any) -> Celery:
-    """The app already created for this domain in this process, or a new one."""
-    return _apps.get(id(domain)) or create_celery_app(domain)
-
-
-class CeleryEngine:
-    """The domain's async engine: kicks the relay and the event_store pollers after commits,
-    delivers external messages."""
-
-    def __init__(
-        self,
-        celery: Celery,
-        domain: Any,
-        relay: Any,
-        pollers: Pollers | None = None,
-        gate: KickGate | None = None,
-        relay_thread: RelayThread | None = None,
-    ) -> None:
-        self.celery, self.domain, self.relay, self.gate = celery, domain, relay, gate
-        self.pollers = pollers or {}
-        self.relay_thread = relay_thread
-
-    def committed(self, messages: list) -> None:
-        """Relay and poll right after a commit, so latency is not bounded by the beat period.
-        The relay runs in this process's relay thread (`outbox.after_commit = "thread"`) or as a
-        relay task, skipped while an earlier kick is still queued (see app/kick.py)."""
-        if self.relay_thread is not None:
-            self.relay_thread.committed()
-        elif self.gate is None or self.gate.should_kick():
-            self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
-        kick(self.pollers, messages)
-
-    def deliver(
-        self, broker: Any, stream: str, message_id: str, message: dict, subscribers: list[type]
-    ) -> None:
-        """A pulled broker keeps the message: wake the subscribers' pumps so it is read now,
-        not at the next beat tick (one wake-up pending at a time). Otherwise send it straight
-        to each subscriber's queue."""
-        for subscriber in subscribers:
-            queue = queue_name(self.domain, subscriber)
-            if broker.pulled:
-                if broker.claim_wakeup(stream, queue, WAKEUP_EXPIRES):
-                    self.celery.tasks[pump_task_name(self.domain, subscriber)].apply_async(
-                        queue=queue, expires=WAKEUP_EXPIRES
-                    )
-            else:  # the registered task, not send_task: eager mode must run it inline
-                self.celery.tasks[task_name(self.domain, subscriber)].apply_async(
-                    args=[{"id": message_id, "stream": stream, "payload": message}], queue=queue
-                )
-
-
 def _check_retry_delays(celery: Celery, domain: Any) -> None:
     """On Redis a retry countdown is held unacknowledged in the worker: it must end before the
     visibility timeout, or the message is delivered twice."""
@@ -204,10 +159,3 @@ def _check_retry_delays(celery: Celery, domain: Any) -> None:
                 longest,
                 vt,
             )
-
-
-@worker_process_init.connect(weak=False)
-def _after_fork(**_: Any) -> None:
-    # Connection pools must never be shared across a fork: each child builds its own.
-    for celery in _apps.values():
-        celery.tidings_domain.dispose()

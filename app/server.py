@@ -14,7 +14,6 @@ from celery.contrib.testing.worker import start_worker
 from tidings.app.progress import deliveries
 from tidings.domain.sql import SqlDatabase
 from tidings.tasks import dlq
-from tidings.tasks.handlers import stats
 from tidings.tasks.naming import async_handlers, queue_name, relay_queue
 from tidings.tasks.poller import failed_count, poll_all
 from tidings.tasks.relay import relay_now
@@ -75,6 +74,7 @@ def run_until_quiescent(
     if isinstance(domain.databases["default"], SqlDatabase):
         domain.create_tables()
     started, calm = time.monotonic(), 0
+    stats = celery.tidings_runtime.stats
     handled_before = dict(stats)
     handler_queues = all_queues(domain)[1:]
     with start_worker(

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import task_failure
 
 from tidings.domain.bus import SKIPPED
 from tidings.domain.envelope import Message
@@ -23,7 +22,6 @@ from tidings.tasks.dlq import dead_letter
 from tidings.tasks.naming import async_handlers, batch_task_name, queue_name, task_name
 
 log = logging.getLogger("tidings.tasks")
-stats: Counter = Counter()  # per-process counts: handled, duplicates, dead_lettered
 
 
 @dataclass(frozen=True)
@@ -35,15 +33,14 @@ class HandlerTask:
     enable_dlq: bool
 
 
-_registered: dict[str, HandlerTask] = {}
-
 # Invalid data and broken domain rules fail the same way on every attempt: no retry.
 NOT_RETRIED = (InvalidMessageError, ValidationError)
 
 
-def register_handler_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
-    """Create the task of every handler, subscriber and projector; returns them by name."""
-    created = {}
+def register_handler_tasks(celery: Celery, domain: Any, stats: Counter[str]) -> dict[str, HandlerTask]:
+    """Create the task of every handler, subscriber and projector; returns what the failure
+    hook needs to know of each, by task name. `stats` counts outcomes for this runtime."""
+    created: dict[str, HandlerTask] = {}
     for handler in async_handlers(domain):
         settings = domain.subscription_settings(handler)
         if settings.subscription_type == "event_store" and handler.element_kind != "subscriber":
@@ -63,33 +60,33 @@ def register_handler_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
             retry_jitter=settings.retry_jitter,
         )
         body = _subscriber_body if handler.element_kind == "subscriber" else _handler_body
-        created[name] = celery.task(**options)(body(domain, handler, name, queue))
-        _registered[name] = HandlerTask(celery, queue, settings.enable_dlq)
+        celery.task(**options)(body(domain, handler, name, queue, stats))
+        created[name] = HandlerTask(celery, queue, settings.enable_dlq)
         if settings.batch_delivery and handler.element_kind != "subscriber":
             pack_name = batch_task_name(domain, handler)
-            created[pack_name] = celery.task(**{**options, "name": pack_name})(
-                _batch_body(domain, handler, name, queue, settings.retry_delay_seconds)
+            celery.task(**{**options, "name": pack_name})(
+                _batch_body(domain, handler, name, queue, settings.retry_delay_seconds, stats)
             )
-            _registered[pack_name] = HandlerTask(celery, queue, settings.enable_dlq)
+            created[pack_name] = HandlerTask(celery, queue, settings.enable_dlq)
     return created
 
 
-def _handler_body(domain: Any, handler: type, name: str, queue: str):
+def _handler_body(domain: Any, handler: type, name: str, queue: str, stats: Counter[str]) -> Any:
     def run(task: Task, envelope: Any) -> str:
         try:
             message = Message.from_dict(envelope)
             log.debug("%s <- %s %s (attempt %d)", name, message.type, message.id, task.request.retries + 1)
             result = domain.run_handler(handler, message, idempotency_key=name)
         except InvalidMessageError as exc:
-            _poison(task, queue, envelope, exc)
+            _poison(task, queue, envelope, stats, exc)
             return "dead-lettered"
-        return _count(name, envelope, result)
+        return _count(name, envelope, result, stats)
 
     run.__name__ = handler.__name__
     return run
 
 
-def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float):
+def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float, stats: Counter[str]) -> Any:
     """A pack of messages for one handler: each in its own unit of work with its own inbox row.
     A message that fails is split out to the single-message task, with one attempt counted,
     and retried alone there; its siblings are not re-run."""
@@ -101,7 +98,7 @@ def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float)
             try:
                 result = domain.run_handler(handler, Message.from_dict(envelope), idempotency_key=name)
             except InvalidMessageError as exc:
-                _poison(task, queue, envelope, exc)
+                _poison(task, queue, envelope, stats, exc)
                 outcomes["dead-lettered"] += 1
                 continue
             except Exception as exc:  # noqa: BLE001 - retried alone, by the single task
@@ -116,28 +113,34 @@ def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float)
                 )
                 outcomes["split"] += 1
                 continue
-            outcomes[_count(name, envelope, result)] += 1
+            outcomes[_count(name, envelope, result, stats)] += 1
         return dict(outcomes)
 
     run.__name__ = f"{handler.__name__}_batch"
     return run
 
 
-def _subscriber_body(domain: Any, handler: type, name: str, queue: str):
+def _subscriber_body(domain: Any, handler: type, name: str, queue: str, stats: Counter[str]) -> Any:
     def run(task: Task, envelope: Any) -> str:
         if not isinstance(envelope, dict) or not isinstance(envelope.get("payload"), dict):
-            _poison(task, queue, envelope, InvalidMessageError("subscriber message needs a 'payload' object"))
+            _poison(
+                task,
+                queue,
+                envelope,
+                stats,
+                InvalidMessageError("subscriber message needs a 'payload' object"),
+            )
             return "dead-lettered"
         result = domain.bus.run_subscriber(
             handler, envelope["payload"], idempotency_key=name, message_id=envelope.get("id")
         )
-        return _count(name, envelope, result)
+        return _count(name, envelope, result, stats)
 
     run.__name__ = handler.__name__
     return run
 
 
-def _count(name: str, envelope: Any, result: Any) -> str:
+def _count(name: str, envelope: Any, result: Any, stats: Counter[str]) -> str:
     if result is SKIPPED:
         stats["duplicates"] += 1
         log.debug("%s: message %s was already applied; acknowledged and skipped", name, envelope.get("id"))
@@ -146,7 +149,7 @@ def _count(name: str, envelope: Any, result: Any) -> str:
     return "handled"
 
 
-def _poison(task: Task, queue: str, envelope: Any, exc: Exception) -> None:
+def _poison(task: Task, queue: str, envelope: Any, stats: Counter[str], exc: Exception) -> None:
     """A message that can never be decoded goes straight to the DLQ; the worker goes on."""
     stats["dead_lettered"] += 1
     dead_letter(
@@ -154,17 +157,33 @@ def _poison(task: Task, queue: str, envelope: Any, exc: Exception) -> None:
     )
 
 
-@task_failure.connect(weak=False)
-def _on_final_failure(
-    sender: Task | None = None,
-    exception: BaseException | None = None,
-    args: Any = None,
-    einfo: Any = None,
-    **_: Any,
+def failure_hook(registered: dict[str, HandlerTask], stats: Counter[str]) -> Any:
+    """The `task_failure` receiver of one runtime: the final failure of one of `registered`
+    goes to its DLQ. Connected by the bootstrap (it also fires in the worker's main process
+    when a child was killed)."""
+
+    def on_final_failure(
+        sender: Task | None = None,
+        exception: BaseException | None = None,
+        args: Any = None,
+        einfo: Any = None,
+        **_: Any,
+    ) -> None:
+        _final_failure(registered.get(getattr(sender, "name", "")), stats, sender, exception, args, einfo)
+
+    return on_final_failure
+
+
+def _final_failure(
+    spec: HandlerTask | None,
+    stats: Counter[str],
+    sender: Task | None,
+    exception: BaseException | None,
+    args: Any,
+    einfo: Any,
 ) -> None:
-    spec = _registered.get(getattr(sender, "name", ""))
-    if spec is None or sender is None:
-        return
+    if spec is None or sender is None or sender.app is not spec.celery:
+        return  # another runtime's task (several apps may run in one process, e.g. tests)
     envelope = args[0] if args else None
     attempts = (sender.request.retries or 0) + 1
     message_id = envelope.get("id") if isinstance(envelope, dict) else None

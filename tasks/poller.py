@@ -29,7 +29,6 @@ from tidings.tasks.positions import FAILED, RETRYING, Lease, LeaseLostError, Pos
 
 log = logging.getLogger("tidings.poller")
 SAFETY_NET_SECONDS = 5.0  # beat period: catches kicks lost to a crash or a busy owner
-stats: Counter = Counter()  # per process, keyed (poll task name, outcome)
 
 
 @dataclass
@@ -148,12 +147,13 @@ def next_poll_in(domain: Any, handler: type, batch: Batch) -> float | None:
     return 0.0 if more else None
 
 
-def register_poller_tasks(celery: Celery, domain: Any) -> dict[type, Task]:
-    """One poll task per event_store handler, routed to the handler's own queue."""
-    return {h: _poller_task(celery, domain, h) for h in event_store_handlers(domain)}
+def register_poller_tasks(celery: Celery, domain: Any, stats: Counter[Any]) -> dict[type, Task]:
+    """One poll task per event_store handler, routed to the handler's own queue; `stats`
+    counts (poll task name, outcome) for this runtime."""
+    return {h: _poller_task(celery, domain, h, stats) for h in event_store_handlers(domain)}
 
 
-def _poller_task(celery: Celery, domain: Any, handler: type) -> Task:
+def _poller_task(celery: Celery, domain: Any, handler: type, stats: Counter[Any]) -> Task:
     name, queue = poll_task_name(domain, handler), queue_name(domain, handler)
 
     @celery.task(name=name, bind=True, ignore_result=True, shared=False, acks_late=False)

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from tidings import Domain, ObjectNotFoundError, ValidationError
-from tidings.app.factory import celery_app_for
+from tidings.app.bootstrap import runtime_for
 from tidings.app.health import health as check_health
 from tidings.domain.sql import DuplicateValueError
 from tidings.examples.bookshelf import domain as bookshelf
@@ -97,7 +97,7 @@ def create_api(domain: Domain = bookshelf.domain, *, create_tables: bool = True)
             domain.create_tables()
         if "async" in (domain.settings["command_processing"], domain.settings["event_processing"]):
             # commits kick the outbox relay at once instead of waiting for the beat tick
-            engine["celery"] = celery_app_for(domain)
+            engine["celery"] = runtime_for(domain).celery
         yield
 
     api = FastAPI(title="Bookshelf", lifespan=lifespan)

@@ -12,7 +12,6 @@ from tests.engine.ledger import applied, build_ledger, make_entry, make_failing_
 from tests.waiting import wait_until
 from tidings.app.testing import eager_app
 from tidings.tasks import dlq
-from tidings.tasks.handlers import stats
 from tidings.tasks.relay import relay_now
 
 
@@ -38,6 +37,7 @@ def test_seven_messages_travel_in_three_packs_and_each_is_applied_once(use_provi
     domain = packed_ledger(use_provider, tmp_path)
     ids = [make_entry(domain, f"e{n}") for n in range(7)]  # no engine yet: rows wait
     celery = eager_app(domain)
+    stats = celery.tidings_runtime.stats
     packs_before = stats["packs"]
     assert relay_now(celery, domain) == 7
     assert stats["packs"] - packs_before == 3  # 3 + 3 + 1

@@ -10,7 +10,7 @@ from tests.engine.accounts import CALLS, FAILURES, build_accounts, deposit, open
 from tidings.domain.naming import snake
 from tidings.tasks.dispatch import queued_handlers
 from tidings.tasks.naming import poll_task_name, task_name
-from tidings.tasks.poller import next_poll_in, poll, replay_failed, run_batch, stats
+from tidings.tasks.poller import next_poll_in, poll, replay_failed, run_batch
 from tidings.tasks.positions import FAILED, position_store
 from tidings.tasks.rebuild import rebuild_projection
 
@@ -247,6 +247,7 @@ def test_the_after_commit_kick_runs_the_pollers_and_an_idle_poller_does_not_resc
     deposit(domain, account, 3)  # kicks the pollers of accounts::account, eagerly
     assert history(domain) == {account: [1]}
 
+    stats = celery.tidings_runtime.stats
     before = dict(stats)
     celery.tasks[name].apply()
     assert stats[(name, "idle")] == before.get((name, "idle"), 0) + 1

@@ -9,7 +9,6 @@ from tests.engine.conftest import running_worker
 from tests.engine.ledger import applied, build_ledger, make_entry, make_failing_entry
 from tests.waiting import wait_until
 from tidings.tasks import dlq
-from tidings.tasks.handlers import stats
 
 QUEUE = "ledger.apply"
 
@@ -73,7 +72,7 @@ def test_a_poison_message_goes_to_the_dlq_and_the_worker_keeps_running(ledger_ap
         wait_until(lambda: applied(domain, entry_id) == 1, message="worker still handles")
     assert dlq.purge(celery, QUEUE) == 2
     assert dlq.list_entries(celery, QUEUE) == []
-    assert stats["dead_lettered"] >= 2
+    assert celery.tidings_runtime.stats["dead_lettered"] >= 2
 
 
 @pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
@@ -84,6 +83,7 @@ def test_a_redelivered_message_is_acknowledged_and_skipped_by_the_inbox(ledger_a
         wait_until(lambda: applied(domain, entry_id) == 1, message="applied")
         envelope = domain.event_store_database.read_events("ledger::entry")[-1]
         body = {**envelope["metadata"], "data": envelope["data"]}
+        stats = celery.tidings_runtime.stats
         before = stats["duplicates"]
         celery.send_task("tidings.ledger.Apply", args=[body], queue=QUEUE)
         wait_until(lambda: stats["duplicates"] == before + 1, message="duplicate skipped")

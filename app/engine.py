@@ -1,0 +1,61 @@
+"""The Celery engine behind a domain's bus: wakes the relay and the event_store pollers after
+a commit, and hands external messages to their subscribers' queues."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from tidings.app.kick import KickGate
+from tidings.app.relay_thread import RelayThread
+from tidings.domain.envelope import Message
+from tidings.tasks.naming import queue_name, relay_queue, task_name
+from tidings.tasks.poller import Pollers, kick
+from tidings.tasks.pump import WAKEUP_EXPIRES, pump_task_name
+
+
+class CeleryEngine:
+    """The domain's async engine: kicks the relay and the event_store pollers after commits,
+    delivers external messages."""
+
+    def __init__(
+        self,
+        celery: Celery,
+        domain: Any,
+        relay: Any,
+        pollers: Pollers | None = None,
+        gate: KickGate | None = None,
+        relay_thread: RelayThread | None = None,
+    ) -> None:
+        self.celery, self.domain, self.relay, self.gate = celery, domain, relay, gate
+        self.pollers = pollers or {}
+        self.relay_thread = relay_thread
+
+    def committed(self, messages: list[Message]) -> None:
+        """Relay and poll right after a commit, so latency is not bounded by the beat period.
+        The relay runs in this process's relay thread (`outbox.after_commit = "thread"`) or as a
+        relay task, skipped while an earlier kick is still queued (see app/kick.py)."""
+        if self.relay_thread is not None:
+            self.relay_thread.committed()
+        elif self.gate is None or self.gate.should_kick():
+            self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
+        kick(self.pollers, messages)
+
+    def deliver(
+        self, broker: Any, stream: str, message_id: str, message: dict, subscribers: list[type]
+    ) -> None:
+        """A pulled broker keeps the message: wake the subscribers' pumps so it is read now,
+        not at the next beat tick (one wake-up pending at a time). Otherwise send it straight
+        to each subscriber's queue."""
+        for subscriber in subscribers:
+            queue = queue_name(self.domain, subscriber)
+            if broker.pulled:
+                if broker.claim_wakeup(stream, queue, WAKEUP_EXPIRES):
+                    self.celery.tasks[pump_task_name(self.domain, subscriber)].apply_async(
+                        queue=queue, expires=WAKEUP_EXPIRES
+                    )
+            else:  # the registered task, not send_task: eager mode must run it inline
+                self.celery.tasks[task_name(self.domain, subscriber)].apply_async(
+                    args=[{"id": message_id, "stream": stream, "payload": message}], queue=queue
+                )
