@@ -1,5 +1,7 @@
-"""Celery defaults for Tidings. Each value can be overridden from the environment
-(`TIDINGS_<NAME>`); the domain's `[celery]` table in domain.toml is applied last.
+"""Celery defaults for Tidings (`tidings.celeryconfig`), the bottom layer: some values can be
+adjusted from the environment (`TIDINGS_<NAME>`); the user's `celeryconfig`, the domain, its
+`[celery]` table and the factory's overrides apply on top, and the guarantees below are
+enforced on the result (see app/celery_settings.py).
 
 Why these values:
 - JSON only: a pickled broker message can run code on the worker.

@@ -12,6 +12,7 @@ from celery import Celery
 from kombu import Queue
 
 from tidings.app import sqla_transport
+from tidings.app.celery_settings import celery_settings
 from tidings.app.engine import CeleryEngine
 from tidings.app.kick import gate_for
 from tidings.app.relay_thread import RelayThread
@@ -57,28 +58,26 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
     """A Celery app running `domain`'s handlers, each in its own queue, and the outbox relay;
     with the engine the domain's bus hands commits to and the task-failure receiver.
 
-    Configured from `celeryconfig.py`, then the domain (`brokers.default`, `[celery]`), then
-    `overrides`. Also connects the after-commit kick of the relay.
+    Configured in layers (Tidings' defaults, the user's `celeryconfig`, the domain, its
+    `[celery]` table, `overrides`); a layer that weakens a delivery guarantee is refused (see
+    app/celery_settings.py). Also connects the after-commit kick of the relay.
     """
     if not domain.initialized:
         domain.init()
     celery = Celery(f"tidings.{domain.name}", set_as_current=False)
-    celery.config_from_object("tidings.celeryconfig")
     routes = {relay_task_name(domain): relay_queue(domain)}
     routes.update({task_name(domain, h): queue_name(domain, h) for h in async_handlers(domain)})
     routes.update({poll_task_name(domain, h): queue_name(domain, h) for h in event_store_handlers(domain)})
-    celery.conf.update(
+    derived = dict(
         broker_url=broker_url(domain.settings["brokers"]["default"]),
         task_queues=[Queue(q, routing_key=q) for q in routes.values()],
         task_routes={name: {"queue": q, "routing_key": q} for name, q in routes.items()},
         task_default_queue=relay_queue(domain),
+        broker_transport_options={"polling_interval": _polling_interval(domain)},
     )
-    celery.conf.broker_transport_options = {
-        **celery.conf.broker_transport_options,
-        "polling_interval": _polling_interval(domain),
-    }
-    celery.conf.update(domain.settings.get("celery") or {})
-    celery.conf.update(overrides)
+    # Layers and enforced guarantees: see app/celery_settings.py.
+    settings = celery_settings(domain.settings.get("celery") or {}, derived, overrides)
+    celery.config_from_object(settings.values)
     _check_retry_delays(celery, domain)
     handler_tasks = register_handler_tasks(celery, domain, stats)
     pollers = register_poller_tasks(celery, domain, stats)
