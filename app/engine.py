@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery
 
-from tidings.app.kick import KickGate
+from tidings.app.kick import Kicker, KickGate
 from tidings.app.relay_thread import RelayThread
 from tidings.domain.envelope import Message
 from tidings.tasks.naming import queue_name, relay_queue, task_name
@@ -31,16 +31,26 @@ class CeleryEngine:
         self.celery, self.domain, self.relay, self.gate = celery, domain, relay, gate
         self.pollers = pollers or {}
         self.relay_thread = relay_thread
+        # Eager mode runs the relay inline (tests rely on it); otherwise the broker is only
+        # ever touched from the kicker's thread, never from the committing one.
+        self.kicker = None if celery.conf.task_always_eager else Kicker(self._wake, domain.name)
 
     def committed(self, messages: list[Message]) -> None:
         """Relay and poll right after a commit, so latency is not bounded by the beat period.
         The relay runs in this process's relay thread (`outbox.after_commit = "thread"`) or as a
         relay task, skipped while an earlier kick is still queued (see app/kick.py)."""
+        categories = {m.stream_category for m in messages}
+        if self.kicker is None:
+            self._wake(categories)
+        else:
+            self.kicker.committed(categories)
+
+    def _wake(self, categories: set[str]) -> None:
         if self.relay_thread is not None:
             self.relay_thread.committed()
         elif self.gate is None or self.gate.should_kick():
             self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
-        kick(self.pollers, messages)
+        kick(self.pollers, categories)
 
     def deliver(
         self, broker: Any, stream: str, message_id: str, message: dict, subscribers: list[type]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Callable
 
 import redis
 
@@ -52,3 +54,53 @@ def gate_for(broker_url: str, transport_options: dict, domain_name: str) -> Kick
         return None
     prefix = transport_options.get("global_keyprefix", "")
     return KickGate(broker_url, f"{prefix}tidings:{domain_name}:relay-kick")
+
+
+class Kicker:
+    """Sends the after-commit wake-ups from a daemon thread, so a commit never waits on the
+    broker: the committing thread only records what to wake and sets an event (microseconds).
+
+    With Redis frozen or refusing connections the thread blocks or fails, not the producer;
+    the rows are committed either way and the beat-driven relay sends them. Started on first
+    use in each process (threads do not survive a fork). Wake-ups that arrive while one is
+    being sent are merged into the next.
+    """
+
+    def __init__(self, send: Callable[[set[str]], None], name: str) -> None:
+        self.send, self.name = send, name  # send(categories just written)
+        self._lock = threading.Condition()
+        self._pending: set[str] = set()
+        self._sending = False
+        self._wake = threading.Event()
+        self._pid = 0
+
+    def committed(self, categories: set[str]) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._pending, self._wake = set(), threading.Event()
+                    threading.Thread(target=self._loop, daemon=True, name=f"tidings-kick-{self.name}").start()
+                    self._pid = os.getpid()
+        with self._lock:
+            self._pending |= categories
+        self._wake.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every wake-up recorded so far was sent (or failed); False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._pending and not self._sending, timeout)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                categories, self._pending, self._sending = self._pending, set(), True
+            try:
+                self.send(categories)
+            except Exception:  # noqa: BLE001 - committed rows are relayed by the next beat tick
+                log.warning("could not wake the relay; the next beat tick relays the rows", exc_info=True)
+            finally:
+                with self._lock:
+                    self._sending = False
+                    self._lock.notify_all()

@@ -191,9 +191,9 @@ def pollers_by_category(domain: Any, tasks: dict[type, Task]) -> Pollers:
     return by_category
 
 
-def kick(pollers: Pollers, messages: list[Message]) -> None:
+def kick(pollers: Pollers, categories: set[str]) -> None:
     """Ask the pollers of the categories just written to poll now."""
-    due = {entry for m in messages for entry in pollers.get(m.stream_category, [])}
+    due = {entry for category in categories for entry in pollers.get(category, [])}
     for poller, queue in sorted(due, key=lambda entry: entry[1]):
         poller.apply_async(queue=queue, expires=60)
 

@@ -73,6 +73,7 @@ app = create_celery_app(domain)
 
 def ignored(folder: str, names: list[str]) -> set[str]:
     skip = {".venv", ".git", "build", "dist", "__pycache__", ".tidings", ".pytest_cache", ".ruff_cache"}
+    skip |= {".mypy_cache", ".typecheck"}  # the type-check staging tree (symlinks; see Makefile)
     return {n for n in names if n in skip or n.endswith(".egg-info")}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 import redis
@@ -17,7 +18,10 @@ from tidings.tasks.naming import relay_queue
 
 def ledger_on_redis(tmp_path, prefix: str):
     domain = build_ledger(tmp_path, name=f"boot_{prefix.split('-')[-1].rstrip(':')}")
-    domain.config["databases"]["default"] = {"provider": "sqlite", "database_uri": f"sqlite:///{tmp_path}/b.db"}
+    domain.config["databases"]["default"] = {
+        "provider": "sqlite",
+        "database_uri": f"sqlite:///{tmp_path}/b.db",
+    }
     domain.config["event_store"] = {"provider": "sqlite"}
     domain.config["brokers"]["default"] = {"provider": "redis", "url": REDIS_URL}
     domain.config["celery"] = {"broker_transport_options": {**FAST, "global_keyprefix": prefix}}
@@ -35,7 +39,7 @@ def test_a_process_that_never_bootstrapped_wakes_the_relay_on_its_first_async_co
     # the commit loaded the engine (entry point tidings.engines) and queued one relay kick
     assert domain.engine is not None
     client = redis.Redis.from_url(REDIS_URL)
-    assert client.llen(f"{redis_prefix}{relay_queue(domain)}") == 1
+    wait_until(lambda: client.llen(f"{redis_prefix}{relay_queue(domain)}") == 1, message="one relay kick")
     # a worker without beat relays it: only the kick can have woken the relay
     with running_worker(runtime_for(domain).celery):
         wait_until(lambda: applied(domain, entry_id) == 1, message="handled after the kick")
@@ -50,4 +54,27 @@ def test_the_runtime_is_built_once_and_cannot_be_changed(tmp_path, redis_prefix)
     with pytest.raises(dataclasses.FrozenInstanceError):
         runtime.celery = None  # type: ignore[misc]
     assert isinstance(runtime, Runtime)
+    domain.dispose()
+
+
+def test_a_commit_never_touches_the_broker_from_the_committing_thread(tmp_path, redis_prefix):
+    domain = ledger_on_redis(tmp_path, redis_prefix)
+    runtime = bootstrap(domain)
+    senders: list[threading.Thread] = []
+    relay = runtime.engine.relay
+    original = relay.apply_async
+
+    def recording_apply_async(*args, **kwargs):
+        senders.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    relay.apply_async = recording_apply_async
+    try:
+        make_entry(domain, "one")
+        wait_until(lambda: senders, message="the relay kick was sent")
+    finally:
+        relay.apply_async = original
+    # a frozen or refusing broker therefore blocks the kicker's thread, never the producer
+    assert senders[0] is not threading.current_thread()
+    assert senders[0].name.startswith("tidings-kick-")
     domain.dispose()

@@ -96,6 +96,7 @@ def test_many_commits_queue_one_relay_kick_and_one_relay_publishes_them_all(
         for order in orders:
             order.ship_order()
             shop.repository_for(Order).add(order)
+    assert shop.engine.kicker.wait_idle(timeout=10)  # kicks are sent from the kicker's thread
     assert client.llen(f"{redis_prefix}{relay_queue(shop)}") == 1
 
     handler = shop.registry["event_handler"]["ManageInventory"]
