@@ -27,15 +27,13 @@ from tidings.domain.errors import (
     UnknownMessageTypeError,
     ValidationError,
 )
-from tidings.domain.memory import MemoryDatabase
-from tidings.domain.message_db import MessageDbDatabase
 from tidings.domain.naming import camel, snake
+from tidings.domain.ports import Store
+from tidings.domain.providers import Storage, load_storage
 from tidings.domain.registry import OPTIONS, derive_element, handler_targets, query_targets
 from tidings.domain.repository import Repository
-from tidings.domain.sql import SqlDatabase
 from tidings.domain.subscriptions import SubscriptionSettings
 from tidings.domain.subscriptions import resolve as resolve_subscription
-from tidings.domain.tables import define_model_table
 from tidings.domain.uow import UnitOfWork
 
 log = logging.getLogger("tidings")
@@ -74,7 +72,8 @@ class Domain:
         self.config: dict[str, Any] = cfg.load_config(self.root_path)
         self.registry: dict[str, dict[str, type]] = {kind: {} for kind in OPTIONS}
         self.initialized = False
-        self.databases: dict[str, Database] = {}
+        self.storage: Storage | None = None  # built by init(): the ports of every provider
+        self.databases: dict[str, Store] = {}
         self._brokers: Brokers | None = None  # built by init() from [brokers.<name>]
         self._types: dict[str, type] = {}
         self._routes: dict[str, list[type]] = {}
@@ -160,40 +159,16 @@ class Domain:
                     log.debug("rebuild of %s failed: %s", model.__name__, exc)
 
     def _build_databases(self, config: dict[str, Any]) -> None:
-        for db in self.databases.values():
-            db.dispose()
-        self.databases = {}
-        for name, settings in config["databases"].items():
-            if settings["provider"] == "memory":
-                self.databases[name] = MemoryDatabase(name)
-            else:
-                self.databases[name] = SqlDatabase(name, settings["database_uri"])
+        """Build the storage (the one place providers are chosen: `providers.load_storage`)."""
+        if self.storage is not None:
+            self.storage.dispose()
+        self.storage = load_storage(self.name, config["databases"], config["event_store"])
+        self.databases = self.storage.stores
         for kind in ("aggregate", "projection"):
             for model in self.registry[kind].values():
-                db = self.database_for(model)
-                if isinstance(db, SqlDatabase):
-                    define_model_table(db.metadata, model, versioned=kind == "aggregate")
-        default = self.databases["default"]
-        self.outbox_database = default
-        if isinstance(default, SqlDatabase):
-            default.add_message_tables()
-        store = config["event_store"]
-        if store["provider"] == "message_db":
-            self.event_store_database = MessageDbDatabase("event_store", store["database_uri"])
-        elif store["provider"] == "memory":
-            self.event_store_database = (
-                default if isinstance(default, MemoryDatabase) else MemoryDatabase("event_store")
-            )
-        else:
-            uri = store.get("database_uri")
-            if not uri and isinstance(default, SqlDatabase):
-                uri = default.uri
-            if isinstance(default, SqlDatabase) and uri == default.uri:
-                self.event_store_database = default
-            else:
-                self.event_store_database = SqlDatabase("event_store", uri)
-            self.event_store_database.add_event_store()
-        self.databases.setdefault(self.event_store_database.name, self.event_store_database)
+                self.database_for(model).add_model(model, versioned=kind == "aggregate")
+        self.outbox_database = self.storage.default
+        self.event_store_database = self.storage.event_store
 
     def _build_routes(self) -> None:
         self._types = {self.type_of(c): c for k in ("event", "command") for c in self.registry[k].values()}
@@ -249,7 +224,7 @@ class Domain:
     def database_for(self, model: type) -> Database:
         name = model.meta_.get("provider", "default")
         try:
-            return self.databases[name]
+            return self.storage.databases[name]
         except KeyError:
             raise ConfigurationError(f"{model.__name__}: no database named '{name}'") from None
 
@@ -302,29 +277,20 @@ class Domain:
     def metadata(self) -> sa.MetaData:
         """The SQLAlchemy MetaData of the default database (hand it to Alembic)."""
         self._require_init()
-        default = self.databases["default"]
-        if isinstance(default, SqlDatabase):
-            return default.metadata
-        metadata = sa.MetaData()
-        for kind in ("aggregate", "projection"):
-            for model in self.registry[kind].values():
-                define_model_table(metadata, model, versioned=kind == "aggregate")
-        return metadata
+        return self.storage.default.metadata
 
     def create_tables(self) -> None:
         self._require_init()
-        for db in self.databases.values():
-            db.create_tables()
+        self.storage.create_tables()
 
     def drop_tables(self) -> None:
         self._require_init()
-        for db in self.databases.values():
-            db.drop_tables()
+        self.storage.drop_tables()
 
     def dispose(self) -> None:
         """Close connection pools (call after a fork, or at shutdown)."""
-        for db in self.databases.values():
-            db.dispose()
+        if self.storage is not None:
+            self.storage.dispose()
         if self._brokers is not None:
             self._brokers.close()
 

@@ -66,7 +66,7 @@ class UnitOfWork:
                 store.append_events([event_record(m.to_dict()) for m in stored])
             relayed = [m for m in messages if not domain.is_sync(m)]
             if relayed:
-                self.session_for(domain.outbox_database).write_outbox(outbox_rows(relayed))
+                self.session_for(domain.outbox_database).write_outbox(outbox_rows(relayed, domain.name))
             # The outbox's database commits first (with the event store when they share it), a
             # separate event store (Message DB) last: its writes already ran and took their
             # locks, so a version conflict aborted everything above, and a failed business
