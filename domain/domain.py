@@ -162,13 +162,18 @@ class Domain:
         """Build the storage (the one place providers are chosen: `providers.load_storage`)."""
         if self.storage is not None:
             self.storage.dispose()
-        self.storage = load_storage(self.name, config["databases"], config["event_store"])
-        self.databases = self.storage.stores
+        self.storage = storage = load_storage(self.name, config["databases"], config["event_store"])
+        self.databases = storage.stores
         for kind in ("aggregate", "projection"):
             for model in self.registry[kind].values():
                 self.database_for(model).add_model(model, versioned=kind == "aggregate")
-        self.outbox_database = self.storage.default
-        self.event_store_database = self.storage.event_store
+        self.outbox_database = storage.default
+        self.event_store_database = storage.event_store
+
+    def _storage(self) -> Storage:
+        self._require_init()
+        assert self.storage is not None  # init() built it
+        return self.storage
 
     def _build_routes(self) -> None:
         self._types = {self.type_of(c): c for k in ("event", "command") for c in self.registry[k].values()}
@@ -223,6 +228,8 @@ class Domain:
     # ---- composition -----------------------------------------------------------------------
     def database_for(self, model: type) -> Database:
         name = model.meta_.get("provider", "default")
+        if self.storage is None:
+            raise IncorrectUsageError(f"call domain.init() before using domain '{self.name}'")
         try:
             return self.storage.databases[name]
         except KeyError:
@@ -276,16 +283,13 @@ class Domain:
     @property
     def metadata(self) -> sa.MetaData:
         """The SQLAlchemy MetaData of the default database (hand it to Alembic)."""
-        self._require_init()
-        return self.storage.default.metadata
+        return self._storage().default.metadata
 
     def create_tables(self) -> None:
-        self._require_init()
-        self.storage.create_tables()
+        self._storage().create_tables()
 
     def drop_tables(self) -> None:
-        self._require_init()
-        self.storage.drop_tables()
+        self._storage().drop_tables()
 
     def dispose(self) -> None:
         """Close connection pools (call after a fork, or at shutdown)."""
