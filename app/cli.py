@@ -184,9 +184,15 @@ def db() -> None:
 @domain_option
 def db_create(domain_path: str) -> None:
     """Create the missing tables of every database (aggregates, projections, event store,
-    outbox, inbox). For migrations, hand `domain.metadata` to Alembic."""
+    outbox, inbox). For migrations, hand `domain.metadata` to Alembic. A table that exists
+    without a column this version needs is reported with the statement that adds it."""
+    from tidings.domain.sql import SchemaError
+
     domain, _ = _load(domain_path)
-    domain.create_tables()
+    try:
+        domain.create_tables()
+    except SchemaError as exc:
+        raise click.ClickException(f"tables of '{domain.name}' are NOT in place: {exc}") from None
     click.echo(f"tables of '{domain.name}' are in place")
 
 

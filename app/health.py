@@ -6,23 +6,18 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-import sqlalchemy as sa
 from celery import Celery
 
-from tidings.domain.sql import SqlDatabase
 from tidings.tasks import dlq
 from tidings.tasks.naming import queue_name
 from tidings.tasks.relay import outbox_store
 
 
 def check_database(domain: Any) -> dict[str, Any]:
-    db = domain.databases["default"]
-    if not isinstance(db, SqlDatabase):
-        return {"ok": True, "provider": "memory"}
-    provider = db.uri.split(":", 1)[0]
+    db = domain.storage.default
+    provider = db.provider
     try:
-        with db.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        db.ping()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return {"ok": False, "provider": provider, "error": type(exc).__name__}
     return {"ok": True, "provider": provider}

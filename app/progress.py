@@ -8,11 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from tidings.domain.envelope import Message
-from tidings.domain.memory import MemoryDatabase
-from tidings.outbox.tables import PENDING, PUBLISHED
+from tidings.tasks.naming import async_handlers, task_name
 
 
 @dataclass(frozen=True)
@@ -26,28 +23,11 @@ class Deliveries:
 
 
 def _rows(domain: Any) -> tuple[list[str], int, list[tuple[str, datetime]]]:
-    """(published envelopes, pending count, inbox (message id, processed_at))."""
-    db = domain.outbox_database
-    if isinstance(db, MemoryDatabase):
-        with db.lock:
-            published = [r["envelope"] for r in db.outbox if r["status"] == PUBLISHED]
-            pending = sum(r["status"] == PENDING for r in db.outbox)
-            inbox = [(m, datetime.now(UTC)) for _, m in db.inbox]
-        return published, pending, inbox
-    outbox, inbox_table = db.outbox_table, db.inbox_table
-    # One snapshot for all three reads: a relay or a handler committing between them would
-    # otherwise make a message count neither as pending nor as due (a false "settled").
-    snapshot = {"isolation_level": "REPEATABLE READ"} if db.dialect == "postgresql" else {}
-    with db.engine.connect().execution_options(**snapshot) as conn:
-        published = list(
-            conn.execute(sa.select(outbox.c.envelope).where(outbox.c.status == PUBLISHED)).scalars()
-        )
-        pending = conn.execute(sa.select(sa.func.count()).where(outbox.c.status == PENDING)).scalar()
-        inbox = [
-            (r.message_id, r.processed_at)
-            for r in conn.execute(sa.select(inbox_table.c.message_id, inbox_table.c.processed_at))
-        ]
-    return published, pending, inbox
+    """(published envelopes, pending count, inbox (message id, processed_at)) of this domain,
+    read in one snapshot by the provider's delivery log."""
+    handlers = [task_name(domain, h) for h in async_handlers(domain)]
+    snapshot = domain.storage.deliveries.snapshot(handlers)
+    return snapshot.published, snapshot.pending, snapshot.applied
 
 
 def deliveries(domain: Any, external: int = 0) -> Deliveries:

@@ -12,7 +12,6 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from tidings.app.progress import deliveries
-from tidings.domain.sql import SqlDatabase
 from tidings.tasks import dlq
 from tidings.tasks.naming import async_handlers, queue_name, relay_queue
 from tidings.tasks.poller import failed_count, poll_all
@@ -71,7 +70,7 @@ def run_until_quiescent(
     """Start an in-process worker, relay and process everything pending — including what
     handlers raise — until every relayed message's handler runs are applied or dead-lettered
     (`settle` checks in a row), then stop. Returns a summary."""
-    if isinstance(domain.databases["default"], SqlDatabase):
+    if domain.storage.is_persistent:
         domain.create_tables()
     started, calm = time.monotonic(), 0
     stats = celery.tidings_runtime.stats

@@ -351,7 +351,7 @@ def _pending_rows(domain: Any, n: int) -> None:
     db = domain.outbox_database
     with db.engine.begin() as conn:
         conn.execute(sa.delete(db.outbox_table))
-        conn.execute(sa.insert(db.outbox_table), outbox_rows(messages))
+        conn.execute(sa.insert(db.outbox_table), outbox_rows(messages, domain.name))
 
 
 # ---- 4. commit overhead --------------------------------------------------------------------

@@ -24,17 +24,15 @@ from tidings.domain.context import pop_domain, push_domain
 from tidings.domain.database import Database
 from tidings.domain.envelope import Message
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
-from tidings.domain.memory import MemoryDatabase
-from tidings.domain.message_db import MessageDbDatabase
 from tidings.domain.messages import stored_messages
 from tidings.domain.naming import Names
+from tidings.domain.ports import Store
+from tidings.domain.providers import Storage, load_storage
 from tidings.domain.registry import OPTIONS, derive_element
 from tidings.domain.repository import Repository
 from tidings.domain.routing import Routes
-from tidings.domain.sql import SqlDatabase
 from tidings.domain.subscriptions import SubscriptionSettings
 from tidings.domain.subscriptions import resolve as resolve_subscription
-from tidings.domain.tables import define_model_table
 from tidings.domain.uow import Stores, UnitOfWork
 
 log = logging.getLogger("tidings")
@@ -59,7 +57,8 @@ class Domain:
         self.root_path = Path(root_path or Path(caller.filename).resolve().parent)
         self.config: dict[str, Any] = cfg.load_config(self.root_path)
         self.initialized = False
-        self.databases: dict[str, Database] = {}
+        self.storage: Storage | None = None  # built by init(): the ports of every provider
+        self.databases: dict[str, Store] = {}
         self._brokers: Brokers | None = None  # built by init() from [brokers.<name>]
         self._bus: MessageBus | None = None  # built by init()
 
@@ -142,47 +141,28 @@ class Domain:
                     log.debug("rebuild of %s failed: %s", model.__name__, exc)
 
     def _build_databases(self, config: dict[str, Any]) -> None:
-        for db in self.databases.values():
-            db.dispose()
-        self.databases = {}
-        for name, settings in config["databases"].items():
-            if settings["provider"] == "memory":
-                self.databases[name] = MemoryDatabase(name)
-            else:
-                self.databases[name] = SqlDatabase(name, settings["database_uri"])
+        """Build the storage (the one place providers are chosen: `providers.load_storage`)."""
+        if self.storage is not None:
+            self.storage.dispose()
+        self.storage = storage = load_storage(self.name, config["databases"], config["event_store"])
+        self.databases = storage.stores
         for kind in ("aggregate", "projection"):
             for model in self.registry[kind].values():
-                db = self.database_for(model)
-                if isinstance(db, SqlDatabase):
-                    define_model_table(db.metadata, model, versioned=kind == "aggregate")
-        default = self.databases["default"]
-        self.outbox_database = default
-        if isinstance(default, SqlDatabase):
-            default.add_message_tables()
-        store = config["event_store"]
-        if store["provider"] == "message_db":
-            self.event_store_database = MessageDbDatabase("event_store", store["database_uri"])
-        elif store["provider"] == "memory":
-            self.event_store_database = (
-                default if isinstance(default, MemoryDatabase) else MemoryDatabase("event_store")
-            )
-        else:
-            uri = store.get("database_uri")
-            if not uri and isinstance(default, SqlDatabase):
-                uri = default.uri
-            if isinstance(default, SqlDatabase) and uri == default.uri:
-                self.event_store_database = default
-            else:
-                self.event_store_database = SqlDatabase("event_store", uri)
-            self.event_store_database.add_event_store()
-        self.databases.setdefault(self.event_store_database.name, self.event_store_database)
+                self.database_for(model).add_model(model, versioned=kind == "aggregate")
+        self.outbox_database = storage.default
+        self.event_store_database = storage.event_store
+
+    def _storage(self) -> Storage:
+        self._require_init()
+        assert self.storage is not None  # init() built it
+        return self.storage
 
     def _build_bus(self, config: dict[str, Any]) -> None:
         engine = self._bus.engine if self._bus is not None else None  # survives a re-init
         processing = Processing(
             config["event_processing"], config["command_processing"], config["message_processing"]
         )
-        stores = Stores(event_store=self.event_store_database, outbox=self.outbox_database)
+        stores = Stores(event_store=self.event_store_database, outbox=self.outbox_database, owner=self.name)
         self._bus = MessageBus(
             Routes(self.names), stores, processing, self.domain_context, _engine_loader(self)
         )
@@ -212,8 +192,10 @@ class Domain:
     # ---- composition -----------------------------------------------------------------------
     def database_for(self, model: type) -> Database:
         name = model.meta_.get("provider", "default")
+        if self.storage is None:
+            raise IncorrectUsageError(f"call domain.init() before using domain '{self.name}'")
         try:
-            return self.databases[name]
+            return self.storage.databases[name]
         except KeyError:
             raise ConfigurationError(f"{model.__name__}: no database named '{name}'") from None
 
@@ -250,30 +232,18 @@ class Domain:
     @property
     def metadata(self) -> sa.MetaData:
         """The SQLAlchemy MetaData of the default database (hand it to Alembic)."""
-        self._require_init()
-        default = self.databases["default"]
-        if isinstance(default, SqlDatabase):
-            return default.metadata
-        metadata = sa.MetaData()
-        for kind in ("aggregate", "projection"):
-            for model in self.registry[kind].values():
-                define_model_table(metadata, model, versioned=kind == "aggregate")
-        return metadata
+        return self._storage().default.metadata
 
     def create_tables(self) -> None:
-        self._require_init()
-        for db in self.databases.values():
-            db.create_tables()
+        self._storage().create_tables()
 
     def drop_tables(self) -> None:
-        self._require_init()
-        for db in self.databases.values():
-            db.drop_tables()
+        self._storage().drop_tables()
 
     def dispose(self) -> None:
         """Close connection pools (call after a fork, or at shutdown)."""
-        for db in self.databases.values():
-            db.dispose()
+        if self.storage is not None:
+            self.storage.dispose()
         if self._brokers is not None:
             self._brokers.close()
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
+from datetime import UTC, datetime
 from typing import Any
+
+import sqlalchemy as sa
 
 from tidings.domain.database import Row
 from tidings.domain.envelope import stream_matches
 from tidings.domain.errors import ExpectedVersionError
+from tidings.domain.tables import define_model_table
 
 _DELETED = object()
 
@@ -17,13 +21,16 @@ _DELETED = object()
 class MemoryDatabase:
     """Committed state lives here; sessions stage changes and apply them atomically."""
 
+    provider = "memory"
+
     def __init__(self, name: str = "default") -> None:
         self.name = name
+        self.metadata = sa.MetaData()  # the tables its models would have in SQL (for Alembic)
         self.lock = threading.RLock()
         self.tables: dict[str, dict[str, Row]] = {}
         self.events: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
-        self.inbox: set[tuple[str, str]] = set()
+        self.inbox: dict[tuple[str, str], datetime] = {}  # (handler, message id) -> processed at
         self.outbox_ids = itertools.count(1)
         self.positions: dict[str, int] = {}  # event_store subscription cursors
         self.failed_positions: dict[tuple[str, int], dict[str, Any]] = {}
@@ -46,6 +53,21 @@ class MemoryDatabase:
 
     def dispose(self) -> None:
         """Nothing to release."""
+
+    def ping(self) -> None:
+        """Always answers."""
+
+    def add_model(self, model: type, versioned: bool) -> None:
+        define_model_table(self.metadata, model, versioned)
+
+    def truncate(self, table: str) -> None:
+        with self.lock:
+            self.tables.pop(table, None)
+
+    def last_position(self, categories: list[str]) -> int | None:
+        wanted = set(categories)
+        with self.lock:
+            return max((e["global_position"] for e in self.events if e["category"] in wanted), default=0)
 
     def read_events(self, stream_or_category: str, from_position: int = 0, limit: int = 1000) -> list[dict]:
         with self.lock:
@@ -167,7 +189,8 @@ class MemorySession:
             for row in self.outbox:
                 row["id"] = next(db.outbox_ids)
                 db.outbox.append(row)
-            db.inbox |= self.inbox
+            now = datetime.now(UTC)
+            db.inbox.update(dict.fromkeys(self.inbox, now))
         self._reset()
 
     def rollback(self) -> None:

@@ -100,6 +100,10 @@ class MessageDbDatabase:
         merged = heapq.merge(*per_category, key=lambda r: r["global_position"])
         return list(itertools.islice(merged, limit))
 
+    def last_position(self, categories: list[str]) -> int | None:
+        """None: Message DB's public interface has no cheap maximum over categories."""
+        return None
+
 
 class MessageDbSession(TransactionSession):
     """One Message DB transaction; `append_events` writes, `commit` makes the writes visible."""

@@ -11,8 +11,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from tidings.domain.database import Row
-from tidings.domain.errors import ExpectedVersionError, IncorrectUsageError, TidingsError
-from tidings.domain.tables import VERSION_COLUMN, define_event_store
+from tidings.domain.errors import ConfigurationError, ExpectedVersionError, IncorrectUsageError, TidingsError
+from tidings.domain.tables import VERSION_COLUMN, define_event_store, define_model_table
 from tidings.outbox.tables import define_failed_positions, define_inbox, define_outbox, define_positions
 
 _APPEND_LOCK = 0x7469_6469_6E67_7300  # "tidings" + 0: the event-store append lock key
@@ -20,6 +20,19 @@ _APPEND_LOCK = 0x7469_6469_6E67_7300  # "tidings" + 0: the event-store append lo
 
 class DuplicateValueError(TidingsError):
     """A value declared `unique` is already taken."""
+
+
+class SchemaError(ConfigurationError):
+    """An existing table lacks a column this version of Tidings (or the model) needs."""
+
+
+def _fix(table: sa.Table, column: sa.Column, dialect: sa.Dialect) -> str:
+    """The statement that adds `column` (a NOT NULL column needs a value for existing rows)."""
+    kind = column.type.compile(dialect=dialect)
+    fill = " NOT NULL DEFAULT '<value for existing rows>'" if not column.nullable else ""
+    if table.name == "tidings_outbox" and column.name == "domain":
+        fill = " NOT NULL DEFAULT '<name of the domain that wrote them>'"
+    return f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{fill}"
 
 
 def normalize_uri(uri: str) -> str:
@@ -82,6 +95,30 @@ class SqlDatabase:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def provider(self) -> str:
+        """ "sqlite" or "postgresql" (read from the URI, so without connecting)."""
+        return normalize_uri(self.uri).split(":", 1)[0].split("+", 1)[0]
+
+    def add_model(self, model: type, versioned: bool) -> None:
+        define_model_table(self.metadata, model, versioned)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def truncate(self, table: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(self.table(table)))
+
+    def last_position(self, categories: list[str]) -> int | None:
+        t = self.event_store_table
+        if t is None:
+            raise IncorrectUsageError(f"database '{self.name}' holds no event store")
+        query = sa.select(sa.func.max(t.c.global_position)).where(t.c.category.in_(categories))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar() or 0
+
     def add_event_store(self) -> None:
         if self.event_store_table is None:
             self.event_store_table = define_event_store(self.metadata)
@@ -97,7 +134,32 @@ class SqlDatabase:
         return SqlSession(self)
 
     def create_tables(self) -> None:
+        """Create the missing tables and indexes; an existing table that lacks a column is a
+        SchemaError naming the column and the statement that adds it (no data is guessed)."""
         self.metadata.create_all(self.engine)
+        missing = self.missing_columns()
+        if missing:
+            raise SchemaError(
+                f"database '{self.name}' predates columns Tidings needs: "
+                + "; ".join(f"{t}.{c} ({fix})" for t, c, fix in missing)
+            )
+        with self.engine.begin() as conn:  # create_all adds indexes only with their table
+            for table in self.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
+
+    def missing_columns(self) -> list[tuple[str, str, str]]:
+        """(table, column, the fix) for each column of an existing table the database lacks."""
+        inspector = sa.inspect(self.engine)
+        found = []
+        for table in self.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    found.append((table.name, column.name, _fix(table, column, self.engine.dialect)))
+        return found
 
     def drop_tables(self) -> None:
         self.metadata.drop_all(self.engine)

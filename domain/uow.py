@@ -20,6 +20,7 @@ class Stores:
 
     event_store: Database
     outbox: Database
+    owner: str  # the domain whose outbox rows these are (its relay claims only those)
 
 
 class UnitOfWork:
@@ -89,7 +90,7 @@ class UnitOfWork:
                 store.append_events([event_record(m.to_dict()) for m in stored])
             relayed = [m for m in messages if not self.is_sync(m)]
             if relayed:
-                self.session_for(stores.outbox).write_outbox(outbox_rows(relayed))
+                self.session_for(stores.outbox).write_outbox(outbox_rows(relayed, stores.owner))
             # The outbox's database commits first (with the event store when they share it), a
             # separate event store (Message DB) last: its writes already ran and took their
             # locks, so a version conflict aborted everything above, and a failed business

@@ -1,5 +1,8 @@
 """The relay: claim due outbox rows, publish them, mark them published — in one transaction.
 
+A relay claims only the rows its own domain wrote (the `domain` column): domains may share
+a database, and a row of another domain has no handler here.
+
 Two relays never publish the same row: PostgreSQL claims with `FOR UPDATE SKIP LOCKED`;
 SQLite transactions begin IMMEDIATE (one writer at a time); the memory store holds a lock.
 A failed publish leaves that row and the rest of its batch pending with `attempts`,
@@ -43,9 +46,28 @@ class OutboxStatus:
 
 
 class OutboxStore(Protocol):
-    def relay_batch(self, publish: Publish, batch_size: int, backoff: Backoff) -> int: ...
-    def purge_published(self, older_than: datetime) -> int: ...
-    def status(self) -> OutboxStatus: ...
+    """The outbox port: relay one domain's rows, purge them, report on them."""
+
+    def relay_batch(self, publish: Publish, batch_size: int, backoff: Backoff) -> int:
+        """Claim up to `batch_size` due rows of this domain in id order, publish them, mark
+        the published ones; back the failed row and the rest of its batch off. Returns how
+        many were published."""
+        ...
+
+    def purge_published(self, older_than: datetime) -> int:
+        """Delete this domain's rows published before `older_than`; returns how many."""
+        ...
+
+    def status(self) -> OutboxStatus:
+        """Counts and lag of this domain's rows."""
+        ...
+
+
+class HasEngine(Protocol):
+    """Anything with an engine: a SQL database (built lazily, so after a fork) or an Engine."""
+
+    @property
+    def engine(self) -> sa.Engine: ...
 
 
 def _now() -> datetime:
@@ -53,15 +75,22 @@ def _now() -> datetime:
 
 
 class SqlOutbox:
-    def __init__(self, engine: sa.Engine, table: sa.Table) -> None:
-        self.engine = engine
+    """The outbox of one domain in a SQL table that other domains may share."""
+
+    def __init__(self, source: HasEngine, table: sa.Table, domain: str) -> None:
+        self.source = source
         self.table = table
+        self.domain = domain
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self.source.engine  # looked up per call: the database rebuilds it after dispose()
 
     def relay_batch(self, publish: Publish, batch_size: int, backoff: Backoff) -> int:
         t, now = self.table, _now()
         claim = (
             sa.select(t.c.id, t.c.envelope, t.c.attempts)
-            .where(t.c.status == PENDING, t.c.next_attempt_at <= now)
+            .where(t.c.domain == self.domain, t.c.status == PENDING, t.c.next_attempt_at <= now)
             .order_by(t.c.id)
             .limit(batch_size)
         )
@@ -94,18 +123,23 @@ class SqlOutbox:
         t = self.table
         with self.engine.begin() as conn:
             return conn.execute(
-                sa.delete(t).where(t.c.status == PUBLISHED, t.c.published_at < older_than)
+                sa.delete(t).where(
+                    t.c.domain == self.domain, t.c.status == PUBLISHED, t.c.published_at < older_than
+                )
             ).rowcount
 
     def status(self) -> OutboxStatus:
         t = self.table
+        own = t.c.domain == self.domain
         with self.engine.connect() as conn:
-            counts = dict(conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
+            counts = dict(
+                conn.execute(sa.select(t.c.status, sa.func.count()).where(own).group_by(t.c.status)).all()
+            )
             failing = conn.execute(
-                sa.select(sa.func.count()).where(t.c.status == PENDING, t.c.attempts > 0)
+                sa.select(sa.func.count()).where(own, t.c.status == PENDING, t.c.attempts > 0)
             ).scalar()
             oldest = conn.execute(
-                sa.select(sa.func.min(t.c.created_at)).where(t.c.status == PENDING)
+                sa.select(sa.func.min(t.c.created_at)).where(own, t.c.status == PENDING)
             ).scalar()
         return OutboxStatus(counts.get(PENDING, 0), counts.get(PUBLISHED, 0), failing or 0, _age(oldest))
 
@@ -148,14 +182,18 @@ def _publish_all(rows: list[Any], publish: Publish) -> tuple[list[int], str | No
 class MemoryOutbox:
     """The outbox of the memory provider: rows in a list, claimed under the database lock."""
 
-    def __init__(self, rows: list[dict], lock: Any) -> None:
+    def __init__(self, rows: list[dict], lock: Any, domain: str) -> None:
         self.rows = rows
         self.lock = lock
+        self.domain = domain
+
+    def _own(self) -> list[dict]:
+        return [r for r in self.rows if r["domain"] == self.domain]
 
     def relay_batch(self, publish: Publish, batch_size: int, backoff: Backoff) -> int:
         now = _now()
         with self.lock:
-            due = [r for r in self.rows if r["status"] == PENDING and r["next_attempt_at"] <= now][
+            due = [r for r in self._own() if r["status"] == PENDING and r["next_attempt_at"] <= now][
                 :batch_size
             ]
             done, error = _publish_all(due, publish)
@@ -168,15 +206,22 @@ class MemoryOutbox:
 
     def purge_published(self, older_than: datetime) -> int:
         with self.lock:
-            keep = [r for r in self.rows if not (r["status"] == PUBLISHED and r["published_at"] < older_than)]
+            keep = [
+                r
+                for r in self.rows
+                if not (
+                    r["domain"] == self.domain and r["status"] == PUBLISHED and r["published_at"] < older_than
+                )
+            ]
             removed = len(self.rows) - len(keep)
             self.rows[:] = keep
         return removed
 
     def status(self) -> OutboxStatus:
         with self.lock:
-            pending = [r for r in self.rows if r["status"] == PENDING]
-            published = sum(r["status"] == PUBLISHED for r in self.rows)
+            own = self._own()
+            pending = [r for r in own if r["status"] == PENDING]
+            published = sum(r["status"] == PUBLISHED for r in own)
             oldest = min((r["created_at"] for r in pending), default=None)
             failing = sum(r["attempts"] > 0 for r in pending)
         return OutboxStatus(len(pending), published, failing, _age(oldest))

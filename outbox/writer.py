@@ -16,12 +16,13 @@ class Envelope(Protocol):
     def to_json(self) -> str: ...
 
 
-def outbox_rows(messages: list[Envelope], now: datetime | None = None) -> list[dict[str, Any]]:
-    """The rows to insert for these messages, due at once."""
+def outbox_rows(messages: list[Envelope], domain: str, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The rows `domain` inserts for these messages, due at once (its relay claims them)."""
     now = now or datetime.now(UTC)
     return [
         {
             "message_id": m.id,
+            "domain": domain,
             "stream": m.stream,
             "type": m.type,
             "envelope": m.to_json(),

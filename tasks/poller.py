@@ -208,7 +208,8 @@ def poll_all(celery: Celery, domain: Any) -> None:
 
 def failed_count(domain: Any) -> int:
     """Failed positions of every event_store handler (their dead letters)."""
-    return len(position_store(domain).failures(status=FAILED)) if event_store_handlers(domain) else 0
+    store = position_store(domain)  # other domains may share it: count this domain's only
+    return sum(len(store.failures(task_name(domain, h), FAILED)) for h in event_store_handlers(domain))
 
 
 def replay_failed(domain: Any, handler: type, message_id: str | None = None) -> tuple[int, int]:

@@ -7,10 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
 from tidings.domain.errors import IncorrectUsageError
-from tidings.domain.memory import MemoryDatabase
 from tidings.domain.tables import table_name
 from tidings.tasks.naming import task_name
 from tidings.tasks.poller import run_batch
@@ -41,31 +38,12 @@ def projection_of(domain: Any, projector: type) -> type:
 
 def truncate(domain: Any, model: type) -> None:
     """Delete every row of a model's table."""
-    db, table = domain.database_for(model), table_name(model)
-    if isinstance(db, MemoryDatabase):
-        with db.lock:
-            db.tables.pop(table, None)
-        return
-    with db.engine.begin() as conn:
-        conn.execute(sa.delete(db.table(table)))
+    domain.database_for(model).truncate(table_name(model))
 
 
 def last_position(domain: Any, categories: list[str]) -> int | None:
     """The highest global position in these categories (None when the store cannot say)."""
-    db = domain.event_store_database
-    if isinstance(db, MemoryDatabase):
-        with db.lock:
-            return max((e["global_position"] for e in db.events if e["category"] in categories), default=0)
-    t = getattr(db, "event_store_table", None)
-    if t is None:
-        return None
-    with db.engine.connect() as conn:
-        return (
-            conn.execute(
-                sa.select(sa.func.max(t.c.global_position)).where(t.c.category.in_(categories))
-            ).scalar()
-            or 0
-        )
+    return domain.storage.event_store.last_position(categories)
 
 
 def rebuild_projection(

@@ -9,8 +9,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from tidings.domain.memory import MemoryDatabase
-from tidings.outbox.relay import Backoff, MemoryOutbox, OutboxStore, SqlOutbox, relay_pending_messages
+from tidings.outbox.relay import Backoff, OutboxStore, relay_pending_messages
 from tidings.tasks.dispatch import publisher
 from tidings.tasks.naming import relay_task_name
 
@@ -18,10 +17,8 @@ _PURGE_EVERY = 60.0  # seconds between deletions of old published rows, per proc
 
 
 def outbox_store(domain: Any) -> OutboxStore:
-    db = domain.outbox_database
-    if isinstance(db, MemoryDatabase):
-        return MemoryOutbox(db.outbox, db.lock)
-    return SqlOutbox(db.engine, db.outbox_table)
+    """The domain's outbox (its own rows only), built once by its provider."""
+    return domain.storage.outbox
 
 
 def relay_now(celery: Celery, domain: Any) -> int:

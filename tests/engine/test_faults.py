@@ -375,7 +375,7 @@ def write_outbox_rows(domain, count: int) -> set[str]:
         domain.event_message(EntryMade(entry_id=str(uuid.uuid4()), label=f"race-{i}")) for i in range(count)
     ]
     with domain.outbox_database.engine.begin() as conn:
-        conn.execute(sa.insert(domain.outbox_database.outbox_table), outbox_rows(messages))
+        conn.execute(sa.insert(domain.outbox_database.outbox_table), outbox_rows(messages, domain.name))
     return {m.id for m in messages}
 
 
@@ -393,7 +393,7 @@ def test_two_relays_racing_over_5000_rows_publish_every_row_exactly_once(use_pro
         try:
             start.wait(timeout=10)
             relay_pending_messages(
-                SqlOutbox(engine, table),
+                SqlOutbox(engine, table, domain.name),
                 lambda envelope: published.append(json.loads(envelope)["id"]),
                 batch_size=100,
                 backoff=Backoff(),
@@ -486,13 +486,13 @@ def test_a_failed_publish_holds_back_the_rest_of_its_batch_in_order(tmp_path):
     table = define_outbox(sa.MetaData())
     table.metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(sa.insert(table), outbox_rows([Row(n) for n in range(3)]))
+        conn.execute(sa.insert(table), outbox_rows([Row(n) for n in range(3)], "ledger"))
     published: list[str] = []
 
     def broker_down(envelope: str) -> None:
         raise ConnectionError("broker down")
 
-    outbox = SqlOutbox(engine, table)
+    outbox = SqlOutbox(engine, table, "ledger")
     assert outbox.relay_batch(broker_down, 10, Backoff(base=60)) == 0
     with engine.connect() as conn:
         rows = conn.execute(sa.select(table.c.attempts, table.c.next_attempt_at)).all()

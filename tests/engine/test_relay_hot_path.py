@@ -23,6 +23,7 @@ def memory_outbox(count: int) -> MemoryOutbox:
     rows = [
         {
             "id": i,
+            "domain": "shop",
             "envelope": f'{{"n": {i}}}',
             "status": PENDING,
             "attempts": 0,
@@ -33,7 +34,7 @@ def memory_outbox(count: int) -> MemoryOutbox:
         }
         for i in range(count)
     ]
-    return MemoryOutbox(rows, threading.Lock())
+    return MemoryOutbox(rows, threading.Lock(), "shop")
 
 
 class Buffered:

@@ -168,3 +168,16 @@ def test_read_categories_merges_categories_in_global_order_from_a_position(shop)
     assert positions == sorted(positions)
     assert store.read_categories(["shop::order", "shop::order:command"], positions[1], 1) == both[1:2]
     assert store.read_categories(["shop::order"], 0, 100) == both[1:]
+
+
+def test_last_position_is_the_highest_global_position_of_the_categories_or_unknown(shop):
+    store = shop.storage.event_store
+    if shop.settings["event_store"]["provider"] == "message_db":
+        assert store.last_position(["shop::order"]) is None  # no cheap maximum in its interface
+        return
+    assert store.last_position(["shop::order"]) == 0
+    first = new_order(shop)
+    ship(shop, first)
+    records = store.read_events("shop::order", 0, 100)
+    assert store.last_position(["shop::order"]) == records[-1]["global_position"]
+    assert store.last_position(["shop::nothing"]) == 0

@@ -1,0 +1,48 @@
+"""The inbox port's providers beyond the transaction (rows are written by `mark_processed`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from tidings.domain.sql import SqlDatabase
+
+
+class MemoryInbox:
+    """(handler, message id) -> when it was processed, in the memory database."""
+
+    def __init__(self, rows: dict[tuple[str, str], datetime], lock: Any) -> None:
+        self.rows, self.lock = rows, lock
+
+    def purge(self, older_than: datetime) -> int:
+        with self.lock:
+            old = [key for key, at in self.rows.items() if at < older_than]
+            for key in old:
+                del self.rows[key]
+        return len(old)
+
+    def forget(self, handler: str) -> int:
+        with self.lock:
+            keys = [key for key in self.rows if key[0] == handler]
+            for key in keys:
+                del self.rows[key]
+        return len(keys)
+
+
+class SqlInbox:
+    """The `tidings_inbox` table of a SQL database."""
+
+    def __init__(self, db: SqlDatabase) -> None:
+        assert db.inbox_table is not None
+        self.db, self.table = db, db.inbox_table
+
+    def purge(self, older_than: datetime) -> int:
+        with self.db.engine.begin() as conn:
+            return conn.execute(sa.delete(self.table).where(self.table.c.processed_at < older_than)).rowcount
+
+    def forget(self, handler: str) -> int:
+        with self.db.engine.begin() as conn:
+            return conn.execute(sa.delete(self.table).where(self.table.c.handler == handler)).rowcount

@@ -1,0 +1,135 @@
+"""The loader: builds a domain's storage once from its settings — the only place that picks a
+provider class by name. Everyone else asks the ports on `Storage`.
+
+Providers, one per backend:
+
+- memory: every port in one `MemoryDatabase` (the event store too, unless configured apart);
+- SQL (SQLite, PostgreSQL): aggregates, outbox, inbox and positions in the default database's
+  tables, the event store there too or in a SQL database of its own;
+- Message DB: the event store only (`event_store.provider = "message_db"`).
+
+    storage = load_storage("shop", {"default": {"provider": "memory"}}, {"provider": "memory"})
+    storage.outbox.relay_batch(publish, 100, Backoff())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.domain.errors import ConfigurationError
+from tidings.domain.inbox import MemoryInbox, SqlInbox
+from tidings.domain.memory import MemoryDatabase
+from tidings.domain.message_db import MessageDbDatabase
+from tidings.domain.ports import Database, DeliveryLog, EventStore, Inbox, Outbox, Positions, Store
+from tidings.domain.positions import MemoryPositions, SqlPositions
+from tidings.domain.sql import SqlDatabase
+from tidings.outbox.progress import MemoryDeliveryLog, SqlDeliveryLog
+from tidings.outbox.relay import MemoryOutbox, SqlOutbox
+
+SQL_PROVIDERS = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A domain's ports, built once by `load_storage` and never changed afterwards.
+
+    `databases` are the configured databases (aggregates and projections, by name); the
+    outbox, inbox, positions and delivery log live in `databases["default"]`.
+    """
+
+    databases: Mapping[str, Database]
+    event_store: EventStore
+    outbox: Outbox
+    inbox: Inbox
+    positions: Positions
+    deliveries: DeliveryLog
+    is_persistent: bool  # the default database outlives the process: its tables are created
+
+    @property
+    def default(self) -> Database:
+        return self.databases["default"]
+
+    @property
+    def stores(self) -> dict[str, Store]:
+        """Every store once, by name: the databases, then the event store when it is apart."""
+        return {**self.databases, self.event_store.name: self.event_store, **self.databases}
+
+    def create_tables(self) -> None:
+        for store in self.stores.values():
+            store.create_tables()
+
+    def drop_tables(self) -> None:
+        for store in self.stores.values():
+            store.drop_tables()
+
+    def dispose(self) -> None:
+        """Close every connection pool (after a fork, or at shutdown); they reopen on use."""
+        for store in self.stores.values():
+            store.dispose()
+
+
+def load_storage(
+    domain: str, databases: Mapping[str, Mapping[str, Any]], event_store: Mapping[str, Any]
+) -> Storage:
+    """The storage of domain `domain` for its `[databases.*]` and `[event_store]` settings.
+
+    Raises ConfigurationError for a provider it does not know.
+    """
+    if "default" not in databases:
+        raise ConfigurationError(f"{domain}: no [databases.default] configured")
+    built = {name: _database(name, settings) for name, settings in databases.items()}
+    default = built["default"]
+    store = _event_store(event_store, default)
+    if isinstance(default, MemoryDatabase):
+        return Storage(
+            databases=built,
+            event_store=store,
+            outbox=MemoryOutbox(default.outbox, default.lock, domain),
+            inbox=MemoryInbox(default.inbox, default.lock),
+            positions=MemoryPositions(default),
+            deliveries=MemoryDeliveryLog(default.outbox, default.inbox, default.lock, domain),
+            is_persistent=False,
+        )
+    assert isinstance(default, SqlDatabase)
+    default.add_message_tables()
+    assert default.outbox_table is not None and default.inbox_table is not None
+    return Storage(
+        databases=built,
+        event_store=store,
+        outbox=SqlOutbox(default, default.outbox_table, domain),
+        inbox=SqlInbox(default),
+        positions=SqlPositions(default),
+        deliveries=SqlDeliveryLog(default, default.outbox_table, default.inbox_table, domain),
+        is_persistent=True,
+    )
+
+
+def _database(name: str, settings: Mapping[str, Any]) -> Database:
+    provider = settings.get("provider")
+    if provider == "memory":
+        return MemoryDatabase(name)
+    if provider in SQL_PROVIDERS:
+        return SqlDatabase(name, settings["database_uri"])
+    raise ConfigurationError(
+        f"databases.{name}.provider {provider!r} is not one of memory, {', '.join(SQL_PROVIDERS)}"
+    )
+
+
+def _event_store(settings: Mapping[str, Any], default: Database) -> EventStore:
+    """Message DB apart; memory in the default memory database; SQL in the default SQL
+    database when the URI is the same (one transaction for events and outbox), else apart."""
+    provider = settings.get("provider")
+    if provider == "message_db":
+        return MessageDbDatabase("event_store", settings["database_uri"])
+    if provider == "memory":
+        return default if isinstance(default, MemoryDatabase) else MemoryDatabase("event_store")
+    if provider not in SQL_PROVIDERS:
+        raise ConfigurationError(f"event_store.provider {provider!r} is not known")
+    uri = settings.get("database_uri")
+    shared = isinstance(default, SqlDatabase) and uri in (None, "", default.uri)
+    store = default if shared else SqlDatabase("event_store", uri)
+    assert isinstance(store, SqlDatabase)
+    store.add_event_store()
+    return store
