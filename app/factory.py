@@ -14,6 +14,7 @@ from kombu import Queue
 from tidings.app import sqla_transport
 from tidings.app.kick import KickGate, gate_for
 from tidings.app.relay_thread import RelayThread
+from tidings.domain.settings import IN_PROCESS_BROKERS, BrokerSettings
 from tidings.tasks.handlers import register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
@@ -33,14 +34,13 @@ sqla_transport.register()
 _apps: dict[int, Celery] = {}
 
 
-def broker_url(settings: dict[str, Any]) -> str:
+def broker_url(broker: BrokerSettings) -> str:
     """The kombu URL of a `[brokers.<name>]` table."""
-    provider = settings.get("provider", "inline")
-    if provider in ("inline", "memory"):
+    if broker.provider in IN_PROCESS_BROKERS:
         return "memory://"
-    url = settings.get("url") or settings.get("URI") or settings.get("uri")
+    url = broker.options.url
     if not url:
-        raise ValueError(f"broker provider {provider!r} needs a 'url'")
+        raise ValueError(f"broker provider {broker.provider!r} needs a 'url'")
     if url.startswith("sqla+sqlite:///"):
         Path(url.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return url
@@ -60,7 +60,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
     routes.update({task_name(domain, h): queue_name(domain, h) for h in async_handlers(domain)})
     routes.update({poll_task_name(domain, h): queue_name(domain, h) for h in event_store_handlers(domain)})
     celery.conf.update(
-        broker_url=broker_url(domain.settings["brokers"]["default"]),
+        broker_url=broker_url(domain.settings.brokers["default"]),
         task_queues=[Queue(q, routing_key=q) for q in routes.values()],
         task_routes={name: {"queue": q, "routing_key": q} for name, q in routes.items()},
         task_default_queue=relay_queue(domain),
@@ -69,7 +69,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
         **celery.conf.broker_transport_options,
         "polling_interval": _polling_interval(domain),
     }
-    celery.conf.update(domain.settings.get("celery") or {})
+    celery.conf.update(domain.settings.celery)
     celery.conf.update(overrides)
     _check_retry_delays(celery, domain)
     register_handler_tasks(celery, domain)
@@ -81,7 +81,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
         else gate_for(str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
     )
     relay = register_relay_task(celery, domain, before_relay=gate.relay_starting if gate else None)
-    interval = float(domain.settings["outbox"]["interval"])
+    interval = domain.settings.outbox.interval
     celery.conf.beat_schedule = {
         relay_task_name(domain): {
             "task": relay.name,
@@ -98,7 +98,7 @@ def create_celery_app(domain: Any, **overrides: Any) -> Celery:
         },
         **_pump_schedule(domain),
     }
-    in_thread = domain.settings["outbox"]["after_commit"] == "thread" and not celery.conf.task_always_eager
+    in_thread = domain.settings.outbox.after_commit == "thread" and not celery.conf.task_always_eager
     domain.attach_engine(
         CeleryEngine(
             celery,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 from collections import deque
@@ -32,6 +31,7 @@ from tidings.domain.message_db import MessageDbDatabase
 from tidings.domain.naming import camel, snake
 from tidings.domain.registry import OPTIONS, derive_element, handler_targets, query_targets
 from tidings.domain.repository import Repository
+from tidings.domain.settings import Settings, parse_settings
 from tidings.domain.sql import SqlDatabase
 from tidings.domain.subscriptions import SubscriptionSettings
 from tidings.domain.subscriptions import resolve as resolve_subscription
@@ -129,23 +129,18 @@ class Domain:
         """
         from tidings.domain.validation import check_registry
 
-        problems: list[str] = []
-        try:
-            config = cfg.interpolate(copy.deepcopy(self.config))
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{self.name}: {exc}") from None
-        problems += cfg.validate_config(config)
+        settings, problems = parse_settings(self.config)  # the one validation of the config
         self._rebuild_models()
-        problems += check_registry(self, config)
-        if problems:
+        problems += check_registry(self, settings)
+        if problems or settings is None:
             raise ConfigurationError(
                 f"domain '{self.name}' has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
             )
-        self.settings = config
-        self._build_databases(config)
+        self.settings: Settings = settings
+        self._build_databases(settings)
         if self._brokers is not None:
             self._brokers.close()
-        self._brokers = Brokers(self, config["brokers"])
+        self._brokers = Brokers(self, settings.brokers)
         self._build_routes()
         self.initialized = True
         return self
@@ -159,15 +154,15 @@ class Domain:
                 except Exception as exc:  # noqa: BLE001 - reported, not swallowed
                     log.debug("rebuild of %s failed: %s", model.__name__, exc)
 
-    def _build_databases(self, config: dict[str, Any]) -> None:
+    def _build_databases(self, settings: Settings) -> None:
         for db in self.databases.values():
             db.dispose()
         self.databases = {}
-        for name, settings in config["databases"].items():
-            if settings["provider"] == "memory":
+        for name, database in settings.databases.items():
+            if database.provider == "memory" or database.database_uri is None:
                 self.databases[name] = MemoryDatabase(name)
             else:
-                self.databases[name] = SqlDatabase(name, settings["database_uri"])
+                self.databases[name] = SqlDatabase(name, database.database_uri)
         for kind in ("aggregate", "projection"):
             for model in self.registry[kind].values():
                 db = self.database_for(model)
@@ -177,15 +172,15 @@ class Domain:
         self.outbox_database = default
         if isinstance(default, SqlDatabase):
             default.add_message_tables()
-        store = config["event_store"]
-        if store["provider"] == "message_db":
-            self.event_store_database = MessageDbDatabase("event_store", store["database_uri"])
-        elif store["provider"] == "memory":
+        store = settings.event_store
+        if store.provider == "message_db" and store.database_uri:
+            self.event_store_database = MessageDbDatabase("event_store", store.database_uri)
+        elif store.provider in ("memory", "message_db"):
             self.event_store_database = (
                 default if isinstance(default, MemoryDatabase) else MemoryDatabase("event_store")
             )
         else:
-            uri = store.get("database_uri")
+            uri = store.database_uri
             if not uri and isinstance(default, SqlDatabase):
                 uri = default.uri
             if isinstance(default, SqlDatabase) and uri == default.uri:
@@ -256,7 +251,7 @@ class Domain:
     def subscription_settings(self, handler: type) -> SubscriptionSettings:
         """The handler's resolved subscription settings (see `domain.subscriptions`)."""
         self._require_init()
-        return resolve_subscription(handler, self.settings["server"])
+        return resolve_subscription(handler, self.settings.server)
 
     def read_messages(
         self, stream_or_category: str, from_position: int = 0, limit: int = 1000
@@ -336,11 +331,12 @@ class Domain:
 
     @property
     def outbox_enabled(self) -> bool:
-        return self.initialized and cfg.outbox_enabled(self.settings)
+        return self.initialized and self.settings.outbox_enabled
 
     def is_sync(self, message: Message) -> bool:
-        key = "event_processing" if message.kind == MessageKind.EVENT else "command_processing"
-        return self.settings[key] == "sync"
+        if message.kind == MessageKind.EVENT:
+            return self.settings.event_processing == "sync"
+        return self.settings.command_processing == "sync"
 
     def attach_engine(self, engine: Engine | None) -> None:
         """The async engine this domain hands work to (one per domain; None detaches it)."""
@@ -459,7 +455,7 @@ class Domain:
         handlers = self.handlers_for(message)
         if not handlers:
             raise IncorrectUsageError(f"no command handler for {type(command).__name__}")
-        run_async = (self.settings["command_processing"] == "async") if asynchronous is None else asynchronous
+        run_async = (self.settings.command_processing == "async") if asynchronous is None else asynchronous
         uow = current_uow.get()
         if uow is not None and uow.in_progress and uow.domain is self:
             # Called from a handler, a subscriber or an explicit unit of work: the command joins

@@ -46,7 +46,8 @@ def test_process_returns_the_command_handlers_value_and_runs_event_handlers(shop
 
 def test_failure_mid_handler_leaves_no_row_no_event_and_no_outbox_row(shop):
     Order, _, _ = entities(shop)
-    shop.settings["event_processing"] = "async"  # so the outbox would receive a row
+    shop.config["event_processing"] = "async"  # so the outbox would receive a row
+    shop.init()
     with shop.domain_context():
         with pytest.raises(RuntimeError), shop.unit_of_work():
             order = Order(book_id="b3", quantity=1)
@@ -71,7 +72,8 @@ def outbox_count(domain) -> int:
 
 def test_a_committed_async_event_writes_one_outbox_row_in_the_same_transaction(shop):
     Order, _, _ = entities(shop)
-    shop.settings["event_processing"] = "async"
+    shop.config["event_processing"] = "async"
+    shop.init()
     with shop.domain_context():
         order = shop.repository_for(Order).add(Order(book_id="b4", quantity=1))
         order.ship_order()
