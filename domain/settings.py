@@ -219,7 +219,9 @@ class Settings(FrozenModel):
 
 # ---- parsing ------------------------------------------------------------------------------------
 def _suggest(key: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
+    choices = list(options)
+    same = [c for c in choices if c.lower() == key.lower()]  # `URL` means `url`, not `URI`
+    close = same or difflib.get_close_matches(key, choices, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
