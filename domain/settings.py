@@ -359,7 +359,7 @@ def _message(path: tuple[str, ...], error: Any) -> str:
             f"{_suggest(str(value), choices)}"
         )
     if kind == "literal_error":
-        return f"config key '{where}' must be {error['ctx']['expected']}, got {value!r}"
+        return f"config key '{where}' must be one of {sorted(_literal_choices(error))}, got {value!r}"
     if kind in ("bool_type", "bool_parsing"):
         return f"config key '{where}' must be true or false, got {value!r}"
     if kind in ("int_parsing", "int_type", "float_parsing", "float_type", "not_a_number"):
@@ -473,12 +473,12 @@ def broker_settings(raw: Mapping[str, Any], model: type[BrokerOptions]) -> Broke
     options = {k: v for k, v in raw.items() if k != "provider"}
     pruned = parse.prune(options, model, ("broker",))
     try:
-        built = BrokerSettings(provider=str(raw.get("provider", "")), options=model.model_validate(pruned))
+        validated = model.model_validate(pruned)
     except ValidationError as exc:
         parse.errors(exc, ("broker",))
     if parse.problems:
         raise ConfigurationError("; ".join(parse.problems))
-    return built
+    return BrokerSettings(provider=str(raw.get("provider", "")), options=validated)
 
 
 def check_server_broker(settings: Settings) -> None:

@@ -141,7 +141,7 @@ def test_every_problem_of_every_section_is_reported_at_once(tmp_path, monkeypatc
         "config key 'server.default_subscription_profile': unknown profile 'fsat'",
         "unknown config key 'brokers.feed.claim_idle'; did you mean 'claim_idle_ms'?",
         "config key 'databases.default.provider': unknown provider 'postgress'",
-        "config key 'command_processing' must be 'sync' or 'async', got 'later'",
+        "config key 'command_processing' must be one of ['async', 'sync'], got 'later'",
     ]
     for fragment in expected:
         assert any(fragment in p for p in problems), (fragment, problems)
