@@ -10,6 +10,7 @@ import click
 
 from tidings.app.bootstrap import runtime_for
 from tidings.app.loading import load_domain
+from tidings.domain.errors import ConfigurationError
 
 
 @click.group()
@@ -42,6 +43,12 @@ def server(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     domain, celery = _load(domain_path)
+    argv: list[str] = []
+    if not test_mode:  # test mode runs its worker in this process: an inline broker reaches it
+        try:  # before anything is created: a worker that can consume nothing must not start
+            argv = worker_argv(domain, pool=pool, concurrency=concurrency, beat=not no_beat, debug=debug)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
     domain.create_tables()  # only the missing ones; migrations are yours (domain.metadata)
     click.echo("Registered subscriptions:")
     for line in subscription_lines(domain):
@@ -50,7 +57,7 @@ def server(
         summary = run_until_quiescent(celery, domain, pool="solo" if pool == "prefork" else pool)
         click.echo(json.dumps(summary, indent=2))
         sys.exit(0 if summary["quiescent"] and not summary["dead_lettered"] else 1)
-    celery.worker_main(worker_argv(domain, pool=pool, concurrency=concurrency, beat=not no_beat, debug=debug))
+    celery.worker_main(argv)
 
 
 def _queues(domain, handler: str | None) -> list[str]:

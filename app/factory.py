@@ -16,6 +16,7 @@ from tidings.app.celery_settings import celery_settings
 from tidings.app.engine import CeleryEngine
 from tidings.app.kick import gate_for
 from tidings.app.relay_thread import RelayThread
+from tidings.domain.settings import IN_PROCESS_BROKERS, BrokerSettings
 from tidings.tasks.handlers import failure_hook, register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
@@ -34,14 +35,13 @@ log = logging.getLogger("tidings")
 sqla_transport.register()
 
 
-def broker_url(settings: dict[str, Any]) -> str:
+def broker_url(broker: BrokerSettings) -> str:
     """The kombu URL of a `[brokers.<name>]` table."""
-    provider = settings.get("provider", "inline")
-    if provider in ("inline", "memory"):
+    if broker.provider in IN_PROCESS_BROKERS:
         return "memory://"
-    url = settings.get("url") or settings.get("URI") or settings.get("uri")
+    url = broker.options.url
     if not url:
-        raise ValueError(f"broker provider {provider!r} needs a 'url'")
+        raise ValueError(f"broker provider {broker.provider!r} needs a 'url'")
     if url.startswith("sqla+sqlite:///"):
         Path(url.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return url
@@ -69,14 +69,14 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
     routes.update({task_name(domain, h): queue_name(domain, h) for h in async_handlers(domain)})
     routes.update({poll_task_name(domain, h): queue_name(domain, h) for h in event_store_handlers(domain)})
     derived = dict(
-        broker_url=broker_url(domain.settings["brokers"]["default"]),
+        broker_url=broker_url(domain.settings.brokers["default"]),
         task_queues=[Queue(q, routing_key=q) for q in routes.values()],
         task_routes={name: {"queue": q, "routing_key": q} for name, q in routes.items()},
         task_default_queue=relay_queue(domain),
         broker_transport_options={"polling_interval": _polling_interval(domain)},
     )
     # Layers and enforced guarantees: see app/celery_settings.py.
-    settings = celery_settings(domain.settings.get("celery") or {}, derived, overrides)
+    settings = celery_settings(domain.settings.celery, derived, overrides)
     celery.config_from_object(settings.values)
     _check_retry_delays(celery, domain)
     handler_tasks = register_handler_tasks(celery, domain, stats)
@@ -88,7 +88,7 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
         else gate_for(str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
     )
     relay = register_relay_task(celery, domain, before_relay=gate.relay_starting if gate else None)
-    interval = float(domain.settings["outbox"]["interval"])
+    interval = domain.settings.outbox.interval
     celery.conf.beat_schedule = {
         relay_task_name(domain): {
             "task": relay.name,
@@ -105,7 +105,7 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
         },
         **_pump_schedule(domain),
     }
-    in_thread = domain.settings["outbox"]["after_commit"] == "thread" and not celery.conf.task_always_eager
+    in_thread = domain.settings.outbox.after_commit == "thread" and not celery.conf.task_always_eager
     engine = CeleryEngine(
         celery,
         domain,
@@ -116,7 +116,6 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
     )
     celery.tidings_domain = domain
     return celery, engine, failure_hook(handler_tasks, stats)
-    return celery
 
 
 def _pump_schedule(domain: Any) -> dict[str, dict]:

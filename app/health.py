@@ -47,7 +47,7 @@ def check_brokers(domain: Any, celery: Celery | None) -> dict[str, dict[str, Any
                 for s in domain.registry["subscriber"].values()
                 if (s.meta_.get("broker") or "default") == name
             )
-        report[name] = {"provider": broker.settings.get("provider"), **stats}
+        report[name] = {"provider": broker.settings.provider, **stats}
     return report
 
 

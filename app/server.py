@@ -12,6 +12,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from tidings.app.progress import deliveries
+from tidings.domain.settings import check_server_broker
 from tidings.tasks import dlq
 from tidings.tasks.naming import async_handlers, queue_name, relay_queue
 from tidings.tasks.poller import failed_count, poll_all
@@ -38,6 +39,9 @@ def all_queues(domain: Any) -> list[str]:
 
 
 def worker_argv(domain: Any, *, pool: str, concurrency: int | None, beat: bool, debug: bool) -> list[str]:
+    """The `celery worker` arguments of `tidings server`. Refuses an in-process default broker
+    first: the worker would run on memory:// and consume nothing (see `check_server_broker`)."""
+    check_server_broker(domain.settings)
     argv = [
         "worker",
         "-Q",

@@ -29,7 +29,7 @@ from bench.harness import (
 from bench.tidings_app import build_domain, celery_app, place_order
 from tidings.outbox.writer import outbox_rows
 from tidings.tasks.naming import async_handlers, queue_name, relay_queue
-from tidings.tasks.relay import relay_now
+from tidings.tasks.relay import relay_with
 
 PRODUCERS = 4  # producer threads committing one event per transaction
 
@@ -309,11 +309,12 @@ def relay(n: int, runs: int) -> Report:
         domain.create_tables()
         client = redis.Redis.from_url(REDIS_URL)
         for batch in (100, 500, 1000):
-            domain.settings["outbox"]["batch_size"] = batch
+            # the settings are frozen: the relay is handed an [outbox] part with this batch size
+            outbox = domain.settings.outbox.model_copy(update={"batch_size": batch})
             for _ in range(runs):
                 _pending_rows(domain, n)
                 start = time.perf_counter()
-                published = relay_now(celery, domain)
+                published = relay_with(celery, domain, outbox)
                 report.add(
                     f"tidings relay, batch {batch}", "rows/s", published / (time.perf_counter() - start)
                 )

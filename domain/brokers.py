@@ -11,12 +11,14 @@ import enum
 import logging
 import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, ClassVar
 from uuid import uuid4
 
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
+from tidings.domain.settings import BrokerOptions, BrokerSettings, broker_settings
 
 log = logging.getLogger("tidings.brokers")
 ENTRY_POINT_GROUP = "tidings.brokers"
@@ -62,8 +64,14 @@ class Broker:
 
     capabilities: BrokerCapability = BrokerCapability.BASIC_PUBSUB
     pulled: bool = False
+    # The options this adapter reads from its `[brokers.<name>]` table, checked at init().
+    options_model: ClassVar[type[BrokerOptions]] = BrokerOptions
 
-    def __init__(self, name: str, domain: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
+        """`settings` comes parsed from the domain's settings; a plain table (an adapter built
+        on its own, as in tests) is validated by `options_model` here."""
+        if not isinstance(settings, BrokerSettings):
+            settings = broker_settings(settings, self.options_model)
         self.name, self.domain, self.settings = name, domain, settings
 
     def __repr__(self) -> str:
@@ -140,7 +148,7 @@ class InlineBroker(Broker):
 
     capabilities = BrokerCapability.RELIABLE_MESSAGING
 
-    def __init__(self, name: str, domain: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
         super().__init__(name, domain, settings)
         self.streams: dict[str, list[tuple[str, dict]]] = {}
         self.groups: dict[tuple[str, str], _Group] = {}
@@ -213,13 +221,13 @@ def broker_class(provider: str) -> type[Broker]:
 class Brokers:
     """The domain's named brokers: `domain.brokers["name"]`, `domain.brokers.publish(...)`."""
 
-    def __init__(self, domain: Any, config: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, domain: Any, brokers: Mapping[str, BrokerSettings]) -> None:
         self.domain = domain
-        if "default" not in config:
+        if "default" not in brokers:
             raise ConfigurationError("config section 'brokers' needs a 'default' broker")
         self._brokers = {
-            name: broker_class(settings["provider"])(name, domain, dict(settings))
-            for name, settings in config.items()
+            name: broker_class(settings.provider)(name, domain, settings)
+            for name, settings in brokers.items()
         }
 
     def __getitem__(self, name: str) -> Broker:
@@ -255,7 +263,7 @@ class Brokers:
         if not subscribers:
             return
         message_id = str(message.get("id") or identifier)
-        if self.domain.settings["message_processing"] == "sync":
+        if self.domain.settings.message_processing == "sync":
             for subscriber in subscribers:
                 self.domain.bus.run_subscriber(subscriber, message, message_id=message_id)
             return

@@ -6,7 +6,6 @@ the brokers and one message bus (domain/bus.py), which does all message processi
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from tidings.domain.providers import Storage, load_storage
 from tidings.domain.registry import OPTIONS, derive_element
 from tidings.domain.repository import Repository
 from tidings.domain.routing import Routes
+from tidings.domain.settings import Settings, parse_settings
 from tidings.domain.subscriptions import SubscriptionSettings
 from tidings.domain.subscriptions import resolve as resolve_subscription
 from tidings.domain.uow import Stores, UnitOfWork
@@ -110,24 +110,19 @@ class Domain:
         """
         from tidings.domain.validation import check_registry
 
-        problems: list[str] = []
-        try:
-            config = cfg.interpolate(copy.deepcopy(self.config))
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{self.name}: {exc}") from None
-        problems += cfg.validate_config(config)
+        settings, problems = parse_settings(self.config)  # the one validation of the config
         self._rebuild_models()
-        problems += check_registry(self, config)
-        if problems:
+        problems += check_registry(self, settings)
+        if problems or settings is None:
             raise ConfigurationError(
                 f"domain '{self.name}' has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
             )
-        self.settings = config
-        self._build_databases(config)
+        self.settings: Settings = settings
+        self._build_databases(settings)
         if self._brokers is not None:
             self._brokers.close()
-        self._brokers = Brokers(self, config["brokers"])
-        self._build_bus(config)
+        self._brokers = Brokers(self, settings.brokers)
+        self._build_bus(settings)
         self.initialized = True
         return self
 
@@ -140,11 +135,11 @@ class Domain:
                 except Exception as exc:  # noqa: BLE001 - reported, not swallowed
                     log.debug("rebuild of %s failed: %s", model.__name__, exc)
 
-    def _build_databases(self, config: dict[str, Any]) -> None:
+    def _build_databases(self, settings: Settings) -> None:
         """Build the storage (the one place providers are chosen: `providers.load_storage`)."""
         if self.storage is not None:
             self.storage.dispose()
-        self.storage = storage = load_storage(self.name, config["databases"], config["event_store"])
+        self.storage = storage = load_storage(self.name, settings.databases, settings.event_store)
         self.databases = storage.stores
         for kind in ("aggregate", "projection"):
             for model in self.registry[kind].values():
@@ -157,10 +152,10 @@ class Domain:
         assert self.storage is not None  # init() built it
         return self.storage
 
-    def _build_bus(self, config: dict[str, Any]) -> None:
+    def _build_bus(self, settings: Settings) -> None:
         engine = self._bus.engine if self._bus is not None else None  # survives a re-init
         processing = Processing(
-            config["event_processing"], config["command_processing"], config["message_processing"]
+            settings.event_processing, settings.command_processing, settings.message_processing
         )
         stores = Stores(event_store=self.event_store_database, outbox=self.outbox_database, owner=self.name)
         self._bus = MessageBus(
@@ -202,7 +197,7 @@ class Domain:
     def subscription_settings(self, handler: type) -> SubscriptionSettings:
         """The handler's resolved subscription settings (see `domain.subscriptions`)."""
         self._require_init()
-        return resolve_subscription(handler, self.settings["server"])
+        return resolve_subscription(handler, self.settings.server)
 
     def read_messages(
         self, stream_or_category: str, from_position: int = 0, limit: int = 1000
@@ -255,7 +250,7 @@ class Domain:
 
     @property
     def outbox_enabled(self) -> bool:
-        return self.initialized and cfg.outbox_enabled(self.settings)
+        return self.initialized and self.settings.outbox_enabled
 
     def is_sync(self, message: Message) -> bool:
         return self.bus.processing.is_sync(message)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from tidings.domain.errors import ConfigurationError
 from tidings.domain.inbox import MemoryInbox, SqlInbox
@@ -24,6 +23,7 @@ from tidings.domain.memory import MemoryDatabase
 from tidings.domain.message_db import MessageDbDatabase
 from tidings.domain.ports import Database, DeliveryLog, EventStore, Inbox, Outbox, Positions, Store
 from tidings.domain.positions import MemoryPositions, SqlPositions
+from tidings.domain.settings import DatabaseSettings, EventStoreSettings
 from tidings.domain.sql import SqlDatabase
 from tidings.outbox.progress import MemoryDeliveryLog, SqlDeliveryLog
 from tidings.outbox.relay import MemoryOutbox, SqlOutbox
@@ -71,7 +71,7 @@ class Storage:
 
 
 def load_storage(
-    domain: str, databases: Mapping[str, Mapping[str, Any]], event_store: Mapping[str, Any]
+    domain: str, databases: Mapping[str, DatabaseSettings], event_store: EventStoreSettings
 ) -> Storage:
     """The storage of domain `domain` for its `[databases.*]` and `[event_store]` settings.
 
@@ -106,28 +106,28 @@ def load_storage(
     )
 
 
-def _database(name: str, settings: Mapping[str, Any]) -> Database:
-    provider = settings.get("provider")
+def _database(name: str, settings: DatabaseSettings) -> Database:
+    provider = settings.provider
     if provider == "memory":
         return MemoryDatabase(name)
-    if provider in SQL_PROVIDERS:
-        return SqlDatabase(name, settings["database_uri"])
+    if provider in SQL_PROVIDERS and settings.database_uri:
+        return SqlDatabase(name, settings.database_uri)
     raise ConfigurationError(
         f"databases.{name}.provider {provider!r} is not one of memory, {', '.join(SQL_PROVIDERS)}"
     )
 
 
-def _event_store(settings: Mapping[str, Any], default: Database) -> EventStore:
+def _event_store(settings: EventStoreSettings, default: Database) -> EventStore:
     """Message DB apart; memory in the default memory database; SQL in the default SQL
     database when the URI is the same (one transaction for events and outbox), else apart."""
-    provider = settings.get("provider")
-    if provider == "message_db":
-        return MessageDbDatabase("event_store", settings["database_uri"])
+    provider = settings.provider
+    if provider == "message_db" and settings.database_uri:
+        return MessageDbDatabase("event_store", settings.database_uri)
     if provider == "memory":
         return default if isinstance(default, MemoryDatabase) else MemoryDatabase("event_store")
     if provider not in SQL_PROVIDERS:
         raise ConfigurationError(f"event_store.provider {provider!r} is not known")
-    uri = settings.get("database_uri")
+    uri = settings.database_uri
     shared = isinstance(default, SqlDatabase) and uri in (None, "", default.uri)
     store = default if shared else SqlDatabase("event_store", uri)
     assert isinstance(store, SqlDatabase)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the settings models read BUILT_IN and PROFILES from this module
+    from tidings.domain.settings import ServerSettings
 
 BUILT_IN: dict[str, Any] = {  # the reference's effective defaults for a stream subscription
     "subscription_type": "stream",
@@ -99,6 +102,8 @@ class SettingsError(ValueError):
 
 
 def _check(handler: str, where: str, values: dict[str, Any]) -> None:
+    """Check options written in a handler's declaration (the configuration's are checked by
+    `domain.settings` when it is parsed)."""
     for key, value in values.items():
         if key == "profile":
             continue
@@ -122,35 +127,29 @@ def _check(handler: str, where: str, values: dict[str, Any]) -> None:
             raise SettingsError(f"{handler}: {where} {key} must be >= 0, got {value!r}")
 
 
-def profile_values(name: str, server: dict[str, Any], handler: str, where: str) -> dict[str, Any]:
+def profile_values(name: str, server: ServerSettings, handler: str, where: str) -> dict[str, Any]:
     """A built-in or custom profile (`[server.profiles.<name>]`, `inherits = "<built-in>"`)."""
     if name in PROFILES:
         return dict(PROFILES[name])
-    custom = server.get("profiles", {}).get(name)
-    if custom is None:
-        known = sorted(PROFILES) + sorted(server.get("profiles", {}))
+    custom = server.profiles.get(name)
+    if custom is None:  # only a handler's own subscription_profile can get here: the
+        # settings parse has checked every profile named in the configuration
+        known = sorted(PROFILES) + sorted(server.profiles)
         raise SettingsError(f"{handler}: unknown profile {name!r} in {where} (known: {known})")
-    custom = dict(custom)
-    parent = custom.pop("inherits", None)
-    base = {}
-    if parent is not None:
-        if parent not in PROFILES:
-            raise SettingsError(f"profile {name!r} inherits {parent!r}, which is not built in")
-        base = dict(PROFILES[parent])
-    _check(handler, f"profile {name!r}", custom)
-    return {**base, **custom}
+    base = dict(PROFILES[custom.inherits]) if custom.inherits else {}
+    return {**base, **custom.values()}
 
 
-def resolve(handler: type, server: dict[str, Any]) -> SubscriptionSettings:
-    """The handler's settings, merged by the priority order above."""
+def resolve(handler: type, server: ServerSettings) -> SubscriptionSettings:
+    """The handler's settings, merged by the priority order above. The server's values were
+    validated when the settings were parsed; only the handler's own options are checked here."""
     name = handler.__name__
     meta = handler.meta_
+    per_handler = server.subscriptions.get(name)
     layers: list[tuple[str, dict[str, Any]]] = []  # lowest first
     layers.append(("built-in default", dict(BUILT_IN)))
-    named_profile = bool(meta.get("subscription_profile")) or "profile" in server.get(
-        "subscriptions", {}
-    ).get(name, {})
-    default_profile = server.get("default_subscription_profile")
+    named_profile = bool(meta.get("subscription_profile")) or bool(per_handler and per_handler.profile)
+    default_profile = server.default_subscription_profile
     if default_profile and not named_profile:
         layers.append(
             (
@@ -159,28 +158,27 @@ def resolve(handler: type, server: dict[str, Any]) -> SubscriptionSettings:
             )
         )
     defaults: dict[str, Any] = {}
-    if server.get("default_subscription_type"):
-        defaults["subscription_type"] = server["default_subscription_type"]
-    if server.get("messages_per_tick"):
-        defaults["messages_per_tick"] = server["messages_per_tick"]
+    if server.default_subscription_type:
+        defaults["subscription_type"] = server.default_subscription_type
+    if server.messages_per_tick:
+        defaults["messages_per_tick"] = server.messages_per_tick
     layers.append(("server defaults", defaults))
-    layers.append(("server.stream_subscription", dict(server.get("stream_subscription", {}))))
-    store = {
-        k: v for k, v in server.get("event_store_subscription", {}).items() if k == "position_update_interval"
-    }
+    layers.append(("server.stream_subscription", server.stream_subscription.values()))
+    interval = server.event_store_subscription.position_update_interval
+    store = {} if interval is None else {"position_update_interval": interval}
     layers.append(("server.event_store_subscription", store))
-    per_handler = dict(server.get("subscriptions", {}).get(name, {}))
-    if "profile" in per_handler:
-        profile = per_handler.pop("profile")
+    if per_handler and per_handler.profile:
         layers.append(
             (
-                f"server.subscriptions.{name}.profile ({profile})",
-                profile_values(profile, server, name, f"server.subscriptions.{name}"),
+                f"server.subscriptions.{name}.profile ({per_handler.profile})",
+                profile_values(per_handler.profile, server, name, f"server.subscriptions.{name}"),
             )
         )
-    layers.append((f"server.subscriptions.{name}", per_handler))
+    layers.append((f"server.subscriptions.{name}", per_handler.values() if per_handler else {}))
     if meta.get("subscription_type"):
-        layers.append(("handler subscription_type", {"subscription_type": meta["subscription_type"]}))
+        own_type = {"subscription_type": meta["subscription_type"]}
+        _check(name, "handler subscription_type", own_type)
+        layers.append(("handler subscription_type", own_type))
     if meta.get("subscription_profile"):
         profile = meta["subscription_profile"]
         layers.append(
@@ -189,12 +187,13 @@ def resolve(handler: type, server: dict[str, Any]) -> SubscriptionSettings:
                 profile_values(profile, server, name, "subscription_profile"),
             )
         )
-    layers.append(("handler subscription_config", dict(meta.get("subscription_config") or {})))
+    own_config = dict(meta.get("subscription_config") or {})
+    _check(name, "handler subscription_config", own_config)
+    layers.append(("handler subscription_config", own_config))
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for where, layer in layers:
-        _check(name, where, layer)
         for key, value in layer.items():
             if value is not None:
                 values[key], sources[key] = value, where

@@ -11,11 +11,15 @@ from tidings.domain.subscriptions import SettingsError, resolve
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
+    from tidings.domain.settings import ServerSettings, Settings
 
 
-def check_registry(domain: Domain, config: dict) -> list[str]:
+def check_registry(domain: Domain, settings: Settings | None) -> list[str]:
+    """Every problem of the registry; with `settings` (None when the configuration itself is
+    invalid) also the handlers' subscriptions and the subscribers' brokers."""
     problems: list[str] = []
-    problems += _check_subscriptions(domain, config)
+    if settings is not None:
+        problems += _check_subscriptions(domain, settings.server)
     for kind in ("event", "command", "event_handler", "command_handler", "query_handler"):
         for cls in domain.registry[kind].values():
             problems += _check_part_of(domain, cls, kind)
@@ -27,10 +31,10 @@ def check_registry(domain: Domain, config: dict) -> list[str]:
         if not sub.meta_.get("stream"):
             problems.append(f"subscriber {sub.__name__}: 'stream' is required")
         broker = sub.meta_.get("broker") or "default"
-        if broker not in config.get("brokers", {}):
+        if settings is not None and broker not in settings.brokers:
             problems.append(
                 f"subscriber {sub.__name__}: broker {broker!r} is not configured "
-                f"(add [brokers.{broker}]; configured: {sorted(config.get('brokers', {}))})"
+                f"(add [brokers.{broker}]; configured: {sorted(settings.brokers)})"
             )
     return problems
 
@@ -124,12 +128,12 @@ def _check_categories(domain: Domain) -> list[str]:
     return problems
 
 
-def _check_subscriptions(domain: Domain, config: dict) -> list[str]:
+def _check_subscriptions(domain: Domain, server: ServerSettings) -> list[str]:
     problems = []
     for kind in ("event_handler", "command_handler", "projector", "subscriber"):
         for handler in domain.registry[kind].values():
             try:
-                resolve(handler, config.get("server", {}))
+                resolve(handler, server)
             except SettingsError as exc:
                 problems.append(str(exc))
     return problems

@@ -30,7 +30,7 @@ def pump_task_name(domain: Any, subscriber: type) -> str:
 
 def pulled_subscribers(domain: Any) -> list[type]:
     """Subscribers whose broker is read through a consumer group (async processing only)."""
-    if domain.settings["message_processing"] != "async":
+    if domain.settings.message_processing != "async":
         return []
     return [
         s

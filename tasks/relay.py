@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from tidings.domain.settings import OutboxSettings
 from tidings.outbox.relay import Backoff, OutboxStore, relay_pending_messages
 from tidings.tasks.dispatch import publisher
 from tidings.tasks.naming import relay_task_name
@@ -23,25 +24,29 @@ def outbox_store(domain: Any) -> OutboxStore:
 
 def relay_now(celery: Celery, domain: Any) -> int:
     """Relay every due outbox row (rounds of `outbox.batch_size`); returns how many."""
-    settings = domain.settings["outbox"]
-    store = outbox_store(domain)
-    backoff = Backoff(settings["backoff_base"], settings["backoff_max"])
+    return relay_with(celery, domain, domain.settings.outbox)
+
+
+def relay_with(celery: Celery, domain: Any, outbox: OutboxSettings) -> int:
+    """`relay_now` with the given `[outbox]` settings (batch size and publish backoff)."""
+    backoff = Backoff(outbox.backoff_base, outbox.backoff_max)
     with publisher(celery, domain) as publish:
-        return relay_pending_messages(store, publish, int(settings["batch_size"]), backoff)
+        return relay_pending_messages(outbox_store(domain), publish, outbox.batch_size, backoff)
 
 
 def register_relay_task(celery: Celery, domain: Any, before_relay: Callable[[], None] | None = None) -> Task:
     """The relay task; `before_relay` runs before each claim (the app's kick gate)."""
     last_purge = [0.0]
+    outbox = domain.settings.outbox
 
     @celery.task(name=relay_task_name(domain), ignore_result=True, shared=False, acks_late=False)
     def relay_outbox() -> int:
         if before_relay is not None:
             before_relay()
-        published = relay_now(celery, domain)
+        published = relay_with(celery, domain, outbox)
         if time.monotonic() - last_purge[0] > _PURGE_EVERY:
             last_purge[0] = time.monotonic()
-            retention = timedelta(seconds=float(domain.settings["outbox"]["retention"]))
+            retention = timedelta(seconds=outbox.retention)
             outbox_store(domain).purge_published(datetime.now(UTC) - retention)
         return published
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+
+from pydantic import AliasChoices, Field
 
 from tidings.domain.brokers import mask_url
-from tidings.domain.errors import BrokerConnectionError, ConfigurationError
+from tidings.domain.errors import BrokerConnectionError
+from tidings.domain.settings import BrokerOptions
 
 
-def url_of(name: str, settings: dict[str, Any]) -> str:
-    """The `url` (or the reference's `URI`) of a `[brokers.<name>]` table."""
-    url = settings.get("url") or settings.get("URI") or settings.get("uri")
-    if not url:
-        raise ConfigurationError(f"broker '{name}' (provider {settings.get('provider')!r}) needs a 'url'")
-    return str(url)
+class UrlOptions(BrokerOptions):
+    """Options of an adapter that connects somewhere: `url` (or the reference's `URI`) is required."""
+
+    url: str = Field(validation_alias=AliasChoices("url", "URI", "uri"))
 
 
 @contextmanager

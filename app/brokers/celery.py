@@ -6,16 +6,17 @@ exchange `tidings.streams` under the stream's name."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, ClassVar, cast
 from uuid import uuid4
 
 from kombu import Connection, Exchange, Message, Producer, Queue
 from kombu.exceptions import OperationalError
 
-from tidings.app.brokers import translated, url_of
+from tidings.app.brokers import UrlOptions, translated
 from tidings.domain.brokers import Broker, BrokerCapability
+from tidings.domain.settings import BrokerOptions, BrokerSettings
 from tidings.tasks.naming import queue_name
 
 EXCHANGE = Exchange("tidings.streams", type="direct", durable=True)
@@ -26,15 +27,23 @@ def _connect(connection: Connection) -> None:
     connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
 
 
+class CeleryOptions(UrlOptions):
+    """`url` (any kombu URL), `transport_options` (kombu's, e.g. `global_keyprefix`)."""
+
+    transport_options: dict[str, Any] = {}
+
+
 class CeleryBroker(Broker):
-    """Settings: `url` (any kombu URL), `transport_options` (e.g. `global_keyprefix`)."""
+    """Settings: see `CeleryOptions`."""
 
     capabilities = BrokerCapability.RELIABLE_MESSAGING
+    options_model: ClassVar[type[BrokerOptions]] = CeleryOptions
 
-    def __init__(self, name: str, domain: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
         super().__init__(name, domain, settings)
-        self.url = url_of(name, settings)
-        self.transport_options = dict(settings.get("transport_options") or {})
+        options = cast(CeleryOptions, self.settings.options)
+        self.url = options.url
+        self.transport_options = dict(options.transport_options)
         self._connection: Connection | None = None
         self._channel: Any = None
         self._held: dict[str, Message] = {}  # read, not yet acked: acked on their channel

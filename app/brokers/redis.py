@@ -6,29 +6,40 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar, cast
 from uuid import uuid4
 
 import redis
 
-from tidings.app.brokers.redis_base import UNHEALTHY, RedisBroker
+from tidings.app.brokers.redis_base import UNHEALTHY, RedisBroker, RedisOptions
 from tidings.domain.brokers import BrokerCapability
+from tidings.domain.settings import BrokerOptions, BrokerSettings, PositiveInt
 
 FIELD = "data"  # one field per entry, holding the JSON message
 
 
+class RedisStreamOptions(RedisOptions):
+    """`url`, `key_prefix` (isolates streams), `claim_idle_ms` (default 60000: an entry pending
+    that long belongs to a dead consumer and is handed to the next reader), `maxlen` (default
+    none: keep everything; else trim each stream to about that many entries on publish —
+    entries a slow group has not read yet can be trimmed too)."""
+
+    claim_idle_ms: PositiveInt = 60000
+    maxlen: PositiveInt | None = None
+
+
 class RedisStreamBroker(RedisBroker):
-    """Settings: `url`, `key_prefix` (isolates streams), `claim_idle_ms` (default 60000: an
-    entry pending that long belongs to a dead consumer and is handed to the next reader),
-    `maxlen` (default none: keep everything; else trim each stream to about that many
-    entries on publish — entries a slow group has not read yet can be trimmed too)."""
+    """Settings: see `RedisStreamOptions`."""
 
     capabilities = BrokerCapability.ORDERED_MESSAGING
+    options_model: ClassVar[type[BrokerOptions]] = RedisStreamOptions
 
-    def __init__(self, name: str, domain: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
         super().__init__(name, domain, settings)
-        self.claim_idle_ms = int(settings.get("claim_idle_ms", 60000))
-        self.maxlen = int(settings["maxlen"]) if settings.get("maxlen") else None
+        options = cast(RedisStreamOptions, self.settings.options)
+        self.claim_idle_ms = options.claim_idle_ms
+        self.maxlen = options.maxlen
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid4().hex[:6]}"
 
     def _publish(self, stream: str, message: dict) -> str:

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar, cast
 
 import redis
 
-from tidings.app.brokers import translated, url_of
+from tidings.app.brokers import UrlOptions, translated
 from tidings.domain.brokers import Broker
+from tidings.domain.settings import BrokerOptions, BrokerSettings
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 UNHEALTHY = {"healthy": False, "message_counts": {}, "consumer_groups": {}, "dlq_depth": 0}
 
 
+class RedisOptions(UrlOptions):
+    """`url`, `key_prefix` (isolates this broker's keys)."""
+
+    key_prefix: str = ""
+
+
 class RedisBroker(Broker):
-    """Settings: `url`, `key_prefix` (isolates this broker's keys)."""
+    """Settings: see `RedisOptions`."""
 
     pulled = True
+    options_model: ClassVar[type[BrokerOptions]] = RedisOptions
 
-    def __init__(self, name: str, domain: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
         super().__init__(name, domain, settings)
-        self.url = url_of(name, settings)
-        self.prefix = str(settings.get("key_prefix", ""))
+        options = cast(RedisOptions, self.settings.options)
+        self.url = options.url
+        self.prefix = options.key_prefix
         self._client: redis.Redis | None = None
 
     @property

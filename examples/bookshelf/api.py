@@ -95,7 +95,7 @@ def create_api(domain: Domain = bookshelf.domain, *, create_tables: bool = True)
             domain.init()
         if create_tables:
             domain.create_tables()
-        if "async" in (domain.settings["command_processing"], domain.settings["event_processing"]):
+        if "async" in (domain.settings.command_processing, domain.settings.event_processing):
             # commits kick the outbox relay at once instead of waiting for the beat tick
             engine["celery"] = runtime_for(domain).celery
         yield
@@ -128,7 +128,7 @@ def create_api(domain: Domain = bookshelf.domain, *, create_tables: bool = True)
         """Process the command; answer 202 when it is queued, else the resource it produced."""
         with domain.domain_context():
             result = domain.process(command)
-            if domain.settings["command_processing"] == "async":
+            if domain.settings.command_processing == "async":
                 return JSONResponse({"message_id": result, "id": resource_id}, status_code=202)
             return JSONResponse(show(), status_code=201 if created else 200)
 

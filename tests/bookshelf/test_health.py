@@ -20,14 +20,16 @@ def test_health_answers_ok_when_the_database_answers(client):
 
 def test_health_reports_the_outbox_lag_of_queued_commands(tmp_path):
     provider = {"provider": "sqlite", "database_uri": f"sqlite:///{tmp_path}/b.db"}
-    with configured(provider, command_processing="async", event_processing="async") as domain:
-        domain.settings["brokers"]["default"] = {"provider": "inline"}  # memory://, no worker
-        with TestClient(create_api(domain)) as client:
-            client.post(
-                "/books",
-                json={"title": "Dune", "author": "Frank Herbert", "isbn": "978-0441172719", "price": 9.99},
-            )
-            body = client.get("/health").json()
+    # configured() puts the default broker on inline (memory://): no worker is needed
+    with (
+        configured(provider, command_processing="async", event_processing="async") as domain,
+        TestClient(create_api(domain)) as client,
+    ):
+        client.post(
+            "/books",
+            json={"title": "Dune", "author": "Frank Herbert", "isbn": "978-0441172719", "price": 9.99},
+        )
+        body = client.get("/health").json()
     assert body["broker"] == {"ok": True, "transport": "memory"}
     assert body["outbox"]["pending"] >= 0 and body["outbox"]["published"] + body["outbox"]["pending"] >= 1
 

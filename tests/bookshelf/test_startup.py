@@ -7,6 +7,7 @@ import copy
 import pytest
 from fastapi.testclient import TestClient
 
+from tidings.domain.settings import DatabaseSettings
 from tidings.examples.bookshelf import api
 from tidings.examples.bookshelf.domain import domain
 
@@ -43,10 +44,9 @@ def test_on_the_embedded_defaults_the_app_starts_on_sqlite_and_queues_commands(f
         assert client.get("/health").json()["status"] == "ok"
         response = client.post("/books", json=BOOK)
     assert response.status_code == 202  # async by default: a worker handles the command
-    assert domain.settings["databases"]["default"] == {
-        "provider": "sqlite",
-        "database_uri": "sqlite:///.tidings/bookshelf.db",
-    }
+    assert domain.settings.databases["default"] == DatabaseSettings(
+        provider="sqlite", database_uri="sqlite:///.tidings/bookshelf.db"
+    )
     assert (fresh_start / ".tidings" / "bookshelf.db").is_file()
 
 

@@ -31,7 +31,7 @@ def test_a_message_left_pending_by_a_dead_consumer_goes_to_the_next_reader(broke
     [(identifier, message)] = broker.read(stream, "g", 10)
     broker.close()
     # when another consumer of the group reads once claim_idle_ms (200 ms here) has passed
-    survivor = broker_class("redis")("streams", None, dict(broker.settings))
+    survivor = broker_class("redis")("streams", None, broker.settings)
     try:
         reclaimed = wait_until(
             lambda: survivor.read(stream, "g", 10), timeout=5, message="the pending entry to be reclaimed"
@@ -46,11 +46,10 @@ def test_a_message_left_pending_by_a_dead_consumer_goes_to_the_next_reader(broke
 
 
 def test_a_pending_message_is_not_reclaimed_before_claim_idle_ms(broker, stream):
-    broker.settings["claim_idle_ms"] = 60_000
     broker.ensure_group(stream, "g")
     broker.publish(stream, {"n": 1})
     assert len(broker.read(stream, "g", 10)) == 1
-    other = broker_class("redis")("streams", None, dict(broker.settings))
+    other = broker_class("redis")("streams", None, broker.settings.with_options(claim_idle_ms=60_000))
     try:
         assert other.read(stream, "g", 10) == []
     finally:
@@ -58,7 +57,7 @@ def test_a_pending_message_is_not_reclaimed_before_claim_idle_ms(broker, stream)
 
 
 def test_a_stream_with_maxlen_keeps_about_that_many_entries(broker, stream):
-    trimmed = broker_class("redis")("streams", None, {**broker.settings, "maxlen": 10})
+    trimmed = broker_class("redis")("streams", None, broker.settings.with_options(maxlen=10))
     try:
         for i in range(1000):
             trimmed.publish(stream, {"n": i})

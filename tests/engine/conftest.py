@@ -35,9 +35,7 @@ def redis_app(redis_prefix):
 
     def build(domain, **overrides):
         domain.config["brokers"]["default"] = {"provider": "redis", "url": REDIS_URL}
-        if not domain.initialized:
-            domain.init()
-        domain.settings["brokers"]["default"] = {"provider": "redis", "url": REDIS_URL}
+        domain.init()  # again if it was: the settings are frozen, the broker is part of them
         return create_celery_app(
             domain, broker_transport_options={**FAST, "global_keyprefix": redis_prefix}, **overrides
         )

@@ -218,10 +218,11 @@ def wait_for(worker: WorkerProcess, condition, what: str, timeout: float = 30) -
 def crash_ledger(broker, use_provider):
     """A ledger domain on PostgreSQL and `broker`, with its Celery app (for the relay kicks)."""
     domain = use_provider(build_named_ledger(broker.domain_name))
-    domain.settings["brokers"]["default"] = {
+    domain.config["brokers"]["default"] = {
         "provider": "redis" if broker.kind == "redis" else "amqp",
         "url": broker.url,
     }
+    domain.init()
     celery = create_celery_app(domain, **celery_overrides(broker.url, broker.keyprefix))
     yield domain, celery
     celery.close()
@@ -295,8 +296,9 @@ def test_commits_succeed_while_the_broker_is_down_and_every_row_is_delivered_onc
 ):
     domain = use_provider(build_ledger())
     dead_url = f"redis://127.0.0.1:{closed_port()}/0"
-    domain.settings["brokers"]["default"] = {"provider": "redis", "url": dead_url}
-    domain.settings["outbox"]["backoff_base"] = 60.0  # no failed row comes due during the test
+    domain.config["brokers"]["default"] = {"provider": "redis", "url": dead_url}
+    domain.config["outbox"]["backoff_base"] = 60.0  # no failed row comes due during the test
+    domain.init()
     # A publish to a refused port fails after task_publish_retry_policy's retries (3 x 0.2 s by
     # default); broker_connection_timeout bounds the connect to a host that does not answer.
     dead = create_celery_app(
@@ -423,7 +425,8 @@ def rabbit_ledger(use_provider):
     ledger.ERRORS_SEEN.clear()
     name = f"ledger_{uuid.uuid4().hex[:8]}"
     domain = use_provider(build_named_ledger(name))
-    domain.settings["brokers"]["default"] = {"provider": "amqp", "url": BROKER_URL}
+    domain.config["brokers"]["default"] = {"provider": "amqp", "url": BROKER_URL}
+    domain.init()
     # The in-process worker's event loop only notices `stop()` when its poll returns: on
     # RabbitMQ with no timer due that is up to 10 s, as long as start_worker's shutdown_timeout.
     # An AMQP heartbeat every 2 s (a timer at 1 s) makes it stop in about a second.

@@ -172,7 +172,7 @@ def test_read_categories_merges_categories_in_global_order_from_a_position(shop)
 
 def test_last_position_is_the_highest_global_position_of_the_categories_or_unknown(shop):
     store = shop.storage.event_store
-    if shop.settings["event_store"]["provider"] == "message_db":
+    if shop.settings.event_store.provider == "message_db":
         assert store.last_position(["shop::order"]) is None  # no cheap maximum in its interface
         return
     assert store.last_position(["shop::order"]) == 0

@@ -27,13 +27,13 @@ def test_domain_toml_beside_the_domain_is_loaded(tmp_path, monkeypatch):
         'event_processing = "sync"\n[outbox]\nbatch_size = "${SHOP_BATCH|100}"\n'
     )
     domain = Domain("shop", root_path=tmp_path).init()
-    assert domain.settings["event_processing"] == "sync"
-    assert domain.settings["outbox"]["batch_size"] == 250
+    assert domain.settings.event_processing == "sync"
+    assert domain.settings.outbox.batch_size == 250
 
 
 def test_pyproject_tool_tidings_section_is_loaded(tmp_path):
     (tmp_path / "pyproject.toml").write_text('[tool.tidings]\ncommand_processing = "sync"\n')
-    assert Domain("shop", root_path=tmp_path).init().settings["command_processing"] == "sync"
+    assert Domain("shop", root_path=tmp_path).init().settings.command_processing == "sync"
 
 
 def test_unknown_provider_misspelt_key_and_malformed_value_are_all_reported(tmp_path):

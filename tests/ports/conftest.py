@@ -11,6 +11,7 @@ import pytest
 
 from tidings.domain.ports import Session
 from tidings.domain.providers import Storage, load_storage
+from tidings.domain.settings import DatabaseSettings, EventStoreSettings
 from tidings.outbox.relay import MemoryOutbox
 from tidings.outbox.writer import outbox_rows
 
@@ -35,7 +36,9 @@ def make_storage(database_settings) -> Iterator[MakeStorage]:
     built: list[Storage] = []
 
     def make(domain: str) -> Storage:
-        storage = load_storage(domain, {"default": database_settings}, {"provider": "memory"})
+        storage = load_storage(
+            domain, {"default": DatabaseSettings(**database_settings)}, EventStoreSettings(provider="memory")
+        )
         if not built:
             storage.drop_tables()  # the PostgreSQL database lives for the whole session
         storage.create_tables()
