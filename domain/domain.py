@@ -93,6 +93,7 @@ class Domain:
                 f"allowed: {sorted(OPTIONS[kind])}"
             )
         element = derive_element(kind, cls, options)
+        element.__tidings_domain__ = self  # what `raise_()` builds an envelope with
         self.registry[kind][element.__name__] = element
         self.initialized = False
         return element
