@@ -438,12 +438,31 @@ class Domain:
             return cached
         names: list[str] = []
         for target, methods in handler_targets(handler).items():
-            key = target if isinstance(target, str) else self.type_of(target)
+            key = self.target_type(handler, target)
             if key == type_string or key == "$any":
                 names += methods
         if self.initialized:  # type names are final only once init() has run
             self._methods[(handler, type_string)] = names
         return names
+
+    def target_type(self, handler: type, target: Any) -> str:
+        """The type string a `@handle` target stands for: a class's type; for handlers of the
+        domain's own messages, the name of a registered event or command (`"BookAdded"`) is
+        that class's type; any other string (a type string, `"$any"`, an external message
+        type) stands for itself."""
+        if not isinstance(target, str):
+            return self.type_of(target)
+        if handler.element_kind != "subscriber":
+            for kind in ("event", "command"):
+                if target in self.registry[kind]:
+                    return self.type_of(self.registry[kind][target])
+        return target
+
+    def subscriber_methods(self, subscriber: type, payload: dict) -> list[str]:
+        """A subscriber's methods for an external payload, by its `"type"` and its
+        `"event_type"` (the brokers document's shape); `"$any"` methods take every payload."""
+        keys = [str(payload[k]) for k in ("type", "event_type") if payload.get(k)] or [""]
+        return list(dict.fromkeys(m for key in keys for m in self.methods_for(subscriber, key)))
 
     def subscribers_for(self, stream: str) -> list[type]:
         return [
@@ -620,7 +639,7 @@ class Domain:
                 ):
                     return SKIPPED
                 instance = subscriber()
-                methods = self.methods_for(subscriber, str(payload.get("type", "")))
+                methods = self.subscriber_methods(subscriber, payload)
                 if methods:
                     result = None
                     for name in methods:

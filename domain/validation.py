@@ -63,7 +63,8 @@ def _check_handler_targets(domain: Domain) -> list[str]:
         for handler in domain.registry[kind].values():
             for target in handler_targets(handler):
                 if isinstance(target, str):
-                    continue  # a type string or "$any"
+                    problems += _check_type_string(domain, handler, target, kinds)
+                    continue
                 if not _registered(domain, target, kinds):
                     problems.append(
                         f"{handler.__name__}: @handle({_name(target)}) names a class "
@@ -76,6 +77,21 @@ def _check_handler_targets(domain: Domain) -> list[str]:
                     f"{handler.__name__}: @read({_name(target)}) names a class that is not a registered query"
                 )
     return problems
+
+
+def _check_type_string(domain: Domain, handler: type, target: str, kinds: tuple[str, ...]) -> list[str]:
+    """`@handle("BookAdded")` names a registered class, `@handle("Shop.BookAdded.v1")` its type;
+    `"$any"` takes every message of the handler's streams. Anything else would never match."""
+    known = {c.__name__ for k in kinds for c in domain.registry[k].values()}
+    types = {domain.type_of(c) for k in kinds for c in domain.registry[k].values()}
+    if target == "$any" or target in known or target in types:
+        return []
+    what = " or ".join(kinds)
+    return [
+        f"{handler.__name__}: @handle({target!r}) names no registered {what}, so it would never "
+        f"be called; register that {what}, or pass its class, its name or its type string "
+        f'(registered: {", ".join(sorted(types)) or "none"}), or "$any"'
+    ]
 
 
 def _check_command_handlers(domain: Domain) -> list[str]:
