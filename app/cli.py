@@ -11,13 +11,27 @@ import click
 from tidings.app.factory import celery_app_for
 from tidings.app.loading import load_domain
 
+DOMAIN_HELP = (
+    "dotted path, file or folder, optionally :name (e.g. tidings.examples.bookshelf, src/shop, "
+    "shop:domain); default: TIDINGS_DOMAIN, else domain.py or subdomain.py here"
+)
+
 
 @click.group()
-def main() -> None:
-    """Tidings: Celery-based orchestration for domain-driven Python."""
+@click.option("--domain", "domain_path", envvar="TIDINGS_DOMAIN", default=None, help=DOMAIN_HELP)
+@click.pass_context
+def main(ctx: click.Context, domain_path: str | None) -> None:
+    """Tidings: Celery-based orchestration for domain-driven Python.
+
+    `tidings --domain X server` and `tidings server --domain X` are the same."""
+    ctx.ensure_object(dict)["domain_path"] = domain_path
 
 
-def _load(domain_path: str):
+def _load(domain_path: str | None):
+    """The domain: the subcommand's --domain, else the group's (or TIDINGS_DOMAIN), else found."""
+    if domain_path is None:
+        root = click.get_current_context(silent=True)
+        domain_path = (root.find_root().obj or {}).get("domain_path") if root else None
     domain = load_domain(domain_path)
     if not domain.initialized:
         domain.init()
@@ -25,14 +39,19 @@ def _load(domain_path: str):
 
 
 @main.command()
-@click.option("--domain", "domain_path", required=True, help="dotted path, e.g. tidings.examples.bookshelf")
+@click.option("--domain", "domain_path", default=None, help=DOMAIN_HELP)
 @click.option("--debug", is_flag=True, help="log every message")
 @click.option("--test-mode", is_flag=True, help="process everything pending, then exit")
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
 @click.option("--concurrency", type=int, default=None)
 @click.option("--no-beat", is_flag=True, help="do not embed beat (run `celery beat` once elsewhere)")
 def server(
-    domain_path: str, debug: bool, test_mode: bool, pool: str, concurrency: int | None, no_beat: bool
+    domain_path: str | None,
+    debug: bool,
+    test_mode: bool,
+    pool: str,
+    concurrency: int | None,
+    no_beat: bool,
 ) -> None:
     """Start a worker on all of the domain's queues (beat embedded unless --no-beat)."""
     from tidings.app.server import run_until_quiescent, subscription_lines, worker_argv
@@ -79,9 +98,7 @@ def _failed_positions(domain, handler: str | None) -> list[dict]:
     return [row for h in _polled(domain, handler) for row in store.failures(task_name(domain, h))]
 
 
-domain_option = click.option(
-    "--domain", "domain_path", required=True, help="dotted path, e.g. tidings.examples.bookshelf"
-)
+domain_option = click.option("--domain", "domain_path", default=None, help=DOMAIN_HELP)
 handler_option = click.option("--handler", default=None, help="one handler (default: all)")
 
 
@@ -94,7 +111,7 @@ def dlq() -> None:
 @domain_option
 @handler_option
 @click.option("--limit", default=100, show_default=True)
-def dlq_list(domain_path: str, handler: str | None, limit: int) -> None:
+def dlq_list(domain_path: str | None, handler: str | None, limit: int) -> None:
     """One line per dead-lettered message."""
     from tidings.tasks import dlq as dead
 
@@ -122,7 +139,7 @@ def dlq_list(domain_path: str, handler: str | None, limit: int) -> None:
 @domain_option
 @handler_option
 @click.argument("message_id")
-def dlq_show(domain_path: str, handler: str | None, message_id: str) -> None:
+def dlq_show(domain_path: str | None, handler: str | None, message_id: str) -> None:
     """Everything recorded about one message: body, error, traceback, attempts, time."""
     from tidings.tasks import dlq as dead
 
@@ -143,7 +160,7 @@ def dlq_show(domain_path: str, handler: str | None, message_id: str) -> None:
 @domain_option
 @handler_option
 @click.option("--message-id", default=None, help="only this message")
-def dlq_replay(domain_path: str, handler: str | None, message_id: str | None) -> None:
+def dlq_replay(domain_path: str | None, handler: str | None, message_id: str | None) -> None:
     """Re-queue to the handler with the retry count reset; an entry leaves the DLQ only once
     its re-publish succeeded. Failed positions are re-run here; a success removes the row."""
     from tidings.tasks import dlq as dead
@@ -163,7 +180,7 @@ def dlq_replay(domain_path: str, handler: str | None, message_id: str | None) ->
 @domain_option
 @handler_option
 @click.confirmation_option(prompt="Delete the dead-lettered messages for good?")
-def dlq_purge(domain_path: str, handler: str | None) -> None:
+def dlq_purge(domain_path: str | None, handler: str | None) -> None:
     from tidings.tasks import dlq as dead
     from tidings.tasks.naming import task_name
     from tidings.tasks.positions import position_store
@@ -182,7 +199,7 @@ def db() -> None:
 
 @db.command("create")
 @domain_option
-def db_create(domain_path: str) -> None:
+def db_create(domain_path: str | None) -> None:
     """Create the missing tables of every database (aggregates, projections, event store,
     outbox, inbox). For migrations, hand `domain.metadata` to Alembic."""
     domain, _ = _load(domain_path)
@@ -192,7 +209,7 @@ def db_create(domain_path: str) -> None:
 
 @main.command()
 @domain_option
-def subscriptions(domain_path: str) -> None:
+def subscriptions(domain_path: str | None) -> None:
     """Every handler's resolved subscription settings and where each value came from."""
     from tidings.tasks.naming import async_handlers, queue_name
 
@@ -212,7 +229,7 @@ def projection() -> None:
 @projection.command("rebuild")
 @domain_option
 @click.argument("projector")
-def projection_rebuild(domain_path: str, projector: str) -> None:
+def projection_rebuild(domain_path: str | None, projector: str) -> None:
     """Truncate the projector's projection, reset its cursor to 0 and replay every event."""
     from rich.progress import Progress
 
@@ -247,7 +264,7 @@ def outbox() -> None:
 
 @outbox.command("status")
 @domain_option
-def outbox_status(domain_path: str) -> None:
+def outbox_status(domain_path: str | None) -> None:
     from dataclasses import asdict
 
     from tidings.tasks.relay import outbox_store
@@ -258,7 +275,7 @@ def outbox_status(domain_path: str) -> None:
 
 @outbox.command("relay")
 @domain_option
-def outbox_relay(domain_path: str) -> None:
+def outbox_relay(domain_path: str | None) -> None:
     """Relay every due row now (what the beat-driven task does)."""
     from tidings.tasks.relay import relay_now
 
@@ -268,7 +285,7 @@ def outbox_relay(domain_path: str) -> None:
 
 @main.command()
 @domain_option
-def health(domain_path: str) -> None:
+def health(domain_path: str | None) -> None:
     """Database, broker and outbox lag; exits 1 when degraded."""
     from tidings.app.health import health as check
 
