@@ -30,7 +30,13 @@ from tidings.domain.errors import (
 from tidings.domain.memory import MemoryDatabase
 from tidings.domain.message_db import MessageDbDatabase
 from tidings.domain.naming import camel, snake
-from tidings.domain.registry import OPTIONS, derive_element, handler_targets, query_targets
+from tidings.domain.registry import (
+    OPTIONS,
+    derive_element,
+    domain_event_subscriber,
+    handler_targets,
+    query_targets,
+)
 from tidings.domain.repository import Repository
 from tidings.domain.sql import SqlDatabase
 from tidings.domain.subscriptions import SubscriptionSettings
@@ -92,6 +98,8 @@ class Domain:
                 f"{cls.__name__}: unknown option(s) {sorted(unknown)} for a {kind}; "
                 f"allowed: {sorted(OPTIONS[kind])}"
             )
+        if kind == "subscriber" and options.get("event") is not None:
+            kind, cls = "event_handler", domain_event_subscriber(cls, options)
         element = derive_element(kind, cls, options)
         element.__tidings_domain__ = self  # what `raise_()` builds an envelope with
         self.registry[kind][element.__name__] = element
@@ -241,6 +249,9 @@ class Domain:
                 return [self.qualify(c) for c in meta["stream_categories"]]
             return [self.category(a) for a in meta.get("aggregates") or []]
         if kind == "event_handler":
+            if meta.get("event") is not None:  # a subscriber of a domain event: its stream
+                name = meta["event"] if isinstance(meta["event"], str) else meta["event"].__name__
+                return [self.category(self.part_of(self.registry["event"][name]))]
             if meta.get("stream_category"):
                 return [self.qualify(meta["stream_category"])]
             return [self.category(self.part_of(handler))]

@@ -18,7 +18,10 @@ def check_registry(domain: Domain, config: dict) -> list[str]:
     problems += _check_subscriptions(domain, config)
     for kind in ("event", "command", "event_handler", "command_handler", "query_handler"):
         for cls in domain.registry[kind].values():
-            problems += _check_part_of(domain, cls, kind)
+            if kind == "event_handler" and cls.meta_.get("event") is not None:
+                problems += _check_subscribed_event(domain, cls)
+            else:
+                problems += _check_part_of(domain, cls, kind)
     problems += _check_handler_targets(domain)
     problems += _check_command_handlers(domain)
     problems += _check_projectors(domain)
@@ -44,6 +47,19 @@ def _check_part_of(domain: Domain, cls: type, kind: str) -> list[str]:
         return [
             f"{kind.replace('_', ' ')} {cls.__name__}: part_of "
             f"{_name(cls.meta_['part_of'])!r} is not a registered aggregate"
+        ]
+    return []
+
+
+def _check_subscribed_event(domain: Domain, cls: type) -> list[str]:
+    """`@domain.subscriber(event=X)`: X is a registered event (by class or name)."""
+    target = cls.meta_["event"]
+    if domain.registry["event"].get(_name(target)) is None or (
+        not isinstance(target, str) and domain.registry["event"][_name(target)] is not target
+    ):
+        return [
+            f"subscriber {cls.__name__}: event {_name(target)!r} is not a registered event "
+            f"(register it with @domain.event, or subscribe to an external stream with stream=)"
         ]
     return []
 
