@@ -12,13 +12,27 @@ from tidings.app.bootstrap import runtime_for
 from tidings.app.loading import load_domain
 from tidings.domain.errors import ConfigurationError
 
+DOMAIN_HELP = (
+    "dotted path, file or folder, optionally :name (e.g. tidings.examples.bookshelf, src/shop, "
+    "shop:domain); default: TIDINGS_DOMAIN, else domain.py or subdomain.py here"
+)
+
 
 @click.group()
-def main() -> None:
-    """Tidings: Celery-based orchestration for domain-driven Python."""
+@click.option("--domain", "domain_path", envvar="TIDINGS_DOMAIN", default=None, help=DOMAIN_HELP)
+@click.pass_context
+def main(ctx: click.Context, domain_path: str | None) -> None:
+    """Tidings: Celery-based orchestration for domain-driven Python.
+
+    `tidings --domain X server` and `tidings server --domain X` are the same."""
+    ctx.ensure_object(dict)["domain_path"] = domain_path
 
 
-def _load(domain_path: str):
+def _load(domain_path: str | None):
+    """The domain: the subcommand's --domain, else the group's (or TIDINGS_DOMAIN), else found."""
+    if domain_path is None:
+        root = click.get_current_context(silent=True)
+        domain_path = (root.find_root().obj or {}).get("domain_path") if root else None
     domain = load_domain(domain_path)
     if not domain.initialized:
         domain.init()
@@ -26,14 +40,19 @@ def _load(domain_path: str):
 
 
 @main.command()
-@click.option("--domain", "domain_path", required=True, help="dotted path, e.g. tidings.examples.bookshelf")
+@click.option("--domain", "domain_path", default=None, help=DOMAIN_HELP)
 @click.option("--debug", is_flag=True, help="log every message")
 @click.option("--test-mode", is_flag=True, help="process everything pending, then exit")
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
 @click.option("--concurrency", type=int, default=None)
 @click.option("--no-beat", is_flag=True, help="do not embed beat (run `celery beat` once elsewhere)")
 def server(
-    domain_path: str, debug: bool, test_mode: bool, pool: str, concurrency: int | None, no_beat: bool
+    domain_path: str | None,
+    debug: bool,
+    test_mode: bool,
+    pool: str,
+    concurrency: int | None,
+    no_beat: bool,
 ) -> None:
     """Start a worker on all of the domain's queues (beat embedded unless --no-beat)."""
     from tidings.app.server import run_until_quiescent, subscription_lines, worker_argv
@@ -86,9 +105,7 @@ def _failed_positions(domain, handler: str | None) -> list[dict]:
     return [row for h in _polled(domain, handler) for row in store.failures(task_name(domain, h))]
 
 
-domain_option = click.option(
-    "--domain", "domain_path", required=True, help="dotted path, e.g. tidings.examples.bookshelf"
-)
+domain_option = click.option("--domain", "domain_path", default=None, help=DOMAIN_HELP)
 handler_option = click.option("--handler", default=None, help="one handler (default: all)")
 
 
@@ -101,7 +118,7 @@ def dlq() -> None:
 @domain_option
 @handler_option
 @click.option("--limit", default=100, show_default=True)
-def dlq_list(domain_path: str, handler: str | None, limit: int) -> None:
+def dlq_list(domain_path: str | None, handler: str | None, limit: int) -> None:
     """One line per dead-lettered message."""
     from tidings.tasks import dlq as dead
 
@@ -129,7 +146,7 @@ def dlq_list(domain_path: str, handler: str | None, limit: int) -> None:
 @domain_option
 @handler_option
 @click.argument("message_id")
-def dlq_show(domain_path: str, handler: str | None, message_id: str) -> None:
+def dlq_show(domain_path: str | None, handler: str | None, message_id: str) -> None:
     """Everything recorded about one message: body, error, traceback, attempts, time."""
     from tidings.tasks import dlq as dead
 
@@ -150,7 +167,7 @@ def dlq_show(domain_path: str, handler: str | None, message_id: str) -> None:
 @domain_option
 @handler_option
 @click.option("--message-id", default=None, help="only this message")
-def dlq_replay(domain_path: str, handler: str | None, message_id: str | None) -> None:
+def dlq_replay(domain_path: str | None, handler: str | None, message_id: str | None) -> None:
     """Re-queue to the handler with the retry count reset; an entry leaves the DLQ only once
     its re-publish succeeded. Failed positions are re-run here; a success removes the row."""
     from tidings.tasks import dlq as dead
@@ -170,7 +187,7 @@ def dlq_replay(domain_path: str, handler: str | None, message_id: str | None) ->
 @domain_option
 @handler_option
 @click.confirmation_option(prompt="Delete the dead-lettered messages for good?")
-def dlq_purge(domain_path: str, handler: str | None) -> None:
+def dlq_purge(domain_path: str | None, handler: str | None) -> None:
     from tidings.tasks import dlq as dead
     from tidings.tasks.naming import task_name
     from tidings.tasks.positions import position_store
@@ -189,7 +206,7 @@ def db() -> None:
 
 @db.command("create")
 @domain_option
-def db_create(domain_path: str) -> None:
+def db_create(domain_path: str | None) -> None:
     """Create the missing tables of every database (aggregates, projections, event store,
     outbox, inbox). For migrations, hand `domain.metadata` to Alembic. A table that exists
     without a column this version needs is reported with the statement that adds it."""
@@ -205,7 +222,7 @@ def db_create(domain_path: str) -> None:
 
 @main.command()
 @domain_option
-def subscriptions(domain_path: str) -> None:
+def subscriptions(domain_path: str | None) -> None:
     """Every handler's resolved subscription settings and where each value came from."""
     from tidings.tasks.naming import async_handlers, queue_name
 
@@ -225,7 +242,7 @@ def projection() -> None:
 @projection.command("rebuild")
 @domain_option
 @click.argument("projector")
-def projection_rebuild(domain_path: str, projector: str) -> None:
+def projection_rebuild(domain_path: str | None, projector: str) -> None:
     """Truncate the projector's projection, reset its cursor to 0 and replay every event."""
     from rich.progress import Progress
 
@@ -260,7 +277,7 @@ def outbox() -> None:
 
 @outbox.command("status")
 @domain_option
-def outbox_status(domain_path: str) -> None:
+def outbox_status(domain_path: str | None) -> None:
     from dataclasses import asdict
 
     from tidings.tasks.relay import outbox_store
@@ -271,7 +288,7 @@ def outbox_status(domain_path: str) -> None:
 
 @outbox.command("relay")
 @domain_option
-def outbox_relay(domain_path: str) -> None:
+def outbox_relay(domain_path: str | None) -> None:
     """Relay every due row now (what the beat-driven task does)."""
     from tidings.tasks.relay import relay_now
 
@@ -281,7 +298,7 @@ def outbox_relay(domain_path: str) -> None:
 
 @main.command()
 @domain_option
-def health(domain_path: str) -> None:
+def health(domain_path: str | None) -> None:
     """Database, broker and outbox lag; exits 1 when degraded."""
     from tidings.app.health import health as check
 

@@ -25,10 +25,12 @@ from tidings.domain.elements import (
 )
 from tidings.domain.envelope import Message, MessageKind
 from tidings.domain.errors import (
+    BrokerConnectionError,
     ConfigurationError,
     ExpectedVersionError,
     IncorrectUsageError,
     InvalidMessageError,
+    MessageIntegrityError,
     ObjectNotFoundError,
     TooManyObjectsError,
     UnknownMessageTypeError,
@@ -55,10 +57,12 @@ __all__ = [
     "BaseProjector",
     "BaseSubscriber",
     "BaseQueryHandler",
+    "BrokerConnectionError",
     "ConfigurationError",
     "ExpectedVersionError",
     "IncorrectUsageError",
     "InvalidMessageError",
+    "MessageIntegrityError",
     "ObjectNotFoundError",
     "TooManyObjectsError",
     "UnknownMessageTypeError",

@@ -25,7 +25,11 @@ ENTRY_POINT_GROUP = "tidings.brokers"
 
 
 class BrokerCapability(enum.Flag):
-    """What a broker can do; each tier includes every lower tier."""
+    """What a broker can do; each tier includes every lower tier.
+
+    The reference's names are aliases of the same flags: `MESSAGE_ACKNOWLEDGEMENT` is `ACK`,
+    `MESSAGE_REJECTION` is `NACK`, `ACK_NACK` is both; `BrokerCapabilities` is this class.
+    """
 
     PUBLISH = enum.auto()
     SUBSCRIBE = enum.auto()
@@ -39,6 +43,10 @@ class BrokerCapability(enum.Flag):
     REPLAY = enum.auto()
     STREAM_PARTITIONING = enum.auto()
 
+    MESSAGE_ACKNOWLEDGEMENT = ACK
+    MESSAGE_REJECTION = NACK
+    ACK_NACK = ACK | NACK
+
     BASIC_PUBSUB = PUBLISH | SUBSCRIBE
     SIMPLE_QUEUING = BASIC_PUBSUB | CONSUMER_GROUPS
     RELIABLE_MESSAGING = SIMPLE_QUEUING | ACK | NACK | DELIVERY_GUARANTEES
@@ -46,6 +54,15 @@ class BrokerCapability(enum.Flag):
     ENTERPRISE_STREAMING = (
         ORDERED_MESSAGING | BLOCKING_READ | DEAD_LETTER_QUEUE | REPLAY | STREAM_PARTITIONING
     )
+
+
+BrokerCapabilities = BrokerCapability  # the reference's name
+
+
+def _message_id(identifier: str | None, message_id: str | None) -> str:
+    if (identifier is None) == (message_id is None):
+        raise IncorrectUsageError("give the message's broker id once: `identifier=` or `message_id=`")
+    return identifier if identifier is not None else message_id  # type: ignore[return-value]
 
 
 def mask_url(url: str) -> str:
@@ -87,20 +104,43 @@ class Broker:
             self.domain.brokers.deliver(self, stream, identifier, message)
         return identifier
 
-    def read(self, stream: str, consumer_group: str, n: int = 1) -> list[tuple[str, dict]]:
-        """Up to `n` messages of `stream` not yet delivered to `consumer_group`."""
-        return self._read(stream, consumer_group, n)
+    def read(
+        self, stream: str, consumer_group: str, n: int = 1, *, no_of_messages: int | None = None
+    ) -> list[tuple[str, dict]]:
+        """Up to `n` (the reference: `no_of_messages`) messages of `stream` not yet delivered
+        to `consumer_group`, as `(identifier, message)` pairs."""
+        return self._read(stream, consumer_group, n if no_of_messages is None else no_of_messages)
 
     def ensure_group(self, stream: str, consumer_group: str) -> None:
         """Create the group if needed: every message published afterwards reaches it."""
 
-    def ack(self, stream: str, consumer_group: str, identifier: str) -> bool:
-        """Mark a read message done for the group; False when it was not pending."""
-        raise NotImplementedError(f"{type(self).__name__} cannot acknowledge")
+    def ack(
+        self,
+        stream: str,
+        consumer_group: str | None = None,
+        identifier: str | None = None,
+        *,
+        message_id: str | None = None,
+    ) -> bool:
+        """Mark a read message done for the group; False when it was not pending.
 
-    def nack(self, stream: str, consumer_group: str, identifier: str) -> bool:
-        """Give a read message back to the group for redelivery; False when it was not pending."""
-        raise NotImplementedError(f"{type(self).__name__} cannot reject")
+        Positionally `ack(stream, consumer_group, identifier)`; by keyword also the reference's
+        `ack(stream=, identifier=, consumer_group=)` and `ack(stream=, message_id=)`. Without a
+        group, the message is acknowledged in the one group it is pending in.
+        """
+        return self._ack(stream, consumer_group, _message_id(identifier, message_id))
+
+    def nack(
+        self,
+        stream: str,
+        consumer_group: str | None = None,
+        identifier: str | None = None,
+        *,
+        message_id: str | None = None,
+    ) -> bool:
+        """Give a read message back to the group for redelivery; False when it was not pending.
+        Takes the same arguments as `ack`."""
+        return self._nack(stream, consumer_group, _message_id(identifier, message_id))
 
     def ping(self) -> bool:
         return True
@@ -113,7 +153,12 @@ class Broker:
         """True when the broker has every capability in `capability`."""
         return capability in self.capabilities
 
+    def has_all_capabilities(self, capabilities: BrokerCapability) -> bool:
+        """True when the broker has every capability in `capabilities` (as `has_capability`)."""
+        return capabilities in self.capabilities
+
     def has_any_capability(self, capabilities: BrokerCapability) -> bool:
+        """True when the broker has at least one of `capabilities`."""
         return bool(self.capabilities & capabilities)
 
     def claim_wakeup(self, stream: str, consumer_group: str, ttl: float) -> bool:
@@ -134,6 +179,22 @@ class Broker:
 
     def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
         raise NotImplementedError
+
+    def _ack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
+        """Acknowledge in `consumer_group`, or in the one group holding it when None."""
+        raise NotImplementedError(f"{type(self).__name__} cannot acknowledge")
+
+    def _nack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} cannot reject")
+
+    def _holder(self, stream: str, identifier: str, holding: list[str]) -> str | None:
+        """The one group of `holding` (the groups `identifier` is pending in), or None."""
+        if len(holding) > 1:
+            raise IncorrectUsageError(
+                f"message {identifier} of {stream!r} is pending in groups {sorted(holding)}: "
+                f"pass consumer_group="
+            )
+        return holding[0] if holding else None
 
 
 @dataclass
@@ -175,7 +236,12 @@ class InlineBroker(Broker):
             out.append((identifier, message))
         return out
 
-    def ack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+    def _pending_in(self, stream: str, identifier: str) -> str | None:
+        holding = [g for (s, g), group in self.groups.items() if s == stream and identifier in group.pending]
+        return self._holder(stream, identifier, holding)
+
+    def _ack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
+        consumer_group = consumer_group or self._pending_in(stream, identifier)
         group = self.groups.get((stream, consumer_group))
         if group is None or identifier not in group.pending:
             return False
@@ -184,7 +250,8 @@ class InlineBroker(Broker):
             group.returned.remove(identifier)
         return True
 
-    def nack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+    def _nack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
+        consumer_group = consumer_group or self._pending_in(stream, identifier)
         group = self.groups.get((stream, consumer_group))
         if group is None or identifier not in group.pending or identifier in group.returned:
             return False

@@ -262,7 +262,7 @@ class MessageBus:
                 if idempotency_key and message_id and not uow.mark_processed(idempotency_key, message_id):
                     return SKIPPED
                 instance = subscriber()
-                methods = self.routes.methods_for(subscriber, str(payload.get("type", "")))
+                methods = self.routes.subscriber_methods(subscriber, payload)
                 if not methods:
                     return instance(payload)
                 result = None

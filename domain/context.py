@@ -27,6 +27,16 @@ def get_current_domain() -> Any:
     return stack[-1]
 
 
+def domain_of(cls: type) -> Any:
+    """The domain `cls` is registered in: the innermost active one that registers it, else the
+    one it was last registered with (None when it is not registered anywhere)."""
+    kind = getattr(cls, "element_kind", None)
+    for domain in reversed(_domains.get()):
+        if domain.registry.get(kind, {}).get(cls.__name__) is cls:
+            return domain
+    return cls.__dict__.get("__tidings_domain__")
+
+
 class _CurrentDomain:
     """A proxy to the domain of the innermost `domain.domain_context()`."""
 

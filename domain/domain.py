@@ -27,7 +27,7 @@ from tidings.domain.messages import stored_messages
 from tidings.domain.naming import Names
 from tidings.domain.ports import Store
 from tidings.domain.providers import Storage, load_storage
-from tidings.domain.registry import OPTIONS, derive_element
+from tidings.domain.registry import OPTIONS, derive_element, domain_event_subscriber
 from tidings.domain.repository import Repository
 from tidings.domain.routing import Routes
 from tidings.domain.settings import Settings, parse_settings
@@ -73,7 +73,10 @@ class Domain:
                 f"{cls.__name__}: unknown option(s) {sorted(unknown)} for a {kind}; "
                 f"allowed: {sorted(OPTIONS[kind])}"
             )
+        if kind == "subscriber" and options.get("event") is not None:
+            kind, cls = "event_handler", domain_event_subscriber(cls, options)
         element = derive_element(kind, cls, options)
+        element.__tidings_domain__ = self  # what `raise_()` builds an envelope with
         self.registry[kind][element.__name__] = element
         self.initialized = False
         return element

@@ -21,8 +21,10 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic._internal._model_construction import ModelMetaclass
 
 from tidings.domain import fields as _fields
-from tidings.domain.errors import from_pydantic
+from tidings.domain.context import domain_of
+from tidings.domain.errors import ConfigurationError, IncorrectUsageError, from_pydantic
 from tidings.domain.fields import FieldSpec, Identifier
+from tidings.domain.metadata import Metadata
 
 
 def _new_id() -> str:
@@ -178,8 +180,21 @@ class BaseAggregate(_Identified):
         return self._version
 
     def raise_(self, event: BaseEvent) -> None:
-        """Record an event; it is stored and dispatched only when this aggregate commits."""
+        """Record an event; it is stored and dispatched only when this aggregate commits.
+
+        Once the aggregate's domain is initialised, the event has its envelope at once:
+        `event._metadata` (id, stream, type, kind, correlation, ...) is readable right after
+        `raise_()`, and the same id, time and causation are what the commit stores.
+        """
         self._events.append(event)
+        domain = domain_of(type(self))
+        if domain is None or not domain.initialized:
+            return
+        try:
+            domain.event_message(event, self)
+        except (IncorrectUsageError, ConfigurationError):
+            return  # not a registered event of this domain: repository.add reports it
+        event._raised = True
 
 
 class BaseProjection(_Identified):
@@ -193,11 +208,19 @@ class _Message(BaseElement):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
     _abstract: ClassVar[bool] = True
     _message: Any = PrivateAttr(default=None)
+    _raised: bool = PrivateAttr(default=False)  # the envelope was built by raise_, not yet stored
 
     @property
     def message(self) -> Any:
         """The envelope this object travelled in, once it has one."""
         return self._message
+
+    @property
+    def _metadata(self) -> Metadata | None:
+        """The envelope's metadata in the reference's layout (`headers`, `envelope`, `domain`,
+        `event_store`, and flat `id`, `type`, `stream`, `kind`, ...); None until the object
+        has an envelope (raised by a registered aggregate, published, processed or received)."""
+        return None if self._message is None else Metadata.of(self._message, type(self))
 
 
 class BaseEvent(_Message):

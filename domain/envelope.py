@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from tidings.domain.errors import InvalidMessageError
+from tidings.domain.errors import InvalidMessageError, MessageIntegrityError
 
 
 class MessageKind(StrEnum):
@@ -23,12 +24,23 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def checksum_of(data: Any) -> str:
+    """The integrity checksum of a message's data: SHA-256 (hex) of its canonical JSON
+    (sorted keys, no whitespace), the same digest the reference's envelope carries."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class Message(BaseModel):
     """One event or command with its routing and causation metadata.
 
     `stream` is `<domain>::<aggregate>-<id>` for events and
     `<domain>::<aggregate>:command-<id>` for commands; `origin_stream` is the stream of the
     message whose handling raised this one (what a handler's `source_stream` filters on).
+
+    `checksum` is computed from `data` when the message is built (see `checksum_of`) and
+    verified by `from_dict`: a message whose data was altered on the way raises
+    `MessageIntegrityError`. Messages stored without one (older rows) still decode.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -45,6 +57,14 @@ class Message(BaseModel):
     time: datetime = Field(default_factory=_now)
     data: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
+    checksum: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_checksum(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("checksum") is None and isinstance(raw.get("data"), dict):
+            raw = {**raw, "checksum": checksum_of(raw["data"])}
+        return raw
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -63,10 +83,17 @@ class Message(BaseModel):
         if not isinstance(raw, dict):
             raise InvalidMessageError(f"message must be a JSON object, got {type(raw).__name__}")
         try:
-            return cls.model_validate(raw)
+            message = cls.model_validate(raw)
         except PydanticValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise InvalidMessageError(f"malformed envelope: {problems}") from None
+        expected = raw.get("checksum")
+        if expected is not None and expected != checksum_of(message.data):
+            raise MessageIntegrityError(
+                f"checksum mismatch on message {message.id} ({message.type}): its data was "
+                f"altered after it was built (expected {expected}, got {checksum_of(message.data)})"
+            )
+        return message
 
 
 def category_of(stream: str) -> str:

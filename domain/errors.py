@@ -43,6 +43,10 @@ class InvalidMessageError(TidingsError, ValueError):
     """A message envelope or its data cannot be decoded."""
 
 
+class MessageIntegrityError(InvalidMessageError):
+    """A message's checksum does not match its data: it was altered after it was built."""
+
+
 class UnknownMessageTypeError(InvalidMessageError):
     """A message names a type that is not registered in the domain."""
 

@@ -69,6 +69,9 @@ class Names:
                 return [self.qualify(c) for c in meta["stream_categories"]]
             return [self.category(a) for a in meta.get("aggregates") or []]
         if kind == "event_handler":
+            if meta.get("event") is not None:  # a subscriber of a domain event: its stream
+                name = meta["event"] if isinstance(meta["event"], str) else meta["event"].__name__
+                return [self.category(self.part_of(self.registry["event"][name]))]
             if meta.get("stream_category"):
                 return [self.qualify(meta["stream_category"])]
             return [self.category(self.part_of(handler))]

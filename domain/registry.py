@@ -49,9 +49,43 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_profile",
         "subscription_config",
     },
-    "subscriber": {"stream", "broker", "subscription_type", "subscription_profile", "subscription_config"},
+    "subscriber": {
+        "stream",
+        "broker",
+        "event",
+        "subscription_type",
+        "subscription_profile",
+        "subscription_config",
+    },
     "query_handler": {"part_of"},
 }
+
+
+def domain_event_subscriber(cls: type, options: dict[str, Any]) -> type:
+    """`@domain.subscriber(event=OrderCancelled)`: a subscriber of one of the domain's own
+    events, called as `subscriber(event_data_dict)` each time that event commits. It runs as
+    an event handler (its own queue, unit of work, retries and DLQ) on the event's stream."""
+    from tidings.domain.errors import ConfigurationError
+
+    clash = {"stream", "broker"} & set(options)
+    if clash:
+        raise ConfigurationError(
+            f"{cls.__name__}: a subscriber of a domain event takes 'event', not {sorted(clash)} "
+            f"(those are for external broker streams)"
+        )
+
+    def receive(self, event: Any) -> Any:
+        return self(event.to_dict())
+
+    receive._tidings_handles = options["event"]  # type: ignore[attr-defined]
+    namespace = {
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        "element_kind": "event_handler",
+        "_tidings_receive_event": receive,
+    }
+    return type(cls.__name__, (cls,), namespace)
 
 
 def derive_element(kind: str, cls: type, options: dict[str, Any]) -> type:

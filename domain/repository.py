@@ -59,10 +59,26 @@ class Repository(Generic[T]):
             if self.versioned:
                 obj._version = version
                 events, obj._events = list(obj._events), []
-                uow.record([self.bus.envelopes.event(e, obj) for e in events])
+                uow.record(self._messages(events, obj))
             return obj
 
         return self._run(work)
+
+    def _messages(self, events: list[Any], obj: Any) -> list[Any]:
+        """The envelopes to commit; an event that got its envelope at `raise_()` keeps that
+        envelope's id, time and causation (the sequence is the version just saved)."""
+        messages, ids = [], set()
+        for event in events:
+            raised = event._message if event._raised else None
+            message = self.bus.envelopes.event(event, obj)
+            if raised is not None and raised.stream == message.stream and raised.id not in ids:
+                keep = ("id", "time", "correlation_id", "causation_id", "origin_stream")
+                message = message.model_copy(update={k: getattr(raised, k) for k in keep})
+                event._message = message
+            event._raised = False
+            ids.add(message.id)
+            messages.append(message)
+        return messages
 
     def get(self, identity: Any) -> T:
         """The object with this identity, or ObjectNotFoundError."""

@@ -49,6 +49,12 @@ class Routes:
             cached = self._methods[(handler, type_string)] = methods_for(self.names, handler, type_string)
         return cached
 
+    def subscriber_methods(self, subscriber: type, payload: dict[str, Any]) -> list[str]:
+        """A subscriber's methods for an external payload, by its `"type"` and its
+        `"event_type"` (the brokers document's shape); `"$any"` methods take every payload."""
+        keys = [str(payload[k]) for k in ("type", "event_type") if payload.get(k)] or [""]
+        return list(dict.fromkeys(m for key in keys for m in self.methods_for(subscriber, key)))
+
     def subscribers_for(self, stream: str) -> list[type]:
         return [
             s
@@ -75,7 +81,21 @@ def methods_for(names: Names, handler: type, type_string: str) -> list[str]:
     """The methods of `handler` decorated for `type_string` (or the `$any` catch-all)."""
     found: list[str] = []
     for target, methods in handler_targets(handler).items():
-        key = target if isinstance(target, str) else names.type_of(target)
+        key = target_type(names, handler, target)
         if key == type_string or key == "$any":
             found += methods
     return found
+
+
+def target_type(names: Names, handler: type, target: Any) -> str:
+    """The type string a `@handle` target stands for: a class's type; for handlers of the
+    domain's own messages, the name of a registered event or command (`"BookAdded"`) is that
+    class's type; any other string (a type string, `"$any"`, an external message type) stands
+    for itself."""
+    if not isinstance(target, str):
+        return names.type_of(target)
+    if handler.element_kind != "subscriber":  # type: ignore[attr-defined]
+        for kind in ("event", "command"):
+            if target in names.registry[kind]:
+                return names.type_of(names.registry[kind][target])
+    return target

@@ -22,7 +22,10 @@ def check_registry(domain: Domain, settings: Settings | None) -> list[str]:
         problems += _check_subscriptions(domain, settings.server)
     for kind in ("event", "command", "event_handler", "command_handler", "query_handler"):
         for cls in domain.registry[kind].values():
-            problems += _check_part_of(domain, cls, kind)
+            if kind == "event_handler" and cls.meta_.get("event") is not None:
+                problems += _check_subscribed_event(domain, cls)
+            else:
+                problems += _check_part_of(domain, cls, kind)
     problems += _check_handler_targets(domain)
     problems += _check_command_handlers(domain)
     problems += _check_projectors(domain)
@@ -52,6 +55,19 @@ def _check_part_of(domain: Domain, cls: type, kind: str) -> list[str]:
     return []
 
 
+def _check_subscribed_event(domain: Domain, cls: type) -> list[str]:
+    """`@domain.subscriber(event=X)`: X is a registered event (by class or name)."""
+    target = cls.meta_["event"]
+    if domain.registry["event"].get(_name(target)) is None or (
+        not isinstance(target, str) and domain.registry["event"][_name(target)] is not target
+    ):
+        return [
+            f"subscriber {cls.__name__}: event {_name(target)!r} is not a registered event "
+            f"(register it with @domain.event, or subscribe to an external stream with stream=)"
+        ]
+    return []
+
+
 def _name(target: object) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
@@ -67,7 +83,8 @@ def _check_handler_targets(domain: Domain) -> list[str]:
         for handler in domain.registry[kind].values():
             for target in handler_targets(handler):
                 if isinstance(target, str):
-                    continue  # a type string or "$any"
+                    problems += _check_type_string(domain, handler, target, kinds)
+                    continue
                 if not _registered(domain, target, kinds):
                     problems.append(
                         f"{handler.__name__}: @handle({_name(target)}) names a class "
@@ -80,6 +97,21 @@ def _check_handler_targets(domain: Domain) -> list[str]:
                     f"{handler.__name__}: @read({_name(target)}) names a class that is not a registered query"
                 )
     return problems
+
+
+def _check_type_string(domain: Domain, handler: type, target: str, kinds: tuple[str, ...]) -> list[str]:
+    """`@handle("BookAdded")` names a registered class, `@handle("Shop.BookAdded.v1")` its type;
+    `"$any"` takes every message of the handler's streams. Anything else would never match."""
+    known = {c.__name__ for k in kinds for c in domain.registry[k].values()}
+    types = {domain.type_of(c) for k in kinds for c in domain.registry[k].values()}
+    if target == "$any" or target in known or target in types:
+        return []
+    what = " or ".join(kinds)
+    return [
+        f"{handler.__name__}: @handle({target!r}) names no registered {what}, so it would never "
+        f"be called; register that {what}, or pass its class, its name or its type string "
+        f'(registered: {", ".join(sorted(types)) or "none"}), or "$any"'
+    ]
 
 
 def _check_command_handlers(domain: Domain) -> list[str]:

@@ -103,7 +103,8 @@ class CeleryBroker(Broker):
                 out.append((identifier, message.payload))
         return out
 
-    def ack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+    def _ack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
+        # a held message is acked on the channel it came from: the group is not needed
         message = self._held.pop(identifier, None)
         if message is None:
             return False
@@ -111,7 +112,7 @@ class CeleryBroker(Broker):
             message.ack()
         return True
 
-    def nack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+    def _nack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
         message = self._held.pop(identifier, None)
         if message is None:
             return False

@@ -71,12 +71,28 @@ class RedisStreamBroker(RedisBroker):
                     entries += fresh
         return [(identifier, json.loads(fields[FIELD])) for identifier, fields in entries]
 
-    def ack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+    def _pending_in(self, stream: str, identifier: str) -> str | None:
+        key = self.prefix + stream
+        with self._errors():
+            holding = [
+                g["name"]
+                for g in self.client.xinfo_groups(key)
+                if self.client.xpending_range(key, g["name"], min=identifier, max=identifier, count=1)
+            ]
+        return self._holder(stream, identifier, holding)
+
+    def _ack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
+        consumer_group = consumer_group or self._pending_in(stream, identifier)
+        if consumer_group is None:
+            return False
         with self._errors():
             return bool(self.client.xack(self.prefix + stream, consumer_group, identifier))
 
-    def nack(self, stream: str, consumer_group: str, identifier: str) -> bool:
+    def _nack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
         # Mark the entry idle for longer than claim_idle_ms: the next read reclaims it.
+        consumer_group = consumer_group or self._pending_in(stream, identifier)
+        if consumer_group is None:
+            return False
         with self._errors():
             claimed = self.client.xclaim(
                 self.prefix + stream,

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from tests.shop import build_shop
-from tidings import InvalidMessageError, Message, UnknownMessageTypeError
+from tidings import InvalidMessageError, Message, MessageIntegrityError, UnknownMessageTypeError
+from tidings.domain.envelope import checksum_of
 
 
 @pytest.fixture
@@ -55,5 +56,25 @@ def test_bad_data_in_a_known_type_is_a_typed_error(shop):
         shop.registry["event"]["OrderShipped"](order_id="o", book_id="b", quantity=1)
     ).to_dict()
     raw["data"]["quantity"] = "many"
+    raw["checksum"] = checksum_of(raw["data"])  # built that way by its producer: intact, but invalid
     with pytest.raises(InvalidMessageError, match="quantity"):
         shop.from_message(raw)
+
+
+def test_a_message_carries_the_checksum_of_its_data_and_decoding_verifies_it(shop):
+    event = shop.registry["event"]["OrderShipped"](order_id="o", book_id="b", quantity=1)
+    raw = shop.event_message(event).to_dict()
+    assert raw["checksum"] == checksum_of({"order_id": "o", "book_id": "b", "quantity": 1})
+    assert Message.from_dict(json.dumps(raw)).checksum == raw["checksum"]
+    raw["data"]["quantity"] = 2
+    with pytest.raises(MessageIntegrityError, match="checksum mismatch"):
+        Message.from_dict(raw)
+
+
+def test_a_message_stored_without_a_checksum_still_decodes(shop):
+    event = shop.registry["event"]["OrderShipped"](order_id="o", book_id="b", quantity=1)
+    raw = shop.event_message(event).to_dict()
+    del raw["checksum"]  # a row written before messages had one
+    decoded = Message.from_dict(raw)
+    assert shop.from_message(decoded) == event
+    assert decoded.checksum == checksum_of(raw["data"])  # filled in on decoding

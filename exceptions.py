@@ -1,0 +1,30 @@
+"""Tidings' errors at the reference's import path: `from tidings.exceptions import ...`
+(the reference: `protean.exceptions`). The same classes as `tidings.domain.errors`."""
+
+from tidings.domain.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    ExpectedVersionError,
+    IncorrectUsageError,
+    InvalidMessageError,
+    MessageIntegrityError,
+    ObjectNotFoundError,
+    TidingsError,
+    TooManyObjectsError,
+    UnknownMessageTypeError,
+    ValidationError,
+)
+
+__all__ = [
+    "BrokerConnectionError",
+    "ConfigurationError",
+    "ExpectedVersionError",
+    "IncorrectUsageError",
+    "InvalidMessageError",
+    "MessageIntegrityError",
+    "ObjectNotFoundError",
+    "TidingsError",
+    "TooManyObjectsError",
+    "UnknownMessageTypeError",
+    "ValidationError",
+]

@@ -1,0 +1,1 @@
+"""The reference's `protean.utils` import paths that its snippets use."""
