@@ -22,7 +22,7 @@ import annotated_types
 import pytest
 from pydantic_core import PydanticUndefined
 
-from tidings import BaseAggregate, ValidationError
+from tidings import BaseAggregate, ConfigurationError, ValidationError
 from tidings.domain.field_annotations import FieldAnnotationError
 from tidings.fields import Integer, IntegerSpec, String, StringSpec
 
@@ -198,6 +198,31 @@ def test_classes_declared_in_a_function_refer_to_each_other_by_name(
     with pytest.raises(ValidationError) as caught:
         basket_cls(items=[{"sku": "toolong"}])
     assert "items.0.sku" in caught.value.errors
+
+
+def test_a_name_that_is_no_element_is_reported_by_init(import_source: ImportSource, tmp_path: Path) -> None:
+    source = """\
+    from __future__ import annotations
+
+    from tidings import Domain
+    from tidings.fields import HasMany, String
+
+
+    def build(root):
+        domain = Domain("typo", root_path=root)
+
+        @domain.aggregate
+        class Basket:
+            items: HasMany(Itme)
+
+        @domain.entity(part_of=Basket)
+        class Item:
+            sku: String()
+
+        domain.init()
+    """
+    with pytest.raises(ConfigurationError, match=r"aggregate Basket: name 'Itme' is not defined"):
+        import_source(source).build(tmp_path)
 
 
 def test_without_future_annotations_local_classes_must_exist_first(
