@@ -114,7 +114,7 @@ class Domain:
         from tidings.domain.validation import check_registry
 
         settings, problems = parse_settings(self.config)  # the one validation of the config
-        self._rebuild_models()
+        problems += self._rebuild_models()
         problems += check_registry(self, settings)
         if problems or settings is None:
             raise ConfigurationError(
@@ -129,14 +129,25 @@ class Domain:
         self.initialized = True
         return self
 
-    def _rebuild_models(self) -> None:
+    def _rebuild_models(self) -> list[str]:
+        """Resolve the elements' forward references (`HasMany("Item")`, or `HasMany(Item)`
+        with a local `Item` under `from __future__`) with the registry's names; a model that
+        still has an undefined name is a problem for `init()` to report."""
         names = {n: c for kind in self.registry.values() for n, c in kind.items()}
+        problems: list[str] = []
         for kind in ("value_object", "entity", "aggregate", "projection", "event", "command", "query"):
             for model in self.registry[kind].values():
                 try:
                     model.model_rebuild(force=True, _types_namespace=names)
                 except Exception as exc:  # noqa: BLE001 - reported, not swallowed
                     log.debug("rebuild of %s failed: %s", model.__name__, exc)
+                    if not getattr(model, "__pydantic_complete__", True):
+                        reason = getattr(exc, "message", str(exc))  # pydantic's, without its URL
+                        problems.append(
+                            f"{kind.replace('_', ' ')} {model.__name__}: {reason}; a field names an "
+                            "element that is not registered (nor defined in its module)"
+                        )
+        return problems
 
     def _build_databases(self, settings: Settings) -> None:
         """Build the storage (the one place providers are chosen: `providers.load_storage`)."""
