@@ -17,7 +17,10 @@ from tidings.tasks.naming import relay_queue
 
 def ledger_on_redis(tmp_path, prefix: str):
     domain = build_ledger(tmp_path, name=f"boot_{prefix.split('-')[-1].rstrip(':')}")
-    domain.config["databases"]["default"] = {"provider": "sqlite", "database_uri": f"sqlite:///{tmp_path}/b.db"}
+    domain.config["databases"]["default"] = {
+        "provider": "sqlite",
+        "database_uri": f"sqlite:///{tmp_path}/b.db",
+    }
     domain.config["event_store"] = {"provider": "sqlite"}
     domain.config["brokers"]["default"] = {"provider": "redis", "url": REDIS_URL}
     domain.config["celery"] = {"broker_transport_options": {**FAST, "global_keyprefix": prefix}}
