@@ -24,10 +24,12 @@ from typing import Any
 from tidings import Domain
 
 
-def configure(domain: Domain, database_url: str) -> Domain:
-    """Point the audited domain at the test's PostgreSQL and initialise it."""
+def configure(domain: Domain, database_url: str, broker_url: str | None = None) -> Domain:
+    """Point the audited domain at the test's PostgreSQL (and Redis) and initialise it."""
     domain.config["databases"]["default"] = {"provider": "postgresql", "database_uri": database_url}
     domain.config["event_store"] = {"provider": "postgresql"}
+    if broker_url:
+        domain.config["brokers"]["default"] = {"provider": "redis", "url": broker_url}
     return domain.init()
 
 
@@ -64,8 +66,11 @@ def _build_app() -> Any:
 
     if os.environ.get("AUDIT_PAUSE_AT") == "after":
         task_postrun.connect(_pause_after_commit, weak=False)
-    domain = configure(build_audit(os.environ["AUDIT_DOMAIN"]), os.environ["AUDIT_DATABASE_URL"])
-    domain.settings["brokers"]["default"] = {"provider": "redis", "url": os.environ["AUDIT_BROKER_URL"]}
+    domain = configure(
+        build_audit(os.environ["AUDIT_DOMAIN"]),
+        os.environ["AUDIT_DATABASE_URL"],
+        os.environ["AUDIT_BROKER_URL"],
+    )
     return create_celery_app(
         domain,
         **celery_overrides(

@@ -131,10 +131,10 @@ def audit_run(
     domain = build_audit(f"audit_{uuid.uuid4().hex[:8]}")
     domain.config["databases"]["default"] = {"provider": "postgresql", "database_uri": database_url}
     domain.config["event_store"] = {"provider": "postgresql"}
+    domain.config["brokers"]["default"] = {"provider": "redis", "url": broker_url}
     domain.init()
     domain.drop_tables()  # the previous scenario's, on the same database
     domain.create_tables()
-    domain.settings["brokers"]["default"] = {"provider": "redis", "url": broker_url}
     celery = create_celery_app(domain, **celery_overrides(broker_url, keyprefix, visibility_timeout))
     run = AuditRun(domain, celery, database_url, broker_url, keyprefix, workdir, visibility_timeout)
     try:
