@@ -3,7 +3,9 @@
 
 from tidings.domain.errors import (
     BrokerConnectionError,
+    CommandExpiredError,
     ConfigurationError,
+    DuplicateCommandError,
     ExpectedVersionError,
     IncorrectUsageError,
     InvalidMessageError,
@@ -17,7 +19,9 @@ from tidings.domain.errors import (
 
 __all__ = [
     "BrokerConnectionError",
+    "CommandExpiredError",
     "ConfigurationError",
+    "DuplicateCommandError",
     "ExpectedVersionError",
     "IncorrectUsageError",
     "InvalidMessageError",
