@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 
 
 def eager_app(domain: Any) -> Celery:

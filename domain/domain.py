@@ -116,7 +116,7 @@ class Domain:
 
         settings, problems = parse_settings(self.config)  # the one validation of the config
         problems += self._rebuild_models()
-        problems += check_registry(self, settings)
+        problems += check_registry(self.names, settings)
         if problems or settings is None:
             raise ConfigurationError(
                 f"domain '{self.name}' has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.engine.ledger import build_ledger
+from tidings.app.bootstrap import create_celery_app
 from tidings.app.celery_settings import (
     GUARANTEES,
     Layer,
@@ -23,7 +24,6 @@ from tidings.app.celery_settings import (
     module_settings,
     user_layer,
 )
-from tidings.app.factory import create_celery_app
 from tidings.domain.errors import ConfigurationError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
