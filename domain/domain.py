@@ -10,7 +10,6 @@ import inspect
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,14 @@ from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 from tidings.domain.messages import stored_messages
 from tidings.domain.naming import Names
 from tidings.domain.ports import Store
-from tidings.domain.providers import Storage, load_storage
+from tidings.domain.providers import Storage
 from tidings.domain.registry import OPTIONS, derive_element, domain_event_subscriber
 from tidings.domain.repository import Repository
 from tidings.domain.settings import Settings, parse_settings
 from tidings.domain.subscriptions import SubscriptionSettings
 from tidings.domain.subscriptions import resolve as resolve_subscription
 from tidings.domain.uow import UnitOfWork
-from tidings.domain.wiring import build_bus, rebuild_models
+from tidings.domain.wiring import build_bus, build_storage, rebuild_models
 
 log = logging.getLogger("tidings")
 
@@ -44,16 +43,10 @@ class Domain:
     """Declare elements with the decorators, call `init()`, then work inside `domain_context()`."""
 
     def __init__(self, name: str | None = None, root_path: str | Path | None = None) -> None:
-        caller = inspect.stack()[1]
-        module = caller.frame.f_globals.get("__name__", "domain")
-        if name is None:
-            name = module.rsplit(".", 1)[-1]
-            if name == "__main__":
-                name = Path(caller.filename).stem
+        name, self.root_path = _name_and_root(name, root_path)
         self.registry: dict[str, dict[str, type]] = {kind: {} for kind in OPTIONS}
         self.names = Names(name, self.registry)
         self.name, self.camel_name, self.prefix = self.names.name, self.names.camel_name, self.names.prefix
-        self.root_path = Path(root_path or Path(caller.filename).resolve().parent)
         self.config: dict[str, Any] = cfg.load_config(self.root_path)
         self.initialized = False
         self.storage: Storage | None = None  # built by init(): the ports of every provider
@@ -106,10 +99,8 @@ class Domain:
 
     # ---- init: validate and wire once ------------------------------------------------------
     def init(self) -> Domain:
-        """Validate the registry and configuration, then build databases and routing tables.
-
-        Raises one ConfigurationError listing every problem found.
-        """
+        """Validate registry and configuration (one ConfigurationError listing every problem),
+        then build the storage, the brokers and the bus."""
         from tidings.domain.validation import check_registry
 
         settings, problems = parse_settings(self.config)  # the one validation of the config
@@ -120,7 +111,9 @@ class Domain:
                 f"domain '{self.name}' has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
             )
         self.settings: Settings = settings
-        self._build_databases(settings)
+        self.storage = build_storage(self.name, self.registry, settings, self.storage)
+        self.databases = self.storage.stores
+        self.outbox_database, self.event_store_database = self.storage.default, self.storage.event_store
         if self._brokers is not None:
             self._brokers.close()
         self._brokers = Brokers(self, settings.brokers)
@@ -129,22 +122,9 @@ class Domain:
         self.initialized = True
         return self
 
-    def _build_databases(self, settings: Settings) -> None:
-        """Build the storage (the one place providers are chosen: `providers.load_storage`)."""
-        if self.storage is not None:
-            self.storage.dispose()
-        self.storage = storage = load_storage(self.name, settings.databases, settings.event_store)
-        self.databases = storage.stores
-        for kind in ("aggregate", "projection"):
-            for model in self.registry[kind].values():
-                self.database_for(model).add_model(model, versioned=kind == "aggregate")
-        self.outbox_database = storage.default
-        self.event_store_database = storage.event_store
-
     def _storage(self) -> Storage:
         self._require_init()
-        assert self.storage is not None  # init() built it
-        return self.storage
+        return self.storage  # type: ignore[return-value]  # init() built it
 
     def _require_init(self) -> None:
         if not self.initialized:
@@ -152,13 +132,10 @@ class Domain:
 
     # ---- composition -----------------------------------------------------------------------
     def database_for(self, model: type) -> Database:
-        name = model.meta_.get("provider", "default")
-        if self.storage is None:
-            raise IncorrectUsageError(f"call domain.init() before using domain '{self.name}'")
-        try:
-            return self.storage.databases[name]
-        except KeyError:
-            raise ConfigurationError(f"{model.__name__}: no database named '{name}'") from None
+        name = model.meta_.get("provider", "default")  # type: ignore[attr-defined]
+        if name not in self._storage().databases:
+            raise ConfigurationError(f"{model.__name__}: no database named '{name}'")
+        return self._storage().databases[name]
 
     def subscription_settings(self, handler: type) -> SubscriptionSettings:
         """The handler's resolved subscription settings (see `domain.subscriptions`)."""
@@ -214,13 +191,6 @@ class Domain:
         self._require_init()
         return self._brokers
 
-    @property
-    def outbox_enabled(self) -> bool:
-        return self.initialized and self.settings.outbox_enabled
-
-    def is_sync(self, message: Message) -> bool:
-        return self.bus.processing.is_sync(message)
-
     # ---- messages: the bus does the work (domain/bus.py) ------------------------------------
     @property
     def bus(self) -> MessageBus:
@@ -240,9 +210,6 @@ class Domain:
         """The envelope for an event raised by `aggregate` (or published on its own)."""
         return self.bus.envelopes.event(event, aggregate)
 
-    def command_message(self, command: Any) -> Message:
-        return self.bus.envelopes.command(command)
-
     def from_message(self, message: Message | dict[str, Any]) -> Any:
         """The typed event/command in an envelope; unknown type or bad data is a typed error."""
         return self.bus.routes.decode(message)
@@ -251,32 +218,11 @@ class Domain:
         """Every handler that must receive this message (category, type and source_stream)."""
         return self.bus.routes.handlers_for(message)
 
-    def process(
-        self,
-        command: Any,
-        asynchronous: bool | None = None,
-        idempotency_key: str | None = None,
-        raise_on_duplicate: bool = False,
-        *,
-        correlation_id: str | None = None,
-        deadline: datetime | float | None = None,
-        timeout: float | None = None,
-    ) -> Any:
+    def process(self, command: Any, asynchronous: bool | None = None, **options: Any) -> Any:
         """Handle a command: inline in sync mode (returns the handler's value), else via the
-        outbox (returns the command's message id at once). The reference's options:
-        `idempotency_key` (a duplicate returns the first result, or raises
-        DuplicateCommandError with `raise_on_duplicate`), `correlation_id`, and `deadline` /
-        `timeout` (an expired command is skipped; sync: CommandExpiredError). See
-        `MessageBus.process`."""
-        return self.bus.process(
-            command,
-            asynchronous,
-            idempotency_key,
-            raise_on_duplicate,
-            correlation_id=correlation_id,
-            deadline=deadline,
-            timeout=timeout,
-        )
+        outbox (returns its message id at once). Options as the reference's: `idempotency_key`,
+        `raise_on_duplicate`, `correlation_id`, `deadline`, `timeout` (see `MessageBus.process`)."""
+        return self.bus.process(command, asynchronous, **options)
 
     def publish(self, events: Any) -> list[Message]:
         """Publish events raised outside an aggregate; they commit with the current unit of work."""
@@ -293,3 +239,13 @@ class Domain:
     def run_handler(self, handler: type, message: Message, **options: Any) -> Any:
         """Run one handler for one message in its own unit of work (see `MessageBus.run_handler`)."""
         return self.bus.run_handler(handler, message, **options)
+
+
+def _name_and_root(name: str | None, root_path: str | Path | None) -> tuple[str, Path]:
+    """The domain's name (else its module's) and folder (else its file's): where it is created."""
+    caller = inspect.stack()[2]
+    if name is None:
+        name = caller.frame.f_globals.get("__name__", "domain").rsplit(".", 1)[-1]
+        if name == "__main__":
+            name = Path(caller.filename).stem
+    return name, Path(root_path or Path(caller.filename).resolve().parent)

@@ -11,6 +11,8 @@ from typing import Any
 from tidings.domain.bus import Engine, MessageBus, Processing, VersionRetry
 from tidings.domain.database import Database
 from tidings.domain.envelope import Message, MessageKind
+from tidings.domain.errors import ConfigurationError
+from tidings.domain.providers import Storage, load_storage
 from tidings.domain.routing import Routes
 from tidings.domain.settings import Settings
 from tidings.domain.uow import Stores
@@ -104,3 +106,20 @@ def engine_loader(domain: Any) -> Callable[[], Engine | None]:
         return None
 
     return load
+
+
+def build_storage(
+    name: str, registry: dict[str, dict[str, type]], settings: Settings, previous: Storage | None
+) -> Storage:
+    """The domain's storage (providers chosen once, in `providers.load_storage`) with a table
+    for every aggregate and projection; the previous init's pools are closed first."""
+    if previous is not None:
+        previous.dispose()
+    storage = load_storage(name, settings.databases, settings.event_store)
+    for kind in ("aggregate", "projection"):
+        for model in registry[kind].values():
+            provider = model.meta_.get("provider", "default")  # type: ignore[attr-defined]
+            if provider not in storage.databases:
+                raise ConfigurationError(f"{model.__name__}: no database named '{provider}'")
+            storage.databases[provider].add_model(model, versioned=kind == "aggregate")
+    return storage

@@ -70,7 +70,7 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
     for record in records:
         message = message_of(record)
         # Sync messages were handled inline when they were raised.
-        if not domain.is_sync(message) and domain.bus.routes.receives(handler, message):
+        if not domain.bus.processing.is_sync(message) and domain.bus.routes.receives(handler, message):
             outcome = _apply(
                 domain,
                 handler,
