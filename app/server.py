@@ -12,7 +12,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from tidings.app.progress import deliveries
-from tidings.domain.settings import check_server_broker
+from tidings.domain.parsing import check_server_broker
 from tidings.tasks import dlq
 from tidings.tasks.naming import async_handlers, queue_name, relay_queue
 from tidings.tasks.poller import failed_count, poll_all

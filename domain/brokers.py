@@ -18,7 +18,8 @@ from uuid import uuid4
 
 from tidings.domain.broker_registry import broker_class
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
-from tidings.domain.settings import BrokerOptions, BrokerSettings, broker_settings
+from tidings.domain.parsing import broker_settings
+from tidings.domain.settings import BrokerOptions, BrokerSettings
 
 log = logging.getLogger("tidings.brokers")
 

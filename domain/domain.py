@@ -24,11 +24,12 @@ from tidings.domain.envelope import Message
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 from tidings.domain.messages import stored_messages
 from tidings.domain.naming import Names
+from tidings.domain.parsing import parse_settings
 from tidings.domain.ports import Store
 from tidings.domain.providers import Storage
 from tidings.domain.registry import OPTIONS, derive_element, domain_event_subscriber
 from tidings.domain.repository import Repository
-from tidings.domain.settings import Settings, parse_settings
+from tidings.domain.settings import Settings
 from tidings.domain.subscriptions import SubscriptionSettings
 from tidings.domain.subscriptions import resolve as resolve_subscription
 from tidings.domain.uow import UnitOfWork
