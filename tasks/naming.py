@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidings.domain.naming import snake
 
+if TYPE_CHECKING:
+    from tidings.domain.elements import ElementClass
 
-def task_name(domain: Any, handler: type) -> str:
+
+def task_name(domain: Any, handler: ElementClass) -> str:
     """`tidings.<domain>.<Handler>`: stable across deployments, so queued messages survive."""
     return f"tidings.{domain.name}.{handler.__name__}"
 
 
-def queue_name(domain: Any, handler: type) -> str:
+def queue_name(domain: Any, handler: ElementClass) -> str:
     """`<domain>.<handler_snake_name>`: one queue per handler, its consumer group."""
     return f"{domain.name}.{snake(handler.__name__)}"
 
@@ -32,7 +35,7 @@ def relay_queue(domain: Any) -> str:
     return f"{domain.name}.outbox"
 
 
-def async_handlers(domain: Any) -> list[type]:
+def async_handlers(domain: Any) -> list[ElementClass]:
     """Every handler that becomes a Celery task, in registration order."""
     return [
         h
@@ -41,12 +44,12 @@ def async_handlers(domain: Any) -> list[type]:
     ]
 
 
-def poll_task_name(domain: Any, handler: type) -> str:
+def poll_task_name(domain: Any, handler: ElementClass) -> str:
     """`tidings.<domain>.<Handler>.poll`: the poller of an event_store subscription."""
     return f"{task_name(domain, handler)}.poll"
 
 
-def event_store_handlers(domain: Any) -> list[type]:
+def event_store_handlers(domain: Any) -> list[ElementClass]:
     """Handlers that read the event store themselves (`subscription_type = "event_store"`)."""
     return [
         h
@@ -56,14 +59,14 @@ def event_store_handlers(domain: Any) -> list[type]:
     ]
 
 
-def batch_task_name(domain: Any, handler: type) -> str:
+def batch_task_name(domain: Any, handler: ElementClass) -> str:
     """The task that applies a pack of messages for a `batch_delivery` handler."""
     return f"{task_name(domain, handler)}.batch"
 
 
-def packed_handlers(domain: Any) -> dict[type, int]:
+def packed_handlers(domain: Any) -> dict[ElementClass, int]:
     """Stream handlers with `batch_delivery`, and how many messages one task may carry."""
-    packed = {}
+    packed: dict[ElementClass, int] = {}
     for handler in async_handlers(domain):
         settings = domain.subscription_settings(handler)
         if (

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidings.domain.errors import IncorrectUsageError
 from tidings.domain.tables import table_name
 from tidings.tasks.naming import task_name
 from tidings.tasks.poller import run_batch
 from tidings.tasks.positions import position_store
+
+if TYPE_CHECKING:
+    from tidings.domain.elements import ElementClass
 
 Progress = Callable[[int, int | None], None]  # (cursor, last position or None)
 
@@ -24,7 +27,7 @@ class Rebuilt:
     cursor: int
 
 
-def projection_of(domain: Any, projector: type) -> type:
+def projection_of(domain: Any, projector: ElementClass) -> ElementClass:
     """The projection a projector maintains (its `projector_for`)."""
     target = projector.meta_.get("projector_for")
     name = target if isinstance(target, str) else getattr(target, "__name__", None)
@@ -47,7 +50,7 @@ def last_position(domain: Any, categories: list[str]) -> int | None:
 
 
 def rebuild_projection(
-    domain: Any, projector: type, progress: Progress | None = None, wait: float = 30.0
+    domain: Any, projector: ElementClass, progress: Progress | None = None, wait: float = 30.0
 ) -> Rebuilt:
     """Truncate the projection and replay every event from position 0 through the projector.
 
@@ -78,7 +81,7 @@ def rebuild_projection(
 
 def _replay(
     domain: Any,
-    projector: type,
+    projector: ElementClass,
     store: Any,
     lease: Any,
     projection: type,
