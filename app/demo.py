@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(name: str, argv: list[str], env: dict[str, str], log: Path):
+def process(name: str, argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A child process in its own group, stopped (TERM, then KILL) however the block ends."""
     with log.open("w") as out:
         child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -92,7 +93,7 @@ def process(name: str, argv: list[str], env: dict[str, str], log: Path):
         console.print(f"[dim]stopped {name}[/dim]")
 
 
-def wait_for(condition, timeout: float, what: str, children: list) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, children: list[Any]) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in children:
@@ -211,7 +212,7 @@ def drive(domain: Any, celery: Any, client: httpx.Client, children: list) -> int
         externals[0] += 1
         restock(isbn, quantity)
 
-    driver.supplier_restock = counted_restock  # type: ignore[method-assign]
+    driver.supplier_restock = counted_restock
     step = [0]
 
     def settle() -> None:

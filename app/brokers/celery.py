@@ -91,7 +91,7 @@ class CeleryBroker(Broker):
 
     def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
         self.ensure_group(stream, consumer_group)
-        out = []
+        out: list[tuple[str, dict[str, Any]]] = []
         with self._errors():
             queue = self.group_queue(stream, consumer_group)(self.channel)
             while len(out) < n:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, cast
 
 import redis
@@ -42,7 +43,7 @@ class RedisBroker(Broker):
             )
         return self._client
 
-    def _errors(self):
+    def _errors(self) -> AbstractContextManager[None]:
         return translated(self.name, self.url, CONNECTION_ERRORS)
 
     def claim_wakeup(self, stream: str, consumer_group: str, ttl: float) -> bool:
