@@ -1,5 +1,4 @@
-"""Parsing `domain.config` into the typed `Settings` (domain/settings.py), once, reporting
-every problem at once with "did you mean" and the fix."""
+"""`domain.config` parsed once into the typed `Settings`, every problem reported at once."""
 
 from __future__ import annotations
 
