@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from tidings.domain.broker_registry import broker_class
@@ -214,7 +214,7 @@ class Brokers:
                 f"no broker named {name!r} (configured: {sorted(self._brokers)})"
             ) from None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[str, Broker]]:
         return iter(self._brokers.items())
 
     def __len__(self) -> int:

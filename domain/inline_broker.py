@@ -43,7 +43,7 @@ class InlineBroker(Broker):
 
     def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
         group = self.groups.setdefault((stream, consumer_group), _Group())
-        out = []
+        out: list[tuple[str, dict]] = []
         while group.returned and len(out) < n:
             identifier = group.returned.popleft()
             out.append((identifier, group.pending[identifier]))
@@ -61,7 +61,7 @@ class InlineBroker(Broker):
 
     def _ack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
         consumer_group = consumer_group or self._pending_in(stream, identifier)
-        group = self.groups.get((stream, consumer_group))
+        group = self.groups.get((stream, consumer_group)) if consumer_group else None
         if group is None or identifier not in group.pending:
             return False
         del group.pending[identifier]
@@ -71,7 +71,7 @@ class InlineBroker(Broker):
 
     def _nack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
         consumer_group = consumer_group or self._pending_in(stream, identifier)
-        group = self.groups.get((stream, consumer_group))
+        group = self.groups.get((stream, consumer_group)) if consumer_group else None
         if group is None or identifier not in group.pending or identifier in group.returned:
             return False
         group.returned.append(identifier)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -50,7 +51,7 @@ def make_engine(uri: str) -> sa.Engine:
     engine = sa.create_engine(uri, connect_args={"timeout": 30, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -59,7 +60,7 @@ def make_engine(uri: str) -> sa.Engine:
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn):
+    def _on_begin(conn: sa.Connection) -> None:
         # SQLite has no row locks: taking the write lock up front serialises writers safely
         # (a deferred transaction that upgrades later can fail at once with SQLITE_BUSY).
         conn.exec_driver_sql("BEGIN IMMEDIATE")

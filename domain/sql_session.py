@@ -99,7 +99,8 @@ class SqlSession(TransactionSession):
         """Insert unless a unique key clashes; returns the number of rows inserted (0 or 1)."""
         insert = _INSERT_IGNORING_CONFLICTS.get(self.conn.dialect.name)
         if insert is not None:
-            return self.conn.execute(insert(t).values(**values).on_conflict_do_nothing()).rowcount
+            statement = insert(t).values(**values).on_conflict_do_nothing()  # type: ignore[attr-defined]
+            return self.conn.execute(statement).rowcount
         try:
             with self.conn.begin_nested():
                 self.conn.execute(sa.insert(t).values(**values))
