@@ -3,6 +3,7 @@
 
 from tidings.domain.errors import (
     BrokerConnectionError,
+    BusinessRuleError,
     ConfigurationError,
     ExpectedVersionError,
     IncorrectUsageError,
@@ -17,6 +18,7 @@ from tidings.domain.errors import (
 
 __all__ = [
     "BrokerConnectionError",
+    "BusinessRuleError",
     "ConfigurationError",
     "ExpectedVersionError",
     "IncorrectUsageError",

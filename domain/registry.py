@@ -39,8 +39,15 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
-    "command_handler": {"part_of", "subscription_type", "subscription_profile", "subscription_config"},
+    "command_handler": {
+        "part_of",
+        "subscription_type",
+        "subscription_profile",
+        "subscription_config",
+        "throws",
+    },
     "projector": {
         "projector_for",
         "aggregates",
@@ -48,6 +55,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "subscriber": {
         "stream",
@@ -56,6 +64,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "query_handler": {"part_of"},
 }

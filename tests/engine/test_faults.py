@@ -453,7 +453,7 @@ def test_on_rabbitmq_an_always_failing_handler_is_tried_max_retries_plus_one_tim
         entry = entries[0]
         assert entry["attempts"] == 4
         assert entry["queue"] == queue and entry["task"] == f"tidings.{domain.name}.Apply"
-        assert entry["error_type"] == "ConnectionError"
+        assert entry["error_type"] == "DownstreamError"
         assert "flaky downstream" in entry["error_message"]
         assert "Traceback" in entry["traceback"] and entry["failed_at"]
         assert entry["message_id"] == entry["body"]["id"]
