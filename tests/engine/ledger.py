@@ -61,6 +61,8 @@ def build_ledger(root: Path | None = None, name: str = "ledger") -> Domain:
                 raise EntryRefused(f"{event.label} is refused")
             if event.label.startswith("closed"):
                 raise LedgerClosed(f"the ledger is closed to {event.label}")
+            if event.label.startswith("paced"):
+                time.sleep(0.02)  # keeps deliveries in flight while a test cuts the database
             if event.label.startswith("slow") and os.environ.get("LEDGER_SLOW_FILE"):
                 Path(os.environ["LEDGER_SLOW_FILE"]).write_text(event.entry_id)
                 time.sleep(30)  # the crash test kills the worker during this
