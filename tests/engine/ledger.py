@@ -63,9 +63,10 @@ def build_ledger(root: Path | None = None, name: str = "ledger") -> Domain:
                 raise LedgerClosed(f"the ledger is closed to {event.label}")
             if event.label.startswith("paced"):
                 time.sleep(0.02)  # keeps deliveries in flight while a test cuts the database
-            if event.label.startswith("slow") and os.environ.get("LEDGER_SLOW_FILE"):
-                Path(os.environ["LEDGER_SLOW_FILE"]).write_text(event.entry_id)
-                time.sleep(30)  # the crash test kills the worker during this
+            slow_file = os.environ.get("LEDGER_SLOW_FILE")
+            if event.label.startswith("slow") and slow_file and not _holds(Path(slow_file), event.entry_id):
+                Path(slow_file).write_text(event.entry_id)
+                time.sleep(30)  # the crash test kills the worker during this (first run only)
             repo = current_domain.repository_for(Tally)
             try:
                 tally = repo.get(event.entry_id)
@@ -79,6 +80,10 @@ def build_ledger(root: Path | None = None, name: str = "ledger") -> Domain:
             ERRORS_SEEN.append((type(exc).__name__, message.id))
 
     return domain
+
+
+def _holds(path: Path, entry_id: str) -> bool:
+    return path.exists() and path.read_text() == entry_id
 
 
 def make_entry(domain: Domain, label: str) -> str:

@@ -171,8 +171,11 @@ class WorkerProcess:
 
 
 @contextmanager
-def worker_process(tmp_path: Path, broker: Broker, database_url: str, number: int, **files: Path):
-    """A worker subprocess, always killed on exit; `files` set LEDGER_<NAME>_FILE."""
+def worker_process(
+    tmp_path: Path, broker: Broker, database_url: str, number: int, env: dict | None = None, **files: Path
+):
+    """A worker subprocess, always killed on exit; `files` set LEDGER_<NAME>_FILE, `env` more."""
+    extra = env or {}
     env = {
         k: v
         for k, v in os.environ.items()
@@ -186,7 +189,7 @@ def worker_process(tmp_path: Path, broker: Broker, database_url: str, number: in
         LEDGER_KEYPREFIX=broker.keyprefix,
     )
     env.update({f"LEDGER_{name.upper()}_FILE": str(path) for name, path in files.items()})
-    worker = WorkerProcess(tmp_path / f"worker-{number}.log", env, broker.domain_name, number)
+    worker = WorkerProcess(tmp_path / f"worker-{number}.log", {**env, **extra}, broker.domain_name, number)
     try:
         yield worker
     finally:
