@@ -4,7 +4,9 @@
 from tidings.domain.errors import (
     BrokerConnectionError,
     BusinessRuleError,
+    CommandExpiredError,
     ConfigurationError,
+    DuplicateCommandError,
     ExpectedVersionError,
     IncorrectUsageError,
     InvalidMessageError,
@@ -19,7 +21,9 @@ from tidings.domain.errors import (
 __all__ = [
     "BrokerConnectionError",
     "BusinessRuleError",
+    "CommandExpiredError",
     "ConfigurationError",
+    "DuplicateCommandError",
     "ExpectedVersionError",
     "IncorrectUsageError",
     "InvalidMessageError",

@@ -2,7 +2,8 @@
 
 Settings and storage come from `domain.init()`; the bootstrap adds the Celery app with one
 task and queue per handler, the engine the domain's bus hands commits to, and the signal
-receivers (the DLQ hook, connection pools rebuilt after a fork). Nothing is mutated
+receivers (the DLQ hook, connection pools rebuilt after a fork) and the consumer bootstep that
+dead-letters poison (app/poison.py). Nothing is mutated
 afterwards; nothing is kept in module-level registries.
 
     runtime = bootstrap(domain)          # a worker module, an API process, a script
@@ -20,6 +21,7 @@ from celery.signals import task_failure, worker_process_init
 
 from tidings.app.engine import CeleryEngine
 from tidings.app.factory import build_celery_app
+from tidings.app.poison import poison_step
 from tidings.domain import Domain
 
 
@@ -44,6 +46,8 @@ def bootstrap(domain: Domain, **celery_overrides: Any) -> Runtime:
     celery, engine, on_failure = build_celery_app(domain, stats, **celery_overrides)
     runtime = Runtime(domain, celery, engine, stats)
     task_failure.connect(on_failure, weak=False)
+    # What reaches a worker but is not a task it can run goes to the DLQ, not only the log.
+    celery.steps["consumer"].add(poison_step(stats))
     # Connection pools must never be shared across a fork: each child builds its own.
     worker_process_init.connect(lambda **_: domain.dispose(), weak=False)
     celery.tidings_runtime = runtime  # type: ignore[attr-defined]

@@ -127,10 +127,11 @@ def dlq_list(domain_path: str | None, handler: str | None, limit: int) -> None:
     for queue in _queues(domain, handler):
         for entry in dead.list_entries(celery, queue, limit):
             total += 1
+            # Poison has no message id: its entry id names it (an undecodable entry has neither).
             click.echo(
-                f"{queue}  {entry.get('message_id')}  attempts={entry.get('attempts')}  "
-                f"{entry.get('failed_at')}  {entry.get('error_type')}: "
-                f"{entry.get('error_message')}"
+                f"{queue}  {entry.get('message_id') or entry.get('entry_id')}  "
+                f"attempts={entry.get('attempts')}  {entry.get('failed_at')}  "
+                f"{entry.get('error_type')}: {entry.get('error_message')}"
             )
     for row in _failed_positions(domain, handler)[:limit]:
         total += 1
@@ -147,13 +148,14 @@ def dlq_list(domain_path: str | None, handler: str | None, limit: int) -> None:
 @handler_option
 @click.argument("message_id")
 def dlq_show(domain_path: str | None, handler: str | None, message_id: str) -> None:
-    """Everything recorded about one message: body, error, traceback, attempts, time."""
+    """Everything recorded about one message (by message id or DLQ entry id): body, error,
+    traceback, attempts, time."""
     from tidings.tasks import dlq as dead
 
     domain, celery = _load(domain_path)
     for queue in _queues(domain, handler):
         for entry in dead.list_entries(celery, queue, 10_000):
-            if entry.get("message_id") == message_id:
+            if dead.matches(entry, message_id):
                 click.echo(dead.as_text(entry))
                 return
     for row in _failed_positions(domain, handler):
@@ -174,8 +176,13 @@ def dlq_replay(domain_path: str | None, handler: str | None, message_id: str | N
     from tidings.tasks.poller import replay_failed
 
     domain, celery = _load(domain_path)
-    count = sum(dead.replay(celery, q, message_id) for q in _queues(domain, handler))
-    click.echo(f"replayed {count} message(s)")
+    outcomes = [dead.replay_entries(celery, q, message_id) for q in _queues(domain, handler)]
+    click.echo(f"replayed {sum(o.replayed for o in outcomes)} message(s)")
+    skipped = [s for o in outcomes for s in o.skipped]
+    if skipped:
+        click.echo(f"skipped {len(skipped)} entry(ies) that cannot be replayed (left in the DLQ):")
+        for entry_id, reason in skipped:
+            click.echo(f"  {entry_id or '(no entry id)'}: {reason}")
     done = failing = 0
     for h in _polled(domain, handler):
         ok, bad = replay_failed(domain, h, message_id)

@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from tidings.app import sqla_transport
+from tidings.app import redis_transport, sqla_transport
 from tidings.app.celery_settings import ALLOW_UNSAFE_KEY, RECOVERY_BOUND_KEY, celery_settings
 from tidings.app.engine import CeleryEngine
 from tidings.app.kick import gate_for
@@ -34,6 +34,7 @@ from tidings.tasks.relay import register_relay_task, relay_now
 
 log = logging.getLogger("tidings")
 sqla_transport.register()
+redis_transport.register()  # a list item that is not a message is dead-lettered, not fatal
 
 
 def broker_url(broker: BrokerSettings) -> str:

@@ -10,6 +10,7 @@ kicking, never to dropping.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -56,6 +57,9 @@ def gate_for(broker_url: str, transport_options: dict, domain_name: str) -> Kick
     return KickGate(broker_url, f"{prefix}tidings:{domain_name}:relay-kick")
 
 
+EXIT_GRACE_SECONDS = 5.0  # how long an exiting process waits for its last wake-up to be sent
+
+
 class Kicker:
     """Sends the after-commit wake-ups from a daemon thread, so a commit never waits on the
     broker: the committing thread only records what to wake and sets an event (microseconds).
@@ -81,6 +85,8 @@ class Kicker:
                     self._pending, self._wake = set(), threading.Event()
                     threading.Thread(target=self._loop, daemon=True, name=f"tidings-kick-{self.name}").start()
                     self._pid = os.getpid()
+                    # a script that commits and exits at once must still wake the relay
+                    atexit.register(self.wait_idle, EXIT_GRACE_SECONDS)
         with self._lock:
             self._pending |= categories
         self._wake.set()

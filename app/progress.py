@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tidings.domain.envelope import Message
+from tidings.outbox.writer import external_dispatch
 from tidings.tasks.naming import async_handlers, task_name
 
 
@@ -32,7 +33,9 @@ def _rows(domain: Any) -> tuple[list[str], int, list[tuple[str, datetime]]]:
 
 def deliveries(domain: Any, external: int = 0) -> Deliveries:
     published, pending, inbox = _rows(domain)
-    due = sum(len(domain.handlers_for(Message.from_dict(e))) for e in published) + external
+    # rows for external brokers call for no handler run here
+    own = [e for e in published if external_dispatch(e) is None]
+    due = sum(len(domain.handlers_for(Message.from_dict(e))) for e in own) + external
     return Deliveries(pending, due, len(inbox))
 
 

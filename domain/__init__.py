@@ -26,7 +26,9 @@ from tidings.domain.elements import (
 from tidings.domain.envelope import Message, MessageKind
 from tidings.domain.errors import (
     BrokerConnectionError,
+    CommandExpiredError,
     ConfigurationError,
+    DuplicateCommandError,
     ExpectedVersionError,
     IncorrectUsageError,
     InvalidMessageError,
@@ -58,6 +60,8 @@ __all__ = [
     "BaseSubscriber",
     "BaseQueryHandler",
     "BrokerConnectionError",
+    "CommandExpiredError",
+    "DuplicateCommandError",
     "ConfigurationError",
     "ExpectedVersionError",
     "IncorrectUsageError",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ import sqlalchemy as sa
 
 from tidings.domain import config as cfg
 from tidings.domain.brokers import Brokers
-from tidings.domain.bus import SKIPPED, Engine, MessageBus, Processing
+from tidings.domain.bus import SKIPPED, Engine, MessageBus, Processing, VersionRetry
 from tidings.domain.context import pop_domain, push_domain
 from tidings.domain.database import Database
-from tidings.domain.envelope import Message
+from tidings.domain.envelope import Message, MessageKind
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 from tidings.domain.messages import stored_messages
 from tidings.domain.naming import Names
@@ -114,7 +115,7 @@ class Domain:
         from tidings.domain.validation import check_registry
 
         settings, problems = parse_settings(self.config)  # the one validation of the config
-        self._rebuild_models()
+        problems += self._rebuild_models()
         problems += check_registry(self, settings)
         if problems or settings is None:
             raise ConfigurationError(
@@ -129,14 +130,25 @@ class Domain:
         self.initialized = True
         return self
 
-    def _rebuild_models(self) -> None:
+    def _rebuild_models(self) -> list[str]:
+        """Resolve the elements' forward references (`HasMany("Item")`, or `HasMany(Item)`
+        with a local `Item` under `from __future__`) with the registry's names; a model that
+        still has an undefined name is a problem for `init()` to report."""
         names = {n: c for kind in self.registry.values() for n, c in kind.items()}
+        problems: list[str] = []
         for kind in ("value_object", "entity", "aggregate", "projection", "event", "command", "query"):
             for model in self.registry[kind].values():
                 try:
                     model.model_rebuild(force=True, _types_namespace=names)
                 except Exception as exc:  # noqa: BLE001 - reported, not swallowed
                     log.debug("rebuild of %s failed: %s", model.__name__, exc)
+                    if not getattr(model, "__pydantic_complete__", True):
+                        reason = getattr(exc, "message", str(exc))  # pydantic's, without its URL
+                        problems.append(
+                            f"{kind.replace('_', ' ')} {model.__name__}: {reason}; a field names an "
+                            "element that is not registered (nor defined in its module)"
+                        )
+        return problems
 
     def _build_databases(self, settings: Settings) -> None:
         """Build the storage (the one place providers are chosen: `providers.load_storage`)."""
@@ -160,9 +172,24 @@ class Domain:
         processing = Processing(
             settings.event_processing, settings.command_processing, settings.message_processing
         )
-        stores = Stores(event_store=self.event_store_database, outbox=self.outbox_database, owner=self.name)
+        routes = Routes(self.names)
+        stores = Stores(
+            event_store=self.event_store_database,
+            outbox=self.outbox_database,
+            owner=self.name,
+            external=_external_targets(routes, settings.outbox.external_brokers),
+        )
+        retry = settings.server.version_retry
         self._bus = MessageBus(
-            Routes(self.names), stores, processing, self.domain_context, _engine_loader(self)
+            routes,
+            stores,
+            processing,
+            self.domain_context,
+            _engine_loader(self),
+            version_retry=VersionRetry(
+                retry.enabled, retry.max_retries, retry.base_delay_seconds, retry.max_delay_seconds
+            ),
+            command_timeout=settings.command_default_timeout,
         )
         if engine is not None:
             self._bus.attach_engine(engine)
@@ -288,10 +315,32 @@ class Domain:
         """Every handler that must receive this message (category, type and source_stream)."""
         return self.bus.routes.handlers_for(message)
 
-    def process(self, command: Any, asynchronous: bool | None = None) -> Any:
+    def process(
+        self,
+        command: Any,
+        asynchronous: bool | None = None,
+        idempotency_key: str | None = None,
+        raise_on_duplicate: bool = False,
+        *,
+        correlation_id: str | None = None,
+        deadline: datetime | float | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """Handle a command: inline in sync mode (returns the handler's value), else via the
-        outbox (returns the command's message id at once)."""
-        return self.bus.process(command, asynchronous)
+        outbox (returns the command's message id at once). The reference's options:
+        `idempotency_key` (a duplicate returns the first result, or raises
+        DuplicateCommandError with `raise_on_duplicate`), `correlation_id`, and `deadline` /
+        `timeout` (an expired command is skipped; sync: CommandExpiredError). See
+        `MessageBus.process`."""
+        return self.bus.process(
+            command,
+            asynchronous,
+            idempotency_key,
+            raise_on_duplicate,
+            correlation_id=correlation_id,
+            deadline=deadline,
+            timeout=timeout,
+        )
 
     def publish(self, events: Any) -> list[Message]:
         """Publish events raised outside an aggregate; they commit with the current unit of work."""
@@ -308,6 +357,24 @@ class Domain:
     def run_handler(self, handler: type, message: Message, **options: Any) -> Any:
         """Run one handler for one message in its own unit of work (see `MessageBus.run_handler`)."""
         return self.bus.run_handler(handler, message, **options)
+
+
+def _external_targets(routes: Routes, brokers: Sequence[str]) -> Callable[[Message], Sequence[str]]:
+    """The external brokers a committed message goes to: `brokers` for the events declared
+    `published=True`, nothing for any other message."""
+    published = {
+        type_string
+        for type_string, cls in routes.types.items()
+        if cls.element_kind == "event" and cls.meta_.get("published")  # type: ignore[attr-defined]
+    }
+    targets = tuple(brokers)
+
+    def external(message: Message) -> Sequence[str]:
+        if targets and message.kind == MessageKind.EVENT and message.type in published:
+            return targets
+        return ()
+
+    return external
 
 
 def _engine_loader(domain: Domain) -> Callable[[], Engine | None]:

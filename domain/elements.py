@@ -13,17 +13,19 @@ Both spellings are first class:
 from __future__ import annotations
 
 import sys
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, cast
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 from pydantic import ValidationError as PydanticValidationError
 from pydantic._internal._model_construction import ModelMetaclass
+from pydantic.fields import FieldInfo
 
-from tidings.domain import fields as _fields
 from tidings.domain.context import domain_of
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError, from_pydantic
-from tidings.domain.fields import FieldSpec, Identifier
+from tidings.domain.field_annotations import FieldAnnotationError, spec_in_annotation
+from tidings.domain.fields import FieldSpec, IdentifierSpec
 from tidings.domain.metadata import Metadata
 
 
@@ -31,48 +33,46 @@ def _new_id() -> str:
     return str(uuid4())
 
 
-def _resolve(annotation: Any, module: str | None) -> Any:
-    """Evaluate a string annotation when it spells a FieldSpec (`from __future__` modules)."""
-    if not isinstance(annotation, str) or "(" not in annotation:
-        return annotation
-    scope = dict(vars(_fields))
-    if module and module in sys.modules:
-        scope.update(vars(sys.modules[module]))
-    scope.update(_user_locals())
+def _resolve(annotation: Any, module: str | None, namespace: dict[str, Any], where: str) -> FieldSpec | None:
+    """The FieldSpec an annotation spells (`Integer(...)`, `Annotated[int, Integer(...)]`).
+
+    A string annotation (`from __future__ import annotations`) is parsed, not evaluated with
+    `eval`; its names come from the class namespace and its module's globals, never from a
+    caller's frame (see field_annotations.py). A name a function's locals define is kept as
+    a name where a field refers to another element, and resolved at `domain.init()`.
+    """
+    module_globals = vars(sys.modules[module]) if module in sys.modules else {}
     try:
-        value = eval(annotation, scope)  # noqa: S307 - the user's own class body, as Python would
-    except Exception:
-        return annotation
-    return value if isinstance(value, FieldSpec) else annotation
-
-
-def _user_locals() -> dict[str, Any]:
-    """Locals of the nearest frames outside Tidings and pydantic: a class defined in a function
-    may name other local classes in its string annotations."""
-    found: dict[str, Any] = {}
-    frame = sys._getframe(2)
-    depth = 0
-    while frame is not None and depth < 12:
-        module = frame.f_globals.get("__name__", "")
-        if not module.startswith(("tidings.domain.", "pydantic", "typing")):
-            found = {**frame.f_locals, **found}
-            if len(found) and depth > 4:
-                break
-        frame, depth = frame.f_back, depth + 1
-    return found
+        return spec_in_annotation(annotation, module_globals, namespace)
+    except FieldAnnotationError as exc:
+        raise FieldAnnotationError(f"{where}: {exc}") from None
 
 
 class ElementMeta(ModelMetaclass):
-    """Rewrites FieldSpec annotations/assignments into pydantic fields before pydantic runs."""
+    """Rewrites FieldSpec annotations/assignments into pydantic fields before pydantic runs.
 
-    def __new__(mcs, name: str, bases: tuple, namespace: dict[str, Any], **kwargs: Any):
+    `x: Integer(...)`, `x: Annotated[int, Integer(...)]` and `x: int = Integer(...)` (or
+    `x = Integer(...)`) give the same pydantic field: the spec's annotation and FieldInfo.
+    """
+
+    _field_specs: dict[str, FieldSpec]
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> type:
         annotations = dict(namespace.get("__annotations__", {}))
         specs: dict[str, FieldSpec] = {}
-        for key, ann in list(annotations.items()):
-            ann = _resolve(ann, namespace.get("__module__"))
-            if isinstance(ann, FieldSpec):
-                specs[key] = ann
-        for key, value in list(namespace.items()):
+        for key, ann in annotations.items():
+            spec = _resolve(ann, namespace.get("__module__"), namespace, f"{name}.{key}")
+            if spec is None:
+                continue
+            if key in namespace:  # `x: Annotated[int, Integer()] = 3`: the value is the default
+                value = namespace[key]
+                if isinstance(value, FieldSpec | FieldInfo) or spec.has_default:
+                    raise FieldAnnotationError(
+                        f"{name}.{key}: the field is given twice (annotation and value); give it once"
+                    )
+                spec = spec.with_default(value)
+            specs[key] = spec
+        for key, value in namespace.items():
             if isinstance(value, FieldSpec):
                 specs[key] = value
         for key, spec in specs.items():
@@ -81,14 +81,14 @@ class ElementMeta(ModelMetaclass):
         id_field = next((k for k, s in specs.items() if s.identifier), None)
         auto_id = namespace.get("_auto_id", any(getattr(b, "_auto_id", False) for b in bases))
         inherited_id = next(
-            (b._id_field for b in bases if getattr(b, "_id_field", None) in getattr(b, "model_fields", {})),
+            (i for b in bases if (i := getattr(b, "_id_field", None)) in getattr(b, "model_fields", {})),
             None,
         )
         if id_field is None and auto_id and not inherited_id and not namespace.get("_abstract"):
             if "id" in annotations:
                 id_field = "id"
             else:
-                spec = Identifier(identifier=True, default=_new_id)
+                spec = IdentifierSpec(identifier=True, default=_new_id)
                 annotations = {"id": spec.annotation(), **annotations}
                 namespace["id"] = spec.field_info()
                 id_field = "id"
@@ -96,7 +96,7 @@ class ElementMeta(ModelMetaclass):
         if id_field:
             namespace["_id_field"] = id_field
         namespace.setdefault("_abstract", False)
-        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+        cls = cast(ElementMeta, super().__new__(mcs, name, bases, namespace, **kwargs))
         cls._field_specs = {**getattr(cls, "_field_specs", {}), **specs}
         return cls
 
@@ -274,11 +274,14 @@ class BaseQueryHandler(BaseHandler):
     element_kind: ClassVar[str] = "query_handler"
 
 
-def handle(target: Any):
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def handle(target: Any) -> Callable[[_F], _F]:
     """Bind a handler method to one message class (or a type string, or "$any")."""
 
-    def decorator(fn):
-        fn._tidings_handles = target
+    def decorator(fn: _F) -> _F:
+        setattr(fn, "_tidings_handles", target)  # noqa: B010 - a typed callable declares no such attribute
         return fn
 
     return decorator
@@ -287,11 +290,11 @@ def handle(target: Any):
 on = handle  # projectors say @on(Event)
 
 
-def read(query_cls: Any):
+def read(query_cls: Any) -> Callable[[_F], _F]:
     """Bind a query handler method to one query class."""
 
-    def decorator(fn):
-        fn._tidings_reads = query_cls
+    def decorator(fn: _F) -> _F:
+        setattr(fn, "_tidings_reads", query_cls)  # noqa: B010 - a typed callable declares no such attribute
         return fn
 
     return decorator

@@ -58,6 +58,8 @@ class Message(BaseModel):
     data: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
     checksum: str | None = None
+    idempotency_key: str | None = None  # the caller's key for a command (`domain.process`)
+    deadline: datetime | None = None  # a command handled after this is skipped, not applied
 
     @model_validator(mode="before")
     @classmethod
@@ -68,6 +70,21 @@ class Message(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def to_external_dict(self) -> dict[str, Any]:
+        """The envelope for consumers outside the domain (the reference's `to_external_dict`):
+        without the checksum and the event-store positions; `id` is their dedup key."""
+        out = self.model_dump(mode="json", exclude={"checksum"})
+        out["metadata"] = {
+            k: v for k, v in out["metadata"].items() if k not in ("global_position", "position")
+        }
+        return out
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """Is this a command past its deadline (skipped instead of handled)?"""
+        if self.kind != MessageKind.COMMAND or self.deadline is None:
+            return False
+        return (now or _now()) >= self.deadline
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))

@@ -39,6 +39,23 @@ class ExpectedVersionError(TidingsError):
     """Optimistic concurrency: the aggregate was changed by someone else since it was loaded."""
 
 
+class DuplicateCommandError(TidingsError):
+    """`domain.process(..., idempotency_key=k, raise_on_duplicate=True)` for a key already
+    processed: `result` is what the first command returned (sync) or its message id (async)."""
+
+    def __init__(self, key: str, message_id: str, result: Any) -> None:
+        self.key, self.message_id, self.result = key, message_id, result
+        super().__init__(
+            f"a command with idempotency key {key!r} was already processed (message {message_id}); "
+            f"pass raise_on_duplicate=False to get its result instead"
+        )
+
+
+class CommandExpiredError(TidingsError):
+    """A command reached its handler after its deadline (`deadline=` / `timeout=`, the handler's
+    `timeout` or `command_default_timeout`); it was not handled."""
+
+
 class InvalidMessageError(TidingsError, ValueError):
     """A message envelope or its data cannot be decoded."""
 

@@ -7,6 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+# A handler with several methods for one message keeps one inbox row per applied method,
+# `<handler key>#<method>`, beside the handler's own row (see `MessageBus.run_handler`).
+METHOD_SEP = "#"
+
 if TYPE_CHECKING:
     from tidings.domain.sql import SqlDatabase
 
@@ -26,7 +30,7 @@ class MemoryInbox:
 
     def forget(self, handler: str) -> int:
         with self.lock:
-            keys = [key for key in self.rows if key[0] == handler]
+            keys = [key for key in self.rows if key[0] == handler or key[0].startswith(handler + METHOD_SEP)]
             for key in keys:
                 del self.rows[key]
         return len(keys)
@@ -44,5 +48,7 @@ class SqlInbox:
             return conn.execute(sa.delete(self.table).where(self.table.c.processed_at < older_than)).rowcount
 
     def forget(self, handler: str) -> int:
+        column = self.table.c.handler
+        mine = sa.or_(column == handler, column.startswith(handler + METHOD_SEP, autoescape=True))
         with self.db.engine.begin() as conn:
-            return conn.execute(sa.delete(self.table).where(self.table.c.handler == handler)).rowcount
+            return conn.execute(sa.delete(self.table).where(mine)).rowcount

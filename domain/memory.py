@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from tidings.domain.database import Row
 from tidings.domain.envelope import stream_matches
 from tidings.domain.errors import ExpectedVersionError
+from tidings.domain.ports import CommandKey
 from tidings.domain.tables import define_model_table
 
 _DELETED = object()
@@ -31,6 +32,7 @@ class MemoryDatabase:
         self.events: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
         self.inbox: dict[tuple[str, str], datetime] = {}  # (handler, message id) -> processed at
+        self.command_keys: dict[tuple[str, str], CommandKey] = {}  # (domain, idempotency key)
         self.outbox_ids = itertools.count(1)
         self.positions: dict[str, int] = {}  # event_store subscription cursors
         self.failed_positions: dict[tuple[str, int], dict[str, Any]] = {}
@@ -48,6 +50,7 @@ class MemoryDatabase:
             self.events.clear()
             self.outbox.clear()
             self.inbox.clear()
+            self.command_keys.clear()
             self.positions.clear()
             self.failed_positions.clear()
 
@@ -105,6 +108,7 @@ class MemorySession:
         self.events: list[dict] = []
         self.outbox: list[dict] = []
         self.inbox: set[tuple[str, str]] = set()
+        self.command_keys: dict[tuple[str, str], CommandKey] = {}
 
     def _current(self, table: str, identity: str) -> Row | None:
         key = (table, identity)
@@ -166,6 +170,18 @@ class MemorySession:
         self.inbox.add(key)
         return True
 
+    def claim_command_key(self, domain: str, key: str, message_id: str) -> CommandKey | None:
+        with self.db.lock:
+            found = self.command_keys.get((domain, key)) or self.db.command_keys.get((domain, key))
+        if found is not None:
+            return found
+        self.command_keys[(domain, key)] = CommandKey(message_id, None)
+        return None
+
+    def record_command_result(self, domain: str, key: str, result: str) -> None:
+        claimed = self.command_keys[(domain, key)]
+        self.command_keys[(domain, key)] = CommandKey(claimed.message_id, result)
+
     def commit(self) -> None:
         db = self.db
         with db.lock:
@@ -175,6 +191,9 @@ class MemorySession:
                     raise ExpectedVersionError(f"{table} {identity} was changed concurrently")
             if any(key in db.inbox for key in self.inbox):
                 raise ExpectedVersionError("message already processed by this handler")
+            if any(key in db.command_keys for key in self.command_keys):
+                # another transaction took the key since: re-run, and find it taken
+                raise ExpectedVersionError("idempotency key taken concurrently")
             for (table, identity), value in self.writes.items():
                 rows = db.tables.setdefault(table, {})
                 if value is _DELETED:
@@ -191,6 +210,7 @@ class MemorySession:
                 db.outbox.append(row)
             now = datetime.now(UTC)
             db.inbox.update(dict.fromkeys(self.inbox, now))
+            db.command_keys.update(self.command_keys)
         self._reset()
 
     def rollback(self) -> None:
@@ -199,3 +219,4 @@ class MemorySession:
     def _reset(self) -> None:
         self.writes, self.expected = {}, {}
         self.events, self.outbox, self.inbox = [], [], set()
+        self.command_keys = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
@@ -35,12 +36,25 @@ class Envelopes:
         event._message = message
         return message
 
-    def command(self, command: Any) -> Message:
+    def command(
+        self,
+        command: Any,
+        *,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        deadline: datetime | None = None,
+    ) -> Message:
+        """The envelope for a command; the caller's `correlation_id` overrides the inherited
+        one, and `deadline` the one inherited from the message being handled."""
         self._check_registered(command, "command")
         agg_cls = self.names.part_of(type(command))
         category = self.names.category(agg_cls) + ":command"
         identity = _identity_in(command, agg_cls)
         message = self._new(command, MessageKind.COMMAND, f"{category}-{identity}", category, None)
+        given = {"correlation_id": correlation_id, "idempotency_key": idempotency_key, "deadline": deadline}
+        update = {k: v for k, v in given.items() if v is not None}
+        if update:
+            message = message.model_copy(update=update)
         command._message = message
         return message
 
@@ -52,6 +66,7 @@ class Envelopes:
                 "origin_stream": parent.stream,
                 "correlation_id": parent.correlation_id,
                 "causation_id": parent.id,
+                "deadline": parent.deadline,  # deadlines propagate down the chain
             }
         return Message(
             type=self.names.type_of(type(obj)),

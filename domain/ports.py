@@ -14,6 +14,7 @@ Each port has a contract suite in `tests/ports/` that every provider runs.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -27,6 +28,8 @@ Record = dict[str, Any]  # an event-store record (see `tidings.domain.database.e
 
 __all__ = [
     "AggregateSession",
+    "CommandKey",
+    "CommandKeySession",
     "Backoff",
     "Database",
     "DeliveryLog",
@@ -89,7 +92,28 @@ class InboxSession(Transaction, Protocol):
         ...
 
 
-class Session(AggregateSession, EventStoreSession, OutboxSession, InboxSession, Protocol):
+@dataclass(frozen=True)
+class CommandKey:
+    """What an idempotency key recorded: the first command's message id and its JSON result."""
+
+    message_id: str
+    result: str | None
+
+
+class CommandKeySession(Transaction, Protocol):
+    """The idempotency keys of `domain.process`, in the default database's transaction."""
+
+    def claim_command_key(self, domain: str, key: str, message_id: str) -> CommandKey | None:
+        """Take `key` for `message_id` in this transaction: None when it is new, else what the
+        command that took it first recorded (the caller then does not process again)."""
+        ...
+
+    def record_command_result(self, domain: str, key: str, result: str) -> None:
+        """The JSON result of the command that took `key` in this transaction."""
+        ...
+
+
+class Session(AggregateSession, EventStoreSession, OutboxSession, InboxSession, CommandKeySession, Protocol):
     """A session of the default database, where all of the above share one transaction."""
 
 

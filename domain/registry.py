@@ -28,7 +28,7 @@ OPTIONS: dict[str, set[str]] = {
     "aggregate": {"provider", "stream_category", "table"},
     "entity": {"part_of"},
     "value_object": {"part_of"},
-    "event": {"part_of", "version"},
+    "event": {"part_of", "version", "published"},
     "command": {"part_of", "version"},
     "projection": {"provider", "table"},
     "query": {"part_of"},
@@ -43,6 +43,7 @@ OPTIONS: dict[str, set[str]] = {
     },
     "command_handler": {
         "part_of",
+        "timeout",
         "subscription_type",
         "subscription_profile",
         "subscription_config",

@@ -126,6 +126,9 @@ class OutboxSettings(FrozenModel):
     backoff_max: PositiveFloat = 60.0
     broker: str = "default"
     after_commit: AfterCommit = "kick"  # "thread": see app/relay_thread.py
+    # Brokers that also receive the domain's `published=True` events, each on the stream named
+    # after the event's category, as `Message.to_external_dict()` (one outbox row per broker).
+    external_brokers: tuple[str, ...] = ()
 
 
 # ---- server and subscriptions ------------------------------------------------------------------
@@ -200,6 +203,17 @@ class TransientRetrySettings(FrozenModel):
     exceptions: tuple[str, ...] = ()
 
 
+class VersionRetrySettings(FrozenModel):
+    """`[server.version_retry]`: a handler run that meets `ExpectedVersionError` (another
+    writer changed the aggregate since it was loaded) is re-run in a fresh unit of work, with
+    an exponential backoff, before the failure counts as a delivery attempt."""
+
+    enabled: Flag = True
+    max_retries: NonNegativeInt = 3
+    base_delay_seconds: NonNegativeFloat = 0.05
+    max_delay_seconds: NonNegativeFloat = 1.0
+
+
 class ServerSettings(FrozenModel):
     """`[server]`: subscription defaults, custom profiles and per-handler subscriptions."""
 
@@ -213,6 +227,7 @@ class ServerSettings(FrozenModel):
     transient_retry: TransientRetrySettings = TransientRetrySettings()
     subscriptions: dict[str, HandlerSubscription] = {}
     profiles: dict[str, CustomProfile] = {}
+    version_retry: VersionRetrySettings = VersionRetrySettings()
 
 
 # ---- the tree ----------------------------------------------------------------------------------
@@ -224,6 +239,7 @@ class Settings(FrozenModel):
     command_processing: ProcessingMode = "async"
     message_processing: ProcessingMode = "async"
     enable_outbox: Flag | None = None  # None: on exactly when some processing is async
+    command_default_timeout: PositiveFloat | None = None  # seconds; None: commands never expire
     databases: dict[str, DatabaseSettings] = {"default": DatabaseSettings()}
     brokers: dict[str, BrokerSettings] = {"default": BrokerSettings(provider="inline")}
     event_store: EventStoreSettings = EventStoreSettings()
@@ -233,7 +249,14 @@ class Settings(FrozenModel):
 
     # Keys that belong at the top level; found inside a table they are misplaced, not unknown.
     TOP_LEVEL: ClassVar[frozenset[str]] = frozenset(
-        {"debug", "event_processing", "command_processing", "message_processing", "enable_outbox"}
+        {
+            "debug",
+            "event_processing",
+            "command_processing",
+            "message_processing",
+            "enable_outbox",
+            "command_default_timeout",
+        }
     )
 
     @property

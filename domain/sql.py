@@ -12,8 +12,15 @@ from sqlalchemy.exc import IntegrityError
 
 from tidings.domain.database import Row
 from tidings.domain.errors import ConfigurationError, ExpectedVersionError, IncorrectUsageError, TidingsError
+from tidings.domain.ports import CommandKey
 from tidings.domain.tables import VERSION_COLUMN, define_event_store, define_model_table
-from tidings.outbox.tables import define_failed_positions, define_inbox, define_outbox, define_positions
+from tidings.outbox.tables import (
+    define_command_keys,
+    define_failed_positions,
+    define_inbox,
+    define_outbox,
+    define_positions,
+)
 
 _APPEND_LOCK = 0x7469_6469_6E67_7300  # "tidings" + 0: the event-store append lock key
 
@@ -82,6 +89,7 @@ class SqlDatabase:
         self.event_store_table: sa.Table | None = None
         self.outbox_table: sa.Table | None = None
         self.inbox_table: sa.Table | None = None
+        self.command_keys_table: sa.Table | None = None
         self.positions_table: sa.Table | None = None
         self.failed_positions_table: sa.Table | None = None
 
@@ -127,6 +135,7 @@ class SqlDatabase:
         if self.outbox_table is None:
             self.outbox_table = define_outbox(self.metadata)
             self.inbox_table = define_inbox(self.metadata)
+            self.command_keys_table = define_command_keys(self.metadata)
             self.positions_table = define_positions(self.metadata)
             self.failed_positions_table = define_failed_positions(self.metadata)
 
@@ -322,6 +331,24 @@ class SqlSession(TransactionSession):
             )
             == 1
         )
+
+    def claim_command_key(self, domain: str, key: str, message_id: str) -> CommandKey | None:
+        t = self.db.command_keys_table
+        assert t is not None
+        values = {"domain": domain, "key": key, "message_id": message_id, "created_at": datetime.now(UTC)}
+        # ON CONFLICT DO NOTHING waits (PostgreSQL) for a concurrent claim of the same key to
+        # commit or roll back, so the row read below is the first command's, committed
+        if self._insert_new(t, values) == 1:
+            return None
+        row = self.conn.execute(
+            sa.select(t.c.message_id, t.c.result).where(t.c.domain == domain, t.c.key == key)
+        ).one()
+        return CommandKey(row.message_id, row.result)
+
+    def record_command_result(self, domain: str, key: str, result: str) -> None:
+        t = self.db.command_keys_table
+        assert t is not None
+        self.conn.execute(sa.update(t).where(t.c.domain == domain, t.c.key == key).values(result=result))
 
 
 _INSERT_IGNORING_CONFLICTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from tidings.domain.context import current_uow
 from tidings.domain.database import Database, Session, event_record
 from tidings.domain.envelope import Message
+from tidings.domain.ports import CommandKey
 from tidings.outbox.writer import outbox_rows
+
+
+def _no_external(message: Message) -> Sequence[str]:
+    return ()
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,8 @@ class Stores:
     event_store: Database
     outbox: Database
     owner: str  # the domain whose outbox rows these are (its relay claims only those)
+    # The external brokers a relayed message also goes to (`published=True` events)
+    external: Callable[[Message], Sequence[str]] = field(default=_no_external)
 
 
 class UnitOfWork:
@@ -58,6 +65,14 @@ class UnitOfWork:
     def mark_processed(self, handler: str, message_id: str) -> bool:
         """The inbox row (handler, message id) in this transaction; False if already there."""
         return self.session_for(self.stores.outbox).mark_processed(handler, message_id)
+
+    def claim_command_key(self, key: str, message_id: str) -> CommandKey | None:
+        """Take the idempotency `key` for this command in this transaction (None: it is new),
+        else what the first command with it recorded."""
+        return self.session_for(self.stores.outbox).claim_command_key(self.stores.owner, key, message_id)
+
+    def record_command_result(self, key: str, result: str) -> None:
+        self.session_for(self.stores.outbox).record_command_result(self.stores.owner, key, result)
 
     def record(self, messages: list[Message]) -> None:
         """Messages to store and relay with this transaction."""
@@ -98,7 +113,9 @@ class UnitOfWork:
                 store.append_events([event_record(m.to_dict()) for m in stored])
             relayed = [m for m in messages if not self.is_sync(m)]
             if relayed:
-                self.session_for(stores.outbox).write_outbox(outbox_rows(relayed, stores.owner))
+                self.session_for(stores.outbox).write_outbox(
+                    outbox_rows(relayed, stores.owner, external=stores.external)
+                )
             # The outbox's database commits first (with the event store when they share it), a
             # separate event store (Message DB) last: its writes already ran and took their
             # locks, so a version conflict aborted everything above, and a failed business

@@ -30,6 +30,8 @@ def check_registry(domain: Domain, settings: Settings | None) -> list[str]:
     problems += _check_command_handlers(domain)
     problems += _check_projectors(domain)
     problems += _check_categories(domain)
+    if settings is not None:
+        problems += _check_external_brokers(settings)
     for sub in domain.registry["subscriber"].values():
         if not sub.meta_.get("stream"):
             problems.append(f"subscriber {sub.__name__}: 'stream' is required")
@@ -39,6 +41,19 @@ def check_registry(domain: Domain, settings: Settings | None) -> list[str]:
                 f"subscriber {sub.__name__}: broker {broker!r} is not configured "
                 f"(add [brokers.{broker}]; configured: {sorted(settings.brokers)})"
             )
+    return problems
+
+
+def _check_external_brokers(settings: Settings) -> list[str]:
+    problems = []
+    for name in settings.outbox.external_brokers:
+        if name not in settings.brokers:
+            problems.append(
+                f"outbox.external_brokers: broker {name!r} is not configured "
+                f"(add [brokers.{name}]; configured: {sorted(settings.brokers)})"
+            )
+        elif len(name) > 27:  # its outbox rows are keyed `<message id>@<broker>`, 64 characters
+            problems.append(f"outbox.external_brokers: broker name {name!r} is longer than 27 characters")
     return problems
 
 

@@ -56,6 +56,21 @@ def define_inbox(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+def define_command_keys(metadata: sa.MetaData) -> sa.Table:
+    """One row per (domain, idempotency key) of `domain.process`: the first command's message id
+    and its JSON result. It commits with that command's effects (sync) or its outbox row
+    (async), so a key is taken exactly when the command it stands for happened."""
+    return sa.Table(
+        "tidings_command_keys",
+        metadata,
+        sa.Column("domain", sa.String(255), primary_key=True),
+        sa.Column("key", sa.String(255), primary_key=True),
+        sa.Column("message_id", sa.String(64), nullable=False),
+        sa.Column("result", sa.Text),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
 def define_positions(metadata: sa.MetaData) -> sa.Table:
     """The cursor of each event_store subscription: the last global position it processed.
 

@@ -1,4 +1,5 @@
-"""Fan-out: one Celery task message per subscribed handler, sent to that handler's queue."""
+"""Fan-out: one Celery task message per subscribed handler, sent to that handler's queue; an
+external row (a `published=True` event for `[outbox] external_brokers`) goes to its broker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from celery import Celery
 
 from tidings.domain.envelope import Message
+from tidings.outbox.writer import external_dispatch
 from tidings.tasks.naming import batch_task_name, event_store_handlers, packed_handlers, queue_name, task_name
 
 
@@ -63,6 +65,12 @@ def publisher(celery: Celery, domain: Any) -> Iterator[Any]:
                 )
 
         def publish(envelope: str) -> None:
+            external = external_dispatch(envelope)
+            if external is not None:
+                # a `published=True` event's row for an external broker: the stripped envelope
+                # on the stream named after its category (a failure retries this row only)
+                domain.brokers[external.broker].publish(external.stream, external.message)
+                return
             message = Message.from_dict(envelope)
             payload = message.to_dict()
             for handler in queued_handlers(domain, message, polled):

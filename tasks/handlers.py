@@ -84,6 +84,8 @@ def _handler_body(domain: Any, handler: type, name: str, queue: str, stats: Coun
         try:
             message = Message.from_dict(envelope)
             log.debug("%s <- %s %s (attempt %d)", name, message.type, message.id, task.request.retries + 1)
+            if _expired(name, message, stats):
+                return "expired"
             result = domain.run_handler(handler, message, idempotency_key=name)
         except InvalidMessageError as exc:
             _poison(task, queue, envelope, stats, exc)
@@ -104,7 +106,11 @@ def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float,
         outcomes: Counter = Counter()
         for envelope in envelopes:
             try:
-                result = domain.run_handler(handler, Message.from_dict(envelope), idempotency_key=name)
+                message = Message.from_dict(envelope)
+                if _expired(name, message, stats):
+                    outcomes["expired"] += 1
+                    continue
+                result = domain.run_handler(handler, message, idempotency_key=name)
             except InvalidMessageError as exc:
                 _poison(task, queue, envelope, stats, exc)
                 outcomes["dead-lettered"] += 1
@@ -146,6 +152,16 @@ def _subscriber_body(domain: Any, handler: type, name: str, queue: str, stats: C
 
     run.__name__ = handler.__name__
     return run
+
+
+def _expired(name: str, message: Message, stats: Counter[str]) -> bool:
+    """A command past its deadline is acknowledged and skipped, not handled, and counted
+    (`stats["expired"]`): the reference's `handler.skipped`, with no error path."""
+    if not message.expired():
+        return False
+    stats["expired"] += 1
+    log.info("%s: command %s expired at %s; skipped", name, message.id, message.deadline)
+    return True
 
 
 def _count(name: str, envelope: Any, result: Any, stats: Counter[str]) -> str:

@@ -17,8 +17,11 @@ def queue_name(domain: Any, handler: type) -> str:
     return f"{domain.name}.{snake(handler.__name__)}"
 
 
+DLQ_SUFFIX = ".dlq"
+
+
 def dlq_name(queue: str) -> str:
-    return f"{queue}.dlq"
+    return f"{queue}{DLQ_SUFFIX}"
 
 
 def relay_task_name(domain: Any) -> str:

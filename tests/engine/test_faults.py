@@ -318,15 +318,17 @@ def test_commits_succeed_while_the_broker_is_down_and_every_row_is_delivered_onc
     started = datetime.now(UTC)
     entries = [make_entry(domain, f"offline-{i}") for i in range(5)]
     assert datetime.now(UTC) - started < timedelta(seconds=10)  # no commit waits on the broker
+    assert domain.engine.kicker.wait_idle(timeout=30)  # the kicker's thread tried, and gave up
     kick_failures = [
         r
         for r in caplog.records
-        if r.name == "tidings"
+        if r.name == "tidings.kick"
         and r.levelname == "WARNING"
         and r.exc_info
         and isinstance(r.exc_info[1], OperationalError)
     ]
-    assert len(kick_failures) == len(entries)  # each commit's relay kick failed, and was logged
+    # the relay kicks failed and were logged (wake-ups arriving meanwhile are merged into one)
+    assert 1 <= len(kick_failures) <= len(entries)
     rows = outbox_rows_of(domain)
     assert [r["status"] for r in rows] == [PENDING] * len(entries)
 
