@@ -49,13 +49,6 @@ def broker_url(broker: BrokerSettings) -> str:
     return url
 
 
-def create_celery_app(domain: Any, **overrides: Any) -> Celery:
-    """The runtime's Celery app for `domain` (see `tidings.app.bootstrap.bootstrap`)."""
-    from tidings.app.bootstrap import bootstrap
-
-    return bootstrap(domain, **overrides).celery
-
-
 def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tuple[Celery, CeleryEngine, Any]:
     """A Celery app running `domain`'s handlers, each in its own queue, and the outbox relay;
     with the engine the domain's bus hands commits to and the task-failure receiver.

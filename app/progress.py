@@ -43,7 +43,7 @@ def latencies(domain: Any) -> dict[str, float]:
     """Commit -> handled, per handler run, from the event store's time and the inbox's."""
     _, _, inbox = _rows(domain)
     committed: dict[str, datetime] = {}
-    for category in {domain.category(a) for a in domain.registry["aggregate"].values()}:
+    for category in {domain.names.category(a) for a in domain.registry["aggregate"].values()}:
         for suffix in ("", ":command"):
             for record in domain.event_store_database.read_events(category + suffix, 0, 100_000):
                 committed[record["message_id"]] = _aware(record["time"])

@@ -28,7 +28,7 @@ def subscription_lines(domain: Any) -> list[str]:
         if handler.element_kind == "subscriber":
             streams = [handler.meta_["stream"]]
         else:
-            streams = domain.handler_categories(handler)
+            streams = domain.names.handler_categories(handler)
         kind = domain.subscription_settings(handler).subscription_type
         lines.append(f"{handler.__name__} -> {', '.join(streams)} ({queue_name(domain, handler)}, {kind})")
     return lines

@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.tasks import dlq
 from tidings.tasks.naming import async_handlers, queue_name
 

@@ -13,15 +13,14 @@ import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 from uuid import uuid4
 
+from tidings.domain.broker_registry import broker_class
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 from tidings.domain.settings import BrokerOptions, BrokerSettings, broker_settings
 
 log = logging.getLogger("tidings.brokers")
-ENTRY_POINT_GROUP = "tidings.brokers"
 
 
 class BrokerCapability(enum.Flag):
@@ -286,21 +285,6 @@ class InlineBroker(Broker):
             "consumer_groups": groups,
             "dlq_depth": 0,
         }
-
-
-def available_providers() -> dict[str, Any]:
-    """Provider name -> entry point, from every installed package."""
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def broker_class(provider: str) -> type[Broker]:
-    providers = available_providers()
-    if provider not in providers:
-        raise ConfigurationError(
-            f"unknown broker provider {provider!r} (installed: {sorted(providers)}); a custom "
-            f"adapter registers under the entry point group '{ENTRY_POINT_GROUP}'"
-        )
-    return providers[provider].load()
 
 
 class Brokers:

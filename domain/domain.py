@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ import sqlalchemy as sa
 
 from tidings.domain import config as cfg
 from tidings.domain.brokers import Brokers
-from tidings.domain.bus import SKIPPED, Engine, MessageBus, Processing, VersionRetry
+from tidings.domain.bus import SKIPPED, Engine, MessageBus
 from tidings.domain.context import pop_domain, push_domain
 from tidings.domain.database import Database
-from tidings.domain.envelope import Message, MessageKind
+from tidings.domain.envelope import Message
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 from tidings.domain.messages import stored_messages
 from tidings.domain.naming import Names
@@ -30,14 +29,13 @@ from tidings.domain.ports import Store
 from tidings.domain.providers import Storage, load_storage
 from tidings.domain.registry import OPTIONS, derive_element, domain_event_subscriber
 from tidings.domain.repository import Repository
-from tidings.domain.routing import Routes
 from tidings.domain.settings import Settings, parse_settings
 from tidings.domain.subscriptions import SubscriptionSettings
 from tidings.domain.subscriptions import resolve as resolve_subscription
-from tidings.domain.uow import Stores, UnitOfWork
+from tidings.domain.uow import UnitOfWork
+from tidings.domain.wiring import build_bus, rebuild_models
 
 log = logging.getLogger("tidings")
-ENGINE_ENTRY_POINT = "tidings.engines"  # how a committing process finds the async engine
 
 __all__ = ["Domain", "SKIPPED"]
 
@@ -115,8 +113,8 @@ class Domain:
         from tidings.domain.validation import check_registry
 
         settings, problems = parse_settings(self.config)  # the one validation of the config
-        problems += self._rebuild_models()
-        problems += check_registry(self, settings)
+        problems += rebuild_models(self.registry)
+        problems += check_registry(self.names, settings)
         if problems or settings is None:
             raise ConfigurationError(
                 f"domain '{self.name}' has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
@@ -126,29 +124,10 @@ class Domain:
         if self._brokers is not None:
             self._brokers.close()
         self._brokers = Brokers(self, settings.brokers)
-        self._build_bus(settings)
+        engine = self._bus.engine if self._bus is not None else None  # survives a re-init
+        self._bus = build_bus(self, settings, self.event_store_database, self.outbox_database, engine)
         self.initialized = True
         return self
-
-    def _rebuild_models(self) -> list[str]:
-        """Resolve the elements' forward references (`HasMany("Item")`, or `HasMany(Item)`
-        with a local `Item` under `from __future__`) with the registry's names; a model that
-        still has an undefined name is a problem for `init()` to report."""
-        names = {n: c for kind in self.registry.values() for n, c in kind.items()}
-        problems: list[str] = []
-        for kind in ("value_object", "entity", "aggregate", "projection", "event", "command", "query"):
-            for model in self.registry[kind].values():
-                try:
-                    model.model_rebuild(force=True, _types_namespace=names)
-                except Exception as exc:  # noqa: BLE001 - reported, not swallowed
-                    log.debug("rebuild of %s failed: %s", model.__name__, exc)
-                    if not getattr(model, "__pydantic_complete__", True):
-                        reason = getattr(exc, "message", str(exc))  # pydantic's, without its URL
-                        problems.append(
-                            f"{kind.replace('_', ' ')} {model.__name__}: {reason}; a field names an "
-                            "element that is not registered (nor defined in its module)"
-                        )
-        return problems
 
     def _build_databases(self, settings: Settings) -> None:
         """Build the storage (the one place providers are chosen: `providers.load_storage`)."""
@@ -167,52 +146,9 @@ class Domain:
         assert self.storage is not None  # init() built it
         return self.storage
 
-    def _build_bus(self, settings: Settings) -> None:
-        engine = self._bus.engine if self._bus is not None else None  # survives a re-init
-        processing = Processing(
-            settings.event_processing, settings.command_processing, settings.message_processing
-        )
-        routes = Routes(self.names)
-        stores = Stores(
-            event_store=self.event_store_database,
-            outbox=self.outbox_database,
-            owner=self.name,
-            external=_external_targets(routes, settings.outbox.external_brokers),
-        )
-        retry = settings.server.version_retry
-        self._bus = MessageBus(
-            routes,
-            stores,
-            processing,
-            self.domain_context,
-            _engine_loader(self),
-            version_retry=VersionRetry(
-                retry.enabled, retry.max_retries, retry.base_delay_seconds, retry.max_delay_seconds
-            ),
-            command_timeout=settings.command_default_timeout,
-        )
-        if engine is not None:
-            self._bus.attach_engine(engine)
-
     def _require_init(self) -> None:
         if not self.initialized:
             raise IncorrectUsageError(f"call domain.init() before using domain '{self.name}'")
-
-    # ---- naming (see domain/naming.py) -----------------------------------------------------
-    def category(self, aggregate: type | str) -> str:
-        return self.names.category(aggregate)
-
-    def qualify(self, category: str) -> str:
-        return self.names.qualify(category)
-
-    def type_of(self, cls: type) -> str:
-        return self.names.type_of(cls)
-
-    def part_of(self, cls: type) -> type:
-        return self.names.part_of(cls)
-
-    def handler_categories(self, handler: type) -> list[str]:
-        return self.names.handler_categories(handler)
 
     # ---- composition -----------------------------------------------------------------------
     def database_for(self, model: type) -> Database:
@@ -357,34 +293,3 @@ class Domain:
     def run_handler(self, handler: type, message: Message, **options: Any) -> Any:
         """Run one handler for one message in its own unit of work (see `MessageBus.run_handler`)."""
         return self.bus.run_handler(handler, message, **options)
-
-
-def _external_targets(routes: Routes, brokers: Sequence[str]) -> Callable[[Message], Sequence[str]]:
-    """The external brokers a committed message goes to: `brokers` for the events declared
-    `published=True`, nothing for any other message."""
-    published = {
-        type_string
-        for type_string, cls in routes.types.items()
-        if cls.element_kind == "event" and cls.meta_.get("published")  # type: ignore[attr-defined]
-    }
-    targets = tuple(brokers)
-
-    def external(message: Message) -> Sequence[str]:
-        if targets and message.kind == MessageKind.EVENT and message.type in published:
-            return targets
-        return ()
-
-    return external
-
-
-def _engine_loader(domain: Domain) -> Callable[[], Engine | None]:
-    """Finds the async engine by entry point (`tidings.engines`), so the kernel never imports
-    the Celery layer: installed Tidings registers its Celery runtime there."""
-
-    def load() -> Engine | None:
-        for point in entry_points(group=ENGINE_ENTRY_POINT):
-            engine: Engine | None = point.load()(domain)
-            return engine
-        return None
-
-    return load

@@ -35,9 +35,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from tidings.domain.broker_registry import available_providers, broker_class
 from tidings.domain.config import interpolate_collecting
 from tidings.domain.errors import ConfigurationError
-from tidings.domain.subscriptions import BUILT_IN, PROFILES
+from tidings.domain.profiles import BUILT_IN, PROFILES
 
 ProcessingMode = Literal["sync", "async"]
 SubscriptionType = Literal["stream", "event_store"]
@@ -360,8 +361,6 @@ class _Parse:
 
     def brokers(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Each `[brokers.<name>]` validated by its adapter's options model."""
-        from tidings.domain.brokers import available_providers, broker_class  # brokers imports us
-
         providers = available_providers()
         out: dict[str, Any] = {}
         for name, table in raw.items():

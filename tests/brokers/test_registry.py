@@ -7,7 +7,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-import tidings.domain.brokers as brokers_module
+import tidings.domain.broker_registry as brokers_module
 from tidings import Domain
 from tidings.domain.brokers import BrokerCapability, InlineBroker, mask_url
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError

@@ -8,7 +8,7 @@ import redis
 from celery.contrib.testing.worker import start_worker
 
 from tests.services import REDIS_URL, require_redis
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 
 FAST = {  # test timings: crash recovery and retries in seconds, not minutes
     "visibility_timeout": 4,

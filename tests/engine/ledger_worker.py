@@ -81,7 +81,7 @@ def _after_apply(sender: Any = None, args: Any = None, retval: Any = None, **_: 
 def _build_app():
     from celery.signals import task_postrun
 
-    from tidings.app.factory import create_celery_app
+    from tidings.app.bootstrap import create_celery_app
 
     task_postrun.connect(_after_apply, weak=False)
 

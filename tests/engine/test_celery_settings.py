@@ -14,6 +14,7 @@ import pytest
 
 from tests.engine.ledger import build_ledger
 from tidings import handle
+from tidings.app.bootstrap import create_celery_app
 from tidings.app.celery_settings import (
     GUARANTEES,
     Layer,
@@ -24,7 +25,6 @@ from tidings.app.celery_settings import (
     module_settings,
     user_layer,
 )
-from tidings.app.factory import create_celery_app
 from tidings.domain.errors import ConfigurationError
 from tidings.fields import String
 

@@ -29,7 +29,7 @@ from tests.engine.ledger import applied, build_ledger, make_entry, make_failing_
 from tests.engine.ledger_worker import build_named_ledger, celery_overrides
 from tests.services import BROKER_URL, REDIS_URL, require_rabbitmq
 from tests.waiting import wait_until
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.domain.sql import make_engine
 from tidings.outbox.relay import Backoff, SqlOutbox, relay_pending_messages
 from tidings.outbox.tables import PENDING, PUBLISHED

@@ -16,7 +16,7 @@ from tests.engine.ledger import applied, make_entry
 from tests.engine.ledger_worker import build_named_ledger
 from tests.engine.own_services import own_redis
 from tests.engine.test_faults import Broker, inbox_count, wait_for, worker_process, written
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 
 BOUND = 60.0  # seconds, the promise
 

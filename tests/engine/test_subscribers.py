@@ -14,7 +14,7 @@ from tests.engine.conftest import running_worker
 from tests.engine.feeds import POISON, build_feeds, welcomed
 from tests.services import BROKER_URL, REDIS_URL, require_rabbitmq
 from tests.waiting import wait_until
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.app.testing import eager_app
 from tidings.tasks import dlq
 from tidings.tasks.naming import dlq_name

@@ -65,7 +65,7 @@ def _build_app() -> Any:
     from celery.signals import task_postrun
 
     from tests.reliability.audit import build_audit
-    from tidings.app.factory import create_celery_app
+    from tidings.app.bootstrap import create_celery_app
 
     if os.environ.get("AUDIT_PAUSE_AT") == "after":
         task_postrun.connect(_pause_after_commit, weak=False)

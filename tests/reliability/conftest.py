@@ -25,7 +25,7 @@ from tests.reliability.audit_worker import celery_overrides
 from tests.reliability.services import PostgresCluster, RedisServer, own_postgres, own_redis
 from tests.reliability.workers import Worker
 from tests.waiting import wait_until
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.tasks import dlq
 
 ROWS: list[str] = []  # the scenario table, printed in the terminal summary
