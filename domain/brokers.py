@@ -93,9 +93,27 @@ class Broker:
 
     # ---- the port ----------------------------------------------------------------------------
     def publish(self, stream: str, message: dict) -> str:
-        """Append `message` (a JSON-serialisable dict) to `stream`; returns its broker id."""
+        """Append `message` (a JSON-serialisable dict) to `stream`; returns its broker id.
+
+        Inside a unit of work of this broker's domain the message is staged on it and sent
+        once it committed (nothing leaves before the commit; a rollback sends nothing): the
+        broker id is not known yet, and "" is returned.
+        """
         if not isinstance(message, dict):
             raise IncorrectUsageError(f"a broker message must be a dict, got {type(message).__name__}")
+        uow = self._active_uow()
+        if uow is not None:
+            uow.stage(lambda: self._send(stream, message))
+            return ""
+        return self._send(stream, message)
+
+    def _active_uow(self) -> Any:
+        domain = self.domain
+        if domain is None or not getattr(domain, "initialized", False):
+            return None
+        return domain.bus.active_uow()
+
+    def _send(self, stream: str, message: dict) -> str:
         identifier = self._publish(stream, message)
         if self.domain is not None and getattr(self.domain, "initialized", False):
             self.domain.brokers.deliver(self, stream, identifier, message)

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "messages_per_tick": None,
         "stream_subscription": {},
         "event_store_subscription": {},
+        "transient_retry": {},  # see TransientRetrySettings: on by default
         "subscriptions": {},
         "profiles": {},
     },

@@ -170,6 +170,32 @@ class EventStoreSubscriptionOptions(FrozenModel):
     gap_timeout_seconds: PositiveFloat | None = None
 
 
+Backoff = Literal["exponential", "linear", "fixed"]
+
+
+class TransientRetrySettings(FrozenModel):
+    """`[server.transient_retry]`: faults of the infrastructure, not of the handler.
+
+    A database disconnect, a locked SQLite file or a broker connection error raised while a
+    handler runs is retried with backoff until `deadline_seconds` after the message's first
+    such fault, *without* spending the handler's `max_retries`; past the deadline it counts
+    as an ordinary failure. The reference's names; unlike the reference it is on by default,
+    so that a database restart dead-letters nothing.
+
+    `exceptions` adds dotted names of other exception types to treat as transient.
+    `max_retries` (None: only the deadline bounds them) caps the transient retries too.
+    `max_delay_seconds` must stay below the Redis visibility timeout (checked at start-up).
+    """
+
+    enabled: Flag = True
+    max_retries: NonNegativeInt | None = None
+    backoff: Backoff = "exponential"
+    base_delay_seconds: PositiveFloat = 0.5
+    max_delay_seconds: PositiveFloat = 5.0
+    deadline_seconds: PositiveFloat = 300.0
+    exceptions: tuple[str, ...] = ()
+
+
 class VersionRetrySettings(FrozenModel):
     """`[server.version_retry]`: a handler run that meets `ExpectedVersionError` (another
     writer changed the aggregate since it was loaded) is re-run in a fresh unit of work, with
@@ -191,6 +217,7 @@ class ServerSettings(FrozenModel):
     messages_per_tick: PositiveInt | None = None
     stream_subscription: SubscriptionOptions = SubscriptionOptions()
     event_store_subscription: EventStoreSubscriptionOptions = EventStoreSubscriptionOptions()
+    transient_retry: TransientRetrySettings = TransientRetrySettings()
     subscriptions: dict[str, HandlerSubscription] = {}
     profiles: dict[str, CustomProfile] = {}
     version_retry: VersionRetrySettings = VersionRetrySettings()
