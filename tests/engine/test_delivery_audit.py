@@ -131,3 +131,38 @@ def test_the_audit_recovers_a_purged_queue_on_an_eager_app(use_provider):
     assert outcome.resent == 2
     result = audit(domain)
     assert all((a.applied, a.doubled) == (2, 0) for a in result.values()), result
+
+
+def test_the_relay_purge_removes_inbox_rows_past_inbox_retention_only(audited):
+    from tidings.tasks.relay import purge_bookkeeping
+
+    domain, celery = audited
+    apply, _ = keys(domain)
+    (message,) = published(domain, celery, 1)
+    applied(domain, apply, message)
+    outbox = domain.settings.outbox
+    now = datetime.now(UTC)
+    assert purge_bookkeeping(domain, outbox, now) == (0, 0)  # nothing old enough yet
+    past_window = now + timedelta(seconds=outbox.audit_window + 1)
+    assert purge_bookkeeping(domain, outbox, past_window) == (0, 0)  # the audit may still re-send
+    past_retention = now + timedelta(seconds=outbox.inbox_retention + 1)
+    assert purge_bookkeeping(domain, outbox, past_retention) == (1, 1)  # the published row too
+
+
+@pytest.mark.parametrize(
+    ("outbox", "complaint"),
+    [
+        (
+            {"audit_window": 3600, "inbox_retention": 3600},
+            "inbox_retention (3600 s) must exceed audit_window",
+        ),
+        ({"audit_grace": 90, "audit_window": 60}, "audit_window (60 s) must exceed audit_grace"),
+    ],
+)
+def test_init_refuses_an_inbox_retention_the_audit_could_outlive(outbox, complaint):
+    from tidings import ConfigurationError, Domain
+
+    domain = Domain("horizons")
+    domain.config["outbox"].update(outbox)
+    with pytest.raises(ConfigurationError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
+        domain.init()
