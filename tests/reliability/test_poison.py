@@ -189,24 +189,32 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_worker_goes_on(poison_r
 
 
 def test_one_undecodable_dlq_entry_does_not_break_dlq_list_show_or_replay(poison_run, monkeypatch):
-    """A DLQ holding a raw item and an entry with a refused content type, next to a real
-    entry: `tidings dlq list` shows all three, `show` finds the good one, `replay` replays it
-    and skips the other two, saying why."""
+    """The dead-letter table holding poison (a raw list item) and an entry whose body no
+    longer decodes, next to a real entry, and garbage in the broker mirror: `tidings dlq list`
+    shows all three entries, `show` finds the good one, `replay` replays it and skips the
+    other two, saying why."""
     from tidings.app import cli
 
     run = poison_run
     queue = handler_queue(run.domain, "Apply")
     dlq.purge(run.celery, queue)
-    with redis.Redis.from_url(REDIS_URL) as client:
+    with redis.Redis.from_url(REDIS_URL) as client:  # the mirror is never read: no harm
         client.lpush(run.keyprefix + dlq.dlq_name(queue), b"garbage in the dlq")
-    with run.celery.producer_or_acquire() as producer:
-        producer.publish(
-            pickle.dumps({"x": 1}),
-            exchange="",
-            routing_key=dlq.dlq_name(queue),
-            content_type="application/x-python-serialize",
-            content_encoding="binary",
-        )
+    dlq.dead_letter(
+        run.celery,
+        queue=queue,
+        task=None,
+        body=None,
+        error="a list item that is not a message",
+        error_type="NotAMessage",
+        attempts=1,
+        raw_body=b"garbage\x80",
+    )
+    broken = str(uuid.uuid4())
+    dlq.dead_letter(run.celery, queue=queue, task="t", body={"id": broken}, error=ValueError("x"), attempts=1)
+    table = run.domain.outbox_database.dead_letters_table
+    with run.domain.outbox_database.engine.begin() as conn:  # its body no longer decodes
+        conn.execute(table.update().where(table.c.message_id == broken).values(body="{not json"))
     message_id = str(uuid.uuid4())
     dlq.dead_letter(
         run.celery,
