@@ -56,11 +56,16 @@ def _failed_at(entry: Mapping[str, Any]) -> datetime:
         return datetime.now(UTC)
 
 
+def _text(value: Any) -> Any:
+    """Text a database takes: PostgreSQL refuses NUL in a string (a pickle holds some)."""
+    return value.replace("\x00", "\\x00") if isinstance(value, str) else value
+
+
 def stored(entry: Mapping[str, Any], domain: str) -> dict[str, Any]:
     """The table row of an entry: body and headers as JSON text."""
     body = entry.get("body")
     headers = entry.get("headers")
-    return {
+    row = {
         "entry_id": entry["entry_id"],
         "domain": domain,
         "handler": entry.get("handler"),
@@ -76,6 +81,7 @@ def stored(entry: Mapping[str, Any], domain: str) -> dict[str, Any]:
         "attempts": entry.get("attempts"),
         "failed_at": _failed_at(entry),
     }
+    return {k: _text(v) for k, v in row.items()}
 
 
 def loaded(row: Mapping[str, Any]) -> dict[str, Any]:

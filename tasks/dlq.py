@@ -165,7 +165,7 @@ def dead_letter(
 
 
 # The broker mirror is tried briefly: the record that matters is already in the database.
-_ONCE = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "timeout": 2}
+_ONCE = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5}
 
 
 @contextmanager
@@ -230,10 +230,20 @@ def from_table(entry: dict[str, Any]) -> dict[str, Any]:
 def list_entries(celery: Celery, queue: str, limit: int = 100) -> list[dict[str, Any]]:
     """The dead letters of `queue`, oldest first (the table's; the broker's without a domain)."""
     store = store_of(celery)
-    if store is not None:
-        return [from_table(e) for e in store.entries(queue, limit)]
-    with _held(celery, queue, limit) as held:
-        return [decoded(m, queue) for m in held]
+    if store is None:
+        with _held(celery, queue, limit) as held:
+            return [decoded(m, queue) for m in held]
+    entries = [from_table(e) for e in store.entries(queue, limit)]
+    # A raw list item that never became a message is dead-lettered by the Redis transport
+    # (app/redis_transport.py), which has no database: it is in the broker mirror only.
+    known = {e["entry_id"] for e in entries}
+    try:
+        with _held(celery, queue, limit) as held:
+            mirror_only = [e for e in (decoded(m, queue) for m in held) if e.get("entry_id") not in known]
+    except Exception:  # noqa: BLE001 - the table is the record: list it even without a broker
+        log.warning("%s: the broker mirror %s could not be read", queue, dlq_name(queue), exc_info=True)
+        mirror_only = []
+    return (entries + [e for e in mirror_only if e.get("body") is None])[:limit]
 
 
 def depth(celery: Celery, queue: str) -> int:
