@@ -18,6 +18,7 @@ from tidings.app.kick import gate_for
 from tidings.app.relay_thread import RelayThread
 from tidings.domain.errors import ConfigurationError
 from tidings.domain.settings import IN_PROCESS_BROKERS, BrokerSettings
+from tidings.tasks.audit import audit_schedule, register_audit_task
 from tidings.tasks.handlers import failure_hook, register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
@@ -83,6 +84,7 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
         else gate_for(str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
     )
     relay = register_relay_task(celery, domain, before_relay=gate.relay_starting if gate else None)
+    audit = register_audit_task(celery, domain, stats)  # re-sends what no handler confirmed
     interval = domain.settings.outbox.interval
     celery.conf.beat_schedule = {
         relay_task_name(domain): {
@@ -99,6 +101,7 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
             for handler, poller in pollers.items()
         },
         **_pump_schedule(domain),
+        **audit_schedule(domain, audit),
     }
     in_thread = domain.settings.outbox.after_commit == "thread" and not celery.conf.task_always_eager
     engine = CeleryEngine(

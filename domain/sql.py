@@ -12,6 +12,7 @@ from tidings.domain.sql_session import DuplicateValueError, SqlSession, Transact
 from tidings.domain.tables import define_event_store, define_model_table
 from tidings.outbox.tables import (
     define_command_keys,
+    define_dead_letters,
     define_failed_positions,
     define_inbox,
     define_outbox,
@@ -82,6 +83,7 @@ class SqlDatabase:
         self.command_keys_table: sa.Table | None = None
         self.positions_table: sa.Table | None = None
         self.failed_positions_table: sa.Table | None = None
+        self.dead_letters_table: sa.Table | None = None
 
     @property
     def engine(self) -> sa.Engine:
@@ -128,6 +130,7 @@ class SqlDatabase:
             self.command_keys_table = define_command_keys(self.metadata)
             self.positions_table = define_positions(self.metadata)
             self.failed_positions_table = define_failed_positions(self.metadata)
+            self.dead_letters_table = define_dead_letters(self.metadata)
 
     def session(self) -> SqlSession:
         return SqlSession(self)
