@@ -1,5 +1,4 @@
-"""Parsing `domain.config` into the typed `Settings` (domain/settings.py), once, reporting
-every problem at once with "did you mean" and the fix."""
+"""`domain.config` parsed once into the typed `Settings`, every problem reported at once."""
 
 from __future__ import annotations
 
@@ -216,7 +215,8 @@ def _check_references(raw: Mapping[str, Any], parse: _Parse) -> None:
 
 
 def _check_profiles(server: Mapping[str, Any], parse: _Parse) -> None:
-    custom = server.get("profiles") if isinstance(server.get("profiles"), Mapping) else {}
+    profiles = server.get("profiles")
+    custom: Mapping[str, Any] = profiles if isinstance(profiles, Mapping) else {}
     known = [*PROFILES, *custom]
     for name, profile in custom.items():
         if name in PROFILES:

@@ -11,7 +11,7 @@ BUILT_IN: dict[str, Any] = {  # the reference's effective defaults for a stream 
     "max_retries": 3,
     "retry_delay_seconds": 1,
     "retry_backoff": False,
-    "retry_backoff_max": 60,
+    "retry_backoff_max": 10,  # below the Redis visibility timeout minus the handler timeout
     "retry_jitter": False,
     "enable_dlq": True,
     "position_update_interval": 10,

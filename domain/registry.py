@@ -40,6 +40,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "command_handler": {
         "part_of",
@@ -47,6 +48,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "projector": {
         "projector_for",
@@ -55,6 +57,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "subscriber": {
         "stream",
@@ -63,6 +66,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "query_handler": {"part_of"},
 }

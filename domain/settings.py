@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -122,6 +123,38 @@ class OutboxSettings(FrozenModel):
     # Brokers that also receive the domain's `published=True` events, each on the stream named
     # after the event's category, as `Message.to_external_dict()` (one outbox row per broker).
     external_brokers: tuple[str, ...] = ()
+    # The delivery audit (tasks/audit.py): a published row that a queued handler has neither
+    # applied (inbox row) nor dead-lettered `audit_grace` seconds after its publish is sent
+    # again to that handler's queue, at most `audit_batch` rows per round, every
+    # `audit_interval` seconds (beat). A row is re-sent again after audit_grace * 2**resent
+    # seconds (at most `audit_backoff_max`), at most `audit_max_resends` times, and only while
+    # it was published less than `audit_window` seconds ago.
+    audit_interval: PositiveFloat = 5.0
+    audit_grace: PositiveFloat = 20.0
+    audit_batch: PositiveInt = 500
+    audit_window: PositiveFloat = 86400.0  # 1 day
+    audit_backoff_max: PositiveFloat = 3600.0
+    audit_max_resends: PositiveInt = 10
+    # Inbox rows older than this are purged with the published rows: it must exceed
+    # `audit_window`, or a re-sent message could find its inbox row gone and apply twice.
+    inbox_retention: PositiveFloat = 604800.0  # 7 days
+    # `tidings health` is degraded when the oldest pending row, or the oldest delivery still
+    # unconfirmed past `audit_grace`, is older than this many seconds.
+    health_lag: PositiveFloat = 60.0
+
+    @model_validator(mode="after")
+    def _horizons(self) -> OutboxSettings:
+        if self.inbox_retention <= self.audit_window:
+            raise ValueError(
+                f"inbox_retention ({self.inbox_retention:g} s) must exceed audit_window "
+                f"({self.audit_window:g} s): the audit may re-send a message that long after its "
+                "publish, and the inbox row must still be there to absorb it"
+            )
+        if self.audit_window <= self.audit_grace:
+            raise ValueError(
+                f"audit_window ({self.audit_window:g} s) must exceed audit_grace ({self.audit_grace:g} s)"
+            )
+        return self
 
 
 # ---- server and subscriptions ------------------------------------------------------------------
@@ -170,6 +203,32 @@ class EventStoreSubscriptionOptions(FrozenModel):
     gap_timeout_seconds: PositiveFloat | None = None
 
 
+Backoff = Literal["exponential", "linear", "fixed"]
+
+
+class TransientRetrySettings(FrozenModel):
+    """`[server.transient_retry]`: faults of the infrastructure, not of the handler.
+
+    A database disconnect, a locked SQLite file or a broker connection error raised while a
+    handler runs is retried with backoff until `deadline_seconds` after the message's first
+    such fault, *without* spending the handler's `max_retries`; past the deadline it counts
+    as an ordinary failure. The reference's names; unlike the reference it is on by default,
+    so that a database restart dead-letters nothing.
+
+    `exceptions` adds dotted names of other exception types to treat as transient.
+    `max_retries` (None: only the deadline bounds them) caps the transient retries too.
+    `max_delay_seconds` must stay below the Redis visibility timeout (checked at start-up).
+    """
+
+    enabled: Flag = True
+    max_retries: NonNegativeInt | None = None
+    backoff: Backoff = "exponential"
+    base_delay_seconds: PositiveFloat = 0.5
+    max_delay_seconds: PositiveFloat = 5.0
+    deadline_seconds: PositiveFloat = 300.0
+    exceptions: tuple[str, ...] = ()
+
+
 class VersionRetrySettings(FrozenModel):
     """`[server.version_retry]`: a handler run that meets `ExpectedVersionError` (another
     writer changed the aggregate since it was loaded) is re-run in a fresh unit of work, with
@@ -191,6 +250,7 @@ class ServerSettings(FrozenModel):
     messages_per_tick: PositiveInt | None = None
     stream_subscription: SubscriptionOptions = SubscriptionOptions()
     event_store_subscription: EventStoreSubscriptionOptions = EventStoreSubscriptionOptions()
+    transient_retry: TransientRetrySettings = TransientRetrySettings()
     subscriptions: dict[str, HandlerSubscription] = {}
     profiles: dict[str, CustomProfile] = {}
     version_retry: VersionRetrySettings = VersionRetrySettings()

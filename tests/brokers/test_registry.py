@@ -9,8 +9,9 @@ import pytest
 
 import tidings.domain.broker_registry as brokers_module
 from tidings import Domain
-from tidings.domain.brokers import BrokerCapability, InlineBroker, mask_url
+from tidings.domain.brokers import BrokerCapability, mask_url
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
+from tidings.domain.inline_broker import InlineBroker
 
 
 def build(tmp_path, message_processing="sync", **brokers) -> tuple[Domain, list]:
