@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 import click
+from celery import Celery
 
 from tidings.app.bootstrap import runtime_for
 from tidings.app.loading import load_domain
+from tidings.domain import Domain
 from tidings.domain.errors import ConfigurationError
 
 DOMAIN_HELP = (
@@ -28,7 +31,7 @@ def main(ctx: click.Context, domain_path: str | None) -> None:
     ctx.ensure_object(dict)["domain_path"] = domain_path
 
 
-def _load(domain_path: str | None):
+def _load(domain_path: str | None) -> tuple[Domain, Celery]:
     """The domain: the subcommand's --domain, else the group's (or TIDINGS_DOMAIN), else found."""
     if domain_path is None:
         root = click.get_current_context(silent=True)
@@ -79,7 +82,7 @@ def server(
     celery.worker_main(argv)
 
 
-def _queues(domain, handler: str | None) -> list[str]:
+def _queues(domain: Domain, handler: str | None) -> list[str]:
     from tidings.tasks.naming import async_handlers, queue_name
 
     handlers = async_handlers(domain)
@@ -90,14 +93,14 @@ def _queues(domain, handler: str | None) -> list[str]:
     return [queue_name(domain, h) for h in handlers]
 
 
-def _polled(domain, handler: str | None) -> list[type]:
+def _polled(domain: Domain, handler: str | None) -> list[type]:
     """The event_store handlers (optionally one): their failures are failed positions."""
     from tidings.tasks.naming import event_store_handlers
 
     return [h for h in event_store_handlers(domain) if not handler or h.__name__ == handler]
 
 
-def _failed_positions(domain, handler: str | None) -> list[dict]:
+def _failed_positions(domain: Domain, handler: str | None) -> list[dict[str, Any]]:
     from tidings.tasks.naming import task_name
     from tidings.tasks.positions import position_store
 
@@ -208,6 +211,7 @@ def dlq_purge(domain_path: str | None, handler: str | None, entry_id: str | None
 
     domain, celery = _load(domain_path)
     if entry_id is not None:
+        assert domain.storage is not None  # _load initialised the domain
         count = domain.storage.dead_letters.delete([entry_id])
         click.echo(f"purged {count} message(s)")
         return

@@ -44,9 +44,10 @@ class RedisStreamBroker(RedisBroker):
 
     def _publish(self, stream: str, message: dict) -> str:
         with self._errors():
-            return self.client.xadd(
+            identifier = self.client.xadd(
                 self.prefix + stream, {FIELD: json.dumps(message)}, maxlen=self.maxlen, approximate=True
             )
+            return cast(str, identifier)  # decode_responses=True: replies are str
 
     def ensure_group(self, stream: str, consumer_group: str) -> None:
         with self._errors():
@@ -60,14 +61,16 @@ class RedisStreamBroker(RedisBroker):
         self.ensure_group(stream, consumer_group)
         key = self.prefix + stream
         with self._errors():
-            _, claimed, *_ = self.client.xautoclaim(
+            reply = self.client.xautoclaim(
                 key, consumer_group, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=n
             )
+            _, claimed, *_ = reply
             entries = [e for e in claimed if e and e[1]]
             if len(entries) < n:
-                for _, fresh in self.client.xreadgroup(
+                fresh_reply = self.client.xreadgroup(
                     consumer_group, self.consumer, {key: ">"}, count=n - len(entries)
-                ):
+                )
+                for _, fresh in cast(list[Any], fresh_reply):
                     entries += fresh
         return [(identifier, json.loads(fields[FIELD])) for identifier, fields in entries]
 
