@@ -211,7 +211,6 @@ def dlq_purge(domain_path: str | None, handler: str | None, entry_id: str | None
 
     domain, celery = _load(domain_path)
     if entry_id is not None:
-        assert domain.storage is not None  # _load initialised the domain
         count = domain.storage.dead_letters.delete([entry_id])
         click.echo(f"purged {count} message(s)")
         return

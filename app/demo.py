@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 console = Console()
 POISON = {
@@ -186,7 +189,7 @@ def run(redis: bool = False, postgres: bool = False) -> int:
         return drive(domain, celery, client, [worker, api])
 
 
-def drive(domain: Any, celery: Any, client: httpx.Client, children: list) -> int:
+def drive(domain: Domain, celery: Any, client: httpx.Client, children: list) -> int:
     from tidings.app.progress import deliveries, latencies
     from tidings.examples.bookshelf.scenario import (
         HttpDriver,

@@ -64,7 +64,7 @@ class Domain:
         self.name, self.camel_name, self.prefix = self.names.name, self.names.camel_name, self.names.prefix
         self.config: dict[str, Any] = cfg.load_config(self.root_path)
         self.initialized = False
-        self.storage: Storage | None = None  # built by init(): the ports of every provider
+        self._built: Storage | None = None  # built by init(): the ports of every provider
         self.databases: dict[str, Store] = {}
         self._brokers: Brokers | None = None  # built by init() from [brokers.<name>]
         self._bus: MessageBus | None = None  # built by init()
@@ -116,9 +116,9 @@ class Domain:
                 f"domain '{self.name}' has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
             )
         self.settings: Settings = settings
-        self.storage = build_storage(self.name, self.registry, settings, self.storage)
-        self.databases = self.storage.stores
-        self.outbox_database, self.event_store_database = self.storage.default, self.storage.event_store
+        self._built = storage = build_storage(self.name, self.registry, settings, self._built)
+        self.databases = storage.stores
+        self.outbox_database, self.event_store_database = storage.default, storage.event_store
         if self._brokers is not None:
             self._brokers.close()
         self._brokers = Brokers(self, settings.brokers)
@@ -127,9 +127,11 @@ class Domain:
         self.initialized = True
         return self
 
-    def _storage(self) -> Storage:
+    @property
+    def storage(self) -> Storage:
+        """The ports of every provider (outbox, inbox, positions, ...), built by `init()`."""
         self._require_init()
-        return self.storage  # type: ignore[return-value]  # init() built it
+        return self._built  # type: ignore[return-value]  # init() built it
 
     def _require_init(self) -> None:
         if not self.initialized:
@@ -138,9 +140,9 @@ class Domain:
     # ---- composition -----------------------------------------------------------------------
     def database_for(self, model: ElementClass) -> Database:
         name = model.meta_.get("provider", "default")
-        if name not in self._storage().databases:
+        if name not in self.storage.databases:
             raise ConfigurationError(f"{model.__name__}: no database named '{name}'")
-        return self._storage().databases[name]
+        return self.storage.databases[name]
 
     def subscription_settings(self, handler: type) -> SubscriptionSettings:
         """The handler's resolved subscription settings (see `domain.subscriptions`)."""
@@ -176,18 +178,18 @@ class Domain:
     @property
     def metadata(self) -> sa.MetaData:
         """The SQLAlchemy MetaData of the default database (hand it to Alembic)."""
-        return self._storage().default.metadata
+        return self.storage.default.metadata
 
     def create_tables(self) -> None:
-        self._storage().create_tables()
+        self.storage.create_tables()
 
     def drop_tables(self) -> None:
-        self._storage().drop_tables()
+        self.storage.drop_tables()
 
     def dispose(self) -> None:
         """Close connection pools (call after a fork, or at shutdown)."""
-        if self.storage is not None:
-            self.storage.dispose()
+        if self._built is not None:
+            self._built.dispose()
         if self._brokers is not None:
             self._brokers.close()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 
@@ -23,6 +23,9 @@ from tidings.domain.errors import InvalidMessageError
 from tidings.tasks.dlq import dead_letter
 from tidings.tasks.naming import async_handlers, batch_task_name, queue_name, task_name
 from tidings.tasks.retrying import NOT_RETRIED, TransientPolicy, final_errors, with_transient_retry
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 __all__ = ["NOT_RETRIED", "HandlerTask", "failure_hook", "register_handler_tasks"]
 
@@ -38,7 +41,7 @@ class HandlerTask:
     enable_dlq: bool
 
 
-def register_handler_tasks(celery: Celery, domain: Any, stats: Counter[str]) -> dict[str, HandlerTask]:
+def register_handler_tasks(celery: Celery, domain: Domain, stats: Counter[str]) -> dict[str, HandlerTask]:
     """Create the task of every handler, subscriber and projector; returns what the failure
     hook needs to know of each, by task name. `stats` counts outcomes for this runtime."""
     created: dict[str, HandlerTask] = {}
@@ -79,7 +82,7 @@ def register_handler_tasks(celery: Celery, domain: Any, stats: Counter[str]) -> 
     return created
 
 
-def _handler_body(domain: Any, handler: type, name: str, queue: str, stats: Counter[str]) -> Any:
+def _handler_body(domain: Domain, handler: type, name: str, queue: str, stats: Counter[str]) -> Any:
     def run(task: Task, envelope: Any) -> str:
         try:
             message = Message.from_dict(envelope)
@@ -96,7 +99,9 @@ def _handler_body(domain: Any, handler: type, name: str, queue: str, stats: Coun
     return run
 
 
-def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float, stats: Counter[str]) -> Any:
+def _batch_body(
+    domain: Domain, handler: type, name: str, queue: str, delay: float, stats: Counter[str]
+) -> Any:
     """A pack of messages for one handler: each in its own unit of work with its own inbox row.
     A message that fails is split out to the single-message task, with one attempt counted,
     and retried alone there; its siblings are not re-run."""
@@ -134,7 +139,7 @@ def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float,
     return run
 
 
-def _subscriber_body(domain: Any, handler: type, name: str, queue: str, stats: Counter[str]) -> Any:
+def _subscriber_body(domain: Domain, handler: type, name: str, queue: str, stats: Counter[str]) -> Any:
     def run(task: Task, envelope: Any) -> str:
         if not isinstance(envelope, dict) or not isinstance(envelope.get("payload"), dict):
             _poison(

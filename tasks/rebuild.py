@@ -14,6 +14,7 @@ from tidings.tasks.poller import run_batch
 from tidings.tasks.positions import position_store
 
 if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
     from tidings.domain.elements import ElementClass
 
 Progress = Callable[[int, int | None], None]  # (cursor, last position or None)
@@ -27,10 +28,10 @@ class Rebuilt:
     cursor: int
 
 
-def projection_of(domain: Any, projector: ElementClass) -> ElementClass:
+def projection_of(domain: Domain, projector: ElementClass) -> ElementClass:
     """The projection a projector maintains (its `projector_for`)."""
     target = projector.meta_.get("projector_for")
-    name = target if isinstance(target, str) else getattr(target, "__name__", None)
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
     try:
         return domain.registry["projection"][name]
     except KeyError:
@@ -39,18 +40,18 @@ def projection_of(domain: Any, projector: ElementClass) -> ElementClass:
         ) from None
 
 
-def truncate(domain: Any, model: type) -> None:
+def truncate(domain: Domain, model: type) -> None:
     """Delete every row of a model's table."""
     domain.database_for(model).truncate(table_name(model))
 
 
-def last_position(domain: Any, categories: list[str]) -> int | None:
+def last_position(domain: Domain, categories: list[str]) -> int | None:
     """The highest global position in these categories (None when the store cannot say)."""
     return domain.storage.event_store.last_position(categories)
 
 
 def rebuild_projection(
-    domain: Any, projector: ElementClass, progress: Progress | None = None, wait: float = 30.0
+    domain: Domain, projector: ElementClass, progress: Progress | None = None, wait: float = 30.0
 ) -> Rebuilt:
     """Truncate the projection and replay every event from position 0 through the projector.
 
@@ -80,7 +81,7 @@ def rebuild_projection(
 
 
 def _replay(
-    domain: Any,
+    domain: Domain,
     projector: ElementClass,
     store: Any,
     lease: Any,

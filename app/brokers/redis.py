@@ -7,7 +7,7 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from uuid import uuid4
 
 import redis
@@ -15,6 +15,9 @@ import redis
 from tidings.app.brokers.redis_base import UNHEALTHY, RedisBroker, RedisOptions
 from tidings.domain.brokers import BrokerCapability
 from tidings.domain.settings import BrokerOptions, BrokerSettings, PositiveInt
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 FIELD = "data"  # one field per entry, holding the JSON message
 
@@ -35,7 +38,7 @@ class RedisStreamBroker(RedisBroker):
     capabilities = BrokerCapability.ORDERED_MESSAGING
     options_model: ClassVar[type[BrokerOptions]] = RedisStreamOptions
 
-    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
+    def __init__(self, name: str, domain: Domain, settings: BrokerSettings | Mapping[str, Any]) -> None:
         super().__init__(name, domain, settings)
         options = cast(RedisStreamOptions, self.settings.options)
         self.claim_idle_ms = options.claim_idle_ms
