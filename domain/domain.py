@@ -32,7 +32,6 @@ from tidings.domain.registry import OPTIONS, derive_element, domain_event_subscr
 from tidings.domain.repository import Repository
 from tidings.domain.settings import Settings
 from tidings.domain.subscriptions import SubscriptionSettings
-from tidings.domain.subscriptions import resolve as resolve_subscription
 from tidings.domain.uow import UnitOfWork
 from tidings.domain.wiring import build_bus, build_storage, rebuild_models
 
@@ -146,8 +145,7 @@ class Domain:
 
     def subscription_settings(self, handler: type) -> SubscriptionSettings:
         """The handler's resolved subscription settings (see `domain.subscriptions`)."""
-        self._require_init()
-        return resolve_subscription(handler, self.settings.server)
+        return self.bus.routes.spec(handler).subscription
 
     def read_messages(
         self, stream_or_category: str, from_position: int = 0, limit: int = 1000

@@ -8,9 +8,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tidings.domain.envelope import Message, stream_matches
-from tidings.domain.errors import InvalidMessageError, UnknownMessageTypeError, ValidationError
+from tidings.domain.errors import (
+    IncorrectUsageError,
+    InvalidMessageError,
+    UnknownMessageTypeError,
+    ValidationError,
+)
 from tidings.domain.naming import Names
 from tidings.domain.registry import handler_targets
+from tidings.domain.specs import HandlerSpec
 
 if TYPE_CHECKING:
     from tidings.domain.elements import ElementClass
@@ -21,8 +27,9 @@ HANDLER_KINDS_WITH_STREAMS = ("event_handler", "command_handler", "projector")
 class Routes:
     """Message type -> class, stream category -> handlers, (handler, type) -> methods."""
 
-    def __init__(self, names: Names) -> None:
+    def __init__(self, names: Names, specs: dict[ElementClass, HandlerSpec] | None = None) -> None:
         self.names = names
+        self.specs = specs or {}  # every handler's spec (domain/specs.py), by class
         registry = names.registry
         self.types: dict[str, type] = {
             names.type_of(c): c for k in ("event", "command") for c in registry[k].values()
@@ -33,6 +40,13 @@ class Routes:
                 for category in names.handler_categories(handler):
                     self.by_category.setdefault(category, []).append(handler)
         self._methods: dict[tuple[ElementClass, str], list[str]] = {}
+
+    def spec(self, handler: ElementClass) -> HandlerSpec:
+        """The handler's spec; a class that is not a registered handler is a usage error."""
+        try:
+            return self.specs[handler]
+        except KeyError:
+            raise IncorrectUsageError(f"{handler.__name__} is not a registered handler") from None
 
     def handlers_for(self, message: Message) -> list[ElementClass]:
         """Every handler that must receive this message (category, type and source_stream)."""

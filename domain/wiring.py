@@ -18,6 +18,7 @@ from tidings.domain.ports import EventStore
 from tidings.domain.providers import Storage, load_storage
 from tidings.domain.routing import Routes
 from tidings.domain.settings import Settings
+from tidings.domain.specs import handler_specs
 from tidings.domain.uow import Stores
 
 log = logging.getLogger("tidings")
@@ -35,7 +36,7 @@ def build_bus(
     processing = Processing(
         settings.event_processing, settings.command_processing, settings.message_processing
     )
-    routes = Routes(domain.names)
+    routes = Routes(domain.names, handler_specs(domain.names, settings.server))
     stores = Stores(
         event_store=event_store,
         outbox=outbox,

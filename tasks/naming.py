@@ -4,21 +4,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.domain.naming import snake
-
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
     from tidings.domain.elements import ElementClass
+    from tidings.domain.specs import HandlerSpec
+
+
+def spec_of(domain: Domain, handler: ElementClass) -> HandlerSpec:
+    """The handler's spec (domain/specs.py), built once by `domain.init()`."""
+    return domain.bus.routes.spec(handler)
+
+
+def specs(domain: Domain) -> list[HandlerSpec]:
+    """Every handler's spec, in registration order (commands first)."""
+    return list(domain.bus.routes.specs.values())
 
 
 def task_name(domain: Domain, handler: ElementClass) -> str:
     """`tidings.<domain>.<Handler>`: stable across deployments, so queued messages survive."""
-    return f"tidings.{domain.name}.{handler.__name__}"
+    return spec_of(domain, handler).task_name
 
 
 def queue_name(domain: Domain, handler: ElementClass) -> str:
     """`<domain>.<handler_snake_name>`: one queue per handler, its consumer group."""
-    return f"{domain.name}.{snake(handler.__name__)}"
+    return spec_of(domain, handler).queue
 
 
 DLQ_SUFFIX = ".dlq"
@@ -38,11 +47,7 @@ def relay_queue(domain: Domain) -> str:
 
 def async_handlers(domain: Domain) -> list[ElementClass]:
     """Every handler that becomes a Celery task, in registration order."""
-    return [
-        h
-        for kind in ("command_handler", "event_handler", "projector", "subscriber")
-        for h in domain.registry[kind].values()
-    ]
+    return [spec.cls for spec in specs(domain)]
 
 
 def poll_task_name(domain: Domain, handler: ElementClass) -> str:
@@ -52,12 +57,7 @@ def poll_task_name(domain: Domain, handler: ElementClass) -> str:
 
 def event_store_handlers(domain: Domain) -> list[ElementClass]:
     """Handlers that read the event store themselves (`subscription_type = "event_store"`)."""
-    return [
-        h
-        for h in async_handlers(domain)
-        if h.element_kind != "subscriber"
-        and domain.subscription_settings(h).subscription_type == "event_store"
-    ]
+    return [spec.cls for spec in specs(domain) if spec.polled]
 
 
 def batch_task_name(domain: Domain, handler: ElementClass) -> str:
@@ -67,13 +67,4 @@ def batch_task_name(domain: Domain, handler: ElementClass) -> str:
 
 def packed_handlers(domain: Domain) -> dict[ElementClass, int]:
     """Stream handlers with `batch_delivery`, and how many messages one task may carry."""
-    packed: dict[ElementClass, int] = {}
-    for handler in async_handlers(domain):
-        settings = domain.subscription_settings(handler)
-        if (
-            settings.batch_delivery
-            and settings.subscription_type == "stream"
-            and handler.element_kind != "subscriber"
-        ):
-            packed[handler] = int(settings.messages_per_tick)
-    return packed
+    return {spec.cls: spec.pack_size for spec in specs(domain) if spec.pack_size is not None}
