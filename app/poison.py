@@ -30,7 +30,7 @@ from typing import Any
 from celery import bootsteps
 from celery.exceptions import InvalidTaskError
 
-from tidings.tasks.dlq import dead_letter
+from tidings.tasks.dead_letter import dead_letter
 
 log = logging.getLogger("tidings.poison")
 

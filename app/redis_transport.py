@@ -23,7 +23,7 @@ from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
-from tidings.tasks.dlq import entry_for
+from tidings.tasks.dead_letter import entry_for
 from tidings.tasks.naming import DLQ_SUFFIX, dlq_name
 
 log = logging.getLogger("tidings.transport")

@@ -5,7 +5,7 @@ persistence); this table commits in the default database, beside the outbox and 
 It is what `tidings dlq` lists, shows, replays and purges, and what the delivery audit reads
 to tell a dead-lettered delivery (done) from a missing one (sent again).
 
-An entry is the JSON-ready dict of `tidings.tasks.dlq.entry_for` plus `handler`, the inbox
+An entry is the JSON-ready dict of `tidings.tasks.dead_letter.entry_for` plus `handler`, the inbox
 key of the handler it failed in. Reading never fails on one entry: a body that no longer
 decodes comes back as text under `raw_body`, with `body` None and the reason in `undecodable`.
 """

@@ -21,7 +21,7 @@ from tidings.domain.bus import SKIPPED
 from tidings.domain.envelope import Message
 from tidings.domain.errors import InvalidMessageError
 from tidings.domain.specs import HandlerKind, HandlerSpec
-from tidings.tasks.dlq import dead_letter
+from tidings.tasks.dead_letter import dead_letter
 from tidings.tasks.naming import batch_task_name, specs
 from tidings.tasks.retrying import NOT_RETRIED, TransientPolicy, final_errors, with_transient_retry
 
