@@ -9,19 +9,11 @@ from tidings.domain.domain import Domain
 from tidings.domain.elements import (
     BaseAggregate,
     BaseCommand,
-    BaseCommandHandler,
     BaseEntity,
     BaseEvent,
-    BaseEventHandler,
     BaseProjection,
-    BaseProjector,
     BaseQuery,
-    BaseQueryHandler,
-    BaseSubscriber,
     BaseValueObject,
-    handle,
-    on,
-    read,
 )
 from tidings.domain.envelope import Message, MessageKind
 from tidings.domain.errors import (
@@ -37,6 +29,16 @@ from tidings.domain.errors import (
     TooManyObjectsError,
     UnknownMessageTypeError,
     ValidationError,
+)
+from tidings.domain.handlers import (
+    BaseCommandHandler,
+    BaseEventHandler,
+    BaseProjector,
+    BaseQueryHandler,
+    BaseSubscriber,
+    handle,
+    on,
+    read,
 )
 
 __all__ = [

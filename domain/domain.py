@@ -20,9 +20,10 @@ from tidings.domain.brokers import Brokers
 from tidings.domain.bus import SKIPPED, Engine, MessageBus
 from tidings.domain.context import pop_domain, push_domain
 from tidings.domain.database import Database
-from tidings.domain.elements import ElementClass, StoredModel
+from tidings.domain.elements import StoredModel
 from tidings.domain.envelope import Message
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
+from tidings.domain.handlers import ElementClass
 from tidings.domain.messages import stored_messages
 from tidings.domain.naming import Names, Registry
 from tidings.domain.parsing import parse_settings

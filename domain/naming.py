@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from tidings.domain.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from tidings.domain.elements import ElementClass
+    from tidings.domain.handlers import ElementClass
 
 
 def snake(name: str) -> str:

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from tidings.domain import elements as el
+from tidings.domain import handlers as hd
 
-BASES: dict[str, el.ElementClass] = {
+BASES: dict[str, hd.ElementClass] = {
     "aggregate": el.BaseAggregate,
     "entity": el.BaseEntity,
     "value_object": el.BaseValueObject,
@@ -16,11 +17,11 @@ BASES: dict[str, el.ElementClass] = {
     "command": el.BaseCommand,
     "projection": el.BaseProjection,
     "query": el.BaseQuery,
-    "event_handler": el.BaseEventHandler,
-    "command_handler": el.BaseCommandHandler,
-    "projector": el.BaseProjector,
-    "subscriber": el.BaseSubscriber,
-    "query_handler": el.BaseQueryHandler,
+    "event_handler": hd.BaseEventHandler,
+    "command_handler": hd.BaseCommandHandler,
+    "projector": hd.BaseProjector,
+    "subscriber": hd.BaseSubscriber,
+    "query_handler": hd.BaseQueryHandler,
 }
 HANDLER_KINDS = {"event_handler", "command_handler", "projector", "subscriber", "query_handler"}
 
@@ -99,16 +100,16 @@ def domain_event_subscriber(cls: type, options: dict[str, Any]) -> type:
     return type(cls.__name__, (cls,), namespace)
 
 
-def derive_element(kind: str, cls: type, options: dict[str, Any]) -> el.ElementClass:
+def derive_element(kind: str, cls: type, options: dict[str, Any]) -> hd.ElementClass:
     """The registered class: `cls` itself when it already subclasses the base, else a copy."""
     base = BASES[kind]
-    new_cls: el.ElementClass
+    new_cls: hd.ElementClass
     if issubclass(cls, base):
         new_cls = cls
     elif kind in HANDLER_KINDS:
         # type() and new_class() are typed as returning a plain type; the class subclasses `base`.
         new_cls = cast(
-            el.ElementClass,
+            hd.ElementClass,
             type(
                 cls.__name__,
                 (cls, base),
@@ -119,7 +120,7 @@ def derive_element(kind: str, cls: type, options: dict[str, Any]) -> el.ElementC
         namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
         parents = tuple(b for b in cls.__bases__ if b is not object)
         new_cls = cast(
-            el.ElementClass,
+            hd.ElementClass,
             types.new_class(cls.__name__, (*parents, base), {}, lambda ns: ns.update(namespace)),
         )
         _rebind_class_cells(namespace, cls, new_cls)

@@ -19,7 +19,7 @@ from tidings.domain.registry import handler_targets
 from tidings.domain.specs import HandlerSpec
 
 if TYPE_CHECKING:
-    from tidings.domain.elements import ElementClass
+    from tidings.domain.handlers import ElementClass
 
 HANDLER_KINDS_WITH_STREAMS = ("event_handler", "command_handler", "projector")
 

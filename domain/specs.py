@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tidings.domain.elements import ElementClass
+from tidings.domain.handlers import ElementClass
 from tidings.domain.naming import Names, snake
 from tidings.domain.settings import ServerSettings
 from tidings.domain.subscriptions import SubscriptionSettings, resolve

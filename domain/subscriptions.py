@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tidings.domain.profiles import BUILT_IN, PROFILES
 
 if TYPE_CHECKING:
-    from tidings.domain.elements import ElementClass
+    from tidings.domain.handlers import ElementClass
     from tidings.domain.settings import ServerSettings
 
 TYPES = {"stream", "event_store"}

@@ -10,7 +10,7 @@ from tidings.domain.registry import handler_targets, query_targets
 from tidings.domain.subscriptions import SettingsError, resolve
 
 if TYPE_CHECKING:
-    from tidings.domain.elements import ElementClass
+    from tidings.domain.handlers import ElementClass
     from tidings.domain.naming import Names
     from tidings.domain.settings import ServerSettings, Settings
 

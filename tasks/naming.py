@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
-    from tidings.domain.elements import ElementClass
+    from tidings.domain.handlers import ElementClass
     from tidings.domain.specs import HandlerSpec
 
 

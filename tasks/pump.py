@@ -21,7 +21,7 @@ from tidings.tasks.naming import queue_name, task_name
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
-    from tidings.domain.elements import ElementClass
+    from tidings.domain.handlers import ElementClass
 
 log = logging.getLogger("tidings.pump")
 

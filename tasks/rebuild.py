@@ -15,7 +15,7 @@ from tidings.tasks.positions import position_store
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
-    from tidings.domain.elements import ElementClass
+    from tidings.domain.handlers import ElementClass
 
 Progress = Callable[[int, int | None], None]  # (cursor, last position or None)
 
