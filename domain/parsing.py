@@ -25,9 +25,8 @@ from tidings.domain.settings import (
 
 
 def _suggest(key: str, options: typing.Iterable[str]) -> str:
-    choices = list(options)
-    same = [c for c in choices if c.lower() == key.lower()]  # `URL` means `url`, not `URI`
-    close = same or difflib.get_close_matches(key, choices, n=1)
+    choices = list(options)  # `URL` means `url`, not `URI`:
+    close = [c for c in choices if c.lower() == key.lower()] or difflib.get_close_matches(key, choices, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
