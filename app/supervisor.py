@@ -329,7 +329,8 @@ def _load_prctl() -> Callable[..., int] | None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
         return None
-    return libc.prctl  # type: ignore[no-any-return]
+    prctl: Callable[..., int] = libc.prctl
+    return prctl
 
 
 _PRCTL = _load_prctl()
@@ -372,11 +373,10 @@ class Process:
             # Look without reaping: while the exited leader is a zombie its pid (the group's
             # id) cannot be reused, so the group kill below cannot hit a stranger.
             try:
-                info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                    return None
             except ChildProcessError:
-                info = True  # reaped elsewhere: let Popen tell
-            if info is None:
-                return None
+                pass  # reaped elsewhere already: Popen.wait below tells the code
         elif self.popen.poll() is None:
             return None
         self._kill_group()  # what the child forked and left behind (a pool process)
