@@ -131,8 +131,10 @@ def test_worker_main_process_sigkilled_in_a_loop_under_load_is_restarted_and_los
         assert {worker, beat} <= set(processes)
         assert len(processes) >= 4, [cmdline(p) for p in processes]  # + the 2 pool processes
         server.kill()
+        killed = time.monotonic()
         run.wait(lambda: not [p for p in processes if alive(p)], "no process of the server left", 15)
         assert not in_groups({worker, beat}), "a process is left in a child's process group"
+        run.report(f"SIGKILL of tidings server ({len(processes)} processes below it: 0 left)", since(killed))
 
 
 def test_a_worker_that_keeps_dying_makes_the_server_give_up_and_exit_3_leaving_nothing(
