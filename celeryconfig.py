@@ -11,10 +11,14 @@ Why these values:
 - prefetch 1: a worker holds no more unstarted messages than it has processes, so a crash
   redelivers little and a slow handler does not hoard work.
 - Redis visibility timeout: how long a delivered-but-unacknowledged message stays invisible
-  before Redis hands it to another worker. It must exceed the longest handler run plus the
-  longest retry countdown (retries are held unacked in the worker until due). 300 s by
-  default; `unacked_restore_interval`/`throttle` (kombu 5.7) make the restore sweep run
-  every few seconds instead of ~100 s, so crash recovery takes VT + a few seconds.
+  before Redis hands it to another worker; it is what bounds recovery after a worker is
+  SIGKILLed: VT + one restore sweep (`unacked_restore_interval`, 5 s; kombu 5.7's
+  `unacked_restore_throttle` 1 makes every sweep scan, instead of ~100 s) = about 50 s.
+  It must exceed the longest handler run plus the longest retry countdown (a retry is held
+  unacknowledged in the worker until due), or a message is delivered twice. Hence the
+  hard `task_time_limit` (the handler timeout, 30 s): 30 s + the longest countdown (5 s for
+  transient retries, `retry_backoff_max` 10 s) < 45 s. Checked at start-up, see
+  `tidings.app.factory.check_recovery_bound`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"TIDINGS_{name}", default)
 
 
-VISIBILITY_TIMEOUT = float(_env("VISIBILITY_TIMEOUT", "300"))
+VISIBILITY_TIMEOUT = float(_env("VISIBILITY_TIMEOUT", "45"))
+HANDLER_TIMEOUT = float(_env("HANDLER_TIMEOUT", "30"))
 RESTORE_INTERVAL = float(_env("UNACKED_RESTORE_INTERVAL", "5"))
 
 task_serializer = "json"
@@ -39,6 +44,7 @@ task_reject_on_worker_lost = True
 task_retry_on_worker_lost = True
 task_acks_on_failure = True  # the DLQ is written by Tidings on final failure, on every broker
 task_acks_on_timeout = True
+task_time_limit = HANDLER_TIMEOUT  # a handler killed at its limit is dead-lettered (TimeLimitExceeded)
 worker_prefetch_multiplier = int(_env("PREFETCH_MULTIPLIER", "1"))
 worker_cancel_long_running_tasks_on_connection_loss = True
 worker_soft_shutdown_timeout = float(_env("SOFT_SHUTDOWN_TIMEOUT", "10"))

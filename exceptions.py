@@ -3,6 +3,7 @@
 
 from tidings.domain.errors import (
     BrokerConnectionError,
+    BusinessRuleError,
     CommandExpiredError,
     ConfigurationError,
     DuplicateCommandError,
@@ -19,6 +20,7 @@ from tidings.domain.errors import (
 
 __all__ = [
     "BrokerConnectionError",
+    "BusinessRuleError",
     "CommandExpiredError",
     "ConfigurationError",
     "DuplicateCommandError",

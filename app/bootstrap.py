@@ -55,6 +55,11 @@ def bootstrap(domain: Domain, **celery_overrides: Any) -> Runtime:
     return runtime
 
 
+def create_celery_app(domain: Domain, **celery_overrides: Any) -> Celery:
+    """The Celery app of a new runtime for `domain` (what `celery -A` needs)."""
+    return bootstrap(domain, **celery_overrides).celery
+
+
 def runtime_for(domain: Domain) -> Runtime:
     """The runtime already built for `domain` in this process, or a new one."""
     engine = domain.engine

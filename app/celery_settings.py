@@ -46,6 +46,9 @@ ENV_VARIABLE = "CELERY_CONFIG_MODULE"  # Celery's own variable for it (`config_f
 CONFIG_MODULE_KEY = "config_module"
 ALLOW_UNSAFE_KEY = "allow_unsafe"
 MERGED_KEYS = frozenset({"broker_transport_options"})
+# Not a Celery setting: the check that the Redis visibility timeout exceeds the handler timeout
+# plus the longest retry countdown (app/factory.py `check_recovery_bound`).
+RECOVERY_BOUND_KEY = "visibility_timeout"
 JSON_CONTENT = frozenset({"json", "application/json"})
 
 
@@ -219,7 +222,7 @@ def split_tidings_keys(values: Mapping[str, Any], source: str) -> tuple[dict[str
     allowed = values.get(ALLOW_UNSAFE_KEY) or []
     if isinstance(allowed, str) or not all(isinstance(k, str) for k in allowed):
         raise ConfigurationError(f"tidings: {source} {ALLOW_UNSAFE_KEY} must be a list of setting names")
-    unknown = sorted(set(allowed) - set(GUARANTEES))
+    unknown = sorted(set(allowed) - set(GUARANTEES) - {RECOVERY_BOUND_KEY})
     if unknown:
         close = difflib.get_close_matches(unknown[0], list(GUARANTEES), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; it can name {', '.join(GUARANTEES)}"

@@ -150,7 +150,8 @@ handler_option = click.option("--handler", default=None, help="one handler (defa
 
 @main.group()
 def dlq() -> None:
-    """Inspect and replay dead-lettered messages (`<queue>.dlq`)."""
+    """Inspect, replay and purge dead-lettered messages (the domain's `tidings_dead_letters`
+    table; each entry is named by its entry id, or by its message id)."""
 
 
 @dlq.command("list")
@@ -158,7 +159,7 @@ def dlq() -> None:
 @handler_option
 @click.option("--limit", default=100, show_default=True)
 def dlq_list(domain_path: str | None, handler: str | None, limit: int) -> None:
-    """One line per dead-lettered message."""
+    """One line per dead-lettered message: entry id, queue, message id, attempts, time, error."""
     from tidings.tasks import dlq as dead
 
     domain, celery = _load(domain_path)
@@ -166,9 +167,8 @@ def dlq_list(domain_path: str | None, handler: str | None, limit: int) -> None:
     for queue in _queues(domain, handler):
         for entry in dead.list_entries(celery, queue, limit):
             total += 1
-            # Poison has no message id: its entry id names it (an undecodable entry has neither).
             click.echo(
-                f"{queue}  {entry.get('message_id') or entry.get('entry_id')}  "
+                f"{entry.get('entry_id') or '(no entry id)'}  {queue}  {entry.get('message_id') or '-'}  "
                 f"attempts={entry.get('attempts')}  {entry.get('failed_at')}  "
                 f"{entry.get('error_type')}: {entry.get('error_message')}"
             )
@@ -185,46 +185,51 @@ def dlq_list(domain_path: str | None, handler: str | None, limit: int) -> None:
 @dlq.command("show")
 @domain_option
 @handler_option
-@click.argument("message_id")
-def dlq_show(domain_path: str | None, handler: str | None, message_id: str) -> None:
-    """Everything recorded about one message (by message id or DLQ entry id): body, error,
+@click.argument("entry_id")
+def dlq_show(domain_path: str | None, handler: str | None, entry_id: str) -> None:
+    """Everything recorded about one entry (by entry id, or by message id): body, error,
     traceback, attempts, time."""
     from tidings.tasks import dlq as dead
 
     domain, celery = _load(domain_path)
     for queue in _queues(domain, handler):
         for entry in dead.list_entries(celery, queue, 10_000):
-            if dead.matches(entry, message_id):
+            if dead.matches(entry, entry_id):
                 click.echo(dead.as_text(entry))
                 return
     for row in _failed_positions(domain, handler):
-        if row["message_id"] == message_id:
+        if row["message_id"] == entry_id:
             click.echo(dead.as_text(row))
             return
-    raise click.ClickException(f"message {message_id} is not in any DLQ or failed position")
+    raise click.ClickException(
+        f"{entry_id} is not a dead letter's entry id or message id, nor a failed position"
+    )
 
 
 @dlq.command("replay")
 @domain_option
 @handler_option
-@click.option("--message-id", default=None, help="only this message")
-def dlq_replay(domain_path: str | None, handler: str | None, message_id: str | None) -> None:
-    """Re-queue to the handler with the retry count reset; an entry leaves the DLQ only once
-    its re-publish succeeded. Failed positions are re-run here; a success removes the row."""
+@click.option(
+    "--message-id", "--entry-id", "wanted", default=None, help="only this entry (entry or message id)"
+)
+def dlq_replay(domain_path: str | None, handler: str | None, wanted: str | None) -> None:
+    """Re-queue to the handler with the retry count reset; an entry leaves the table only once
+    its re-publish succeeded, and one that cannot be replayed (poison, undecodable, no such
+    task) stays, with the reason. Failed positions are re-run here; a success removes the row."""
     from tidings.tasks import dlq as dead
     from tidings.tasks.poller import replay_failed
 
     domain, celery = _load(domain_path)
-    outcomes = [dead.replay_entries(celery, q, message_id) for q in _queues(domain, handler)]
+    outcomes = [dead.replay_entries(celery, q, wanted) for q in _queues(domain, handler)]
     click.echo(f"replayed {sum(o.replayed for o in outcomes)} message(s)")
     skipped = [s for o in outcomes for s in o.skipped]
     if skipped:
         click.echo(f"skipped {len(skipped)} entry(ies) that cannot be replayed (left in the DLQ):")
-        for entry_id, reason in skipped:
-            click.echo(f"  {entry_id or '(no entry id)'}: {reason}")
+        for skipped_id, reason in skipped:
+            click.echo(f"  {skipped_id or '(no entry id)'}: {reason}")
     done = failing = 0
     for h in _polled(domain, handler):
-        ok, bad = replay_failed(domain, h, message_id)
+        ok, bad = replay_failed(domain, h, wanted)
         done, failing = done + ok, failing + bad
     click.echo(f"re-ran {done} failed position(s); {failing} still failing")
 
@@ -232,13 +237,19 @@ def dlq_replay(domain_path: str | None, handler: str | None, message_id: str | N
 @dlq.command("purge")
 @domain_option
 @handler_option
+@click.option("--entry-id", default=None, help="only this entry")
 @click.confirmation_option(prompt="Delete the dead-lettered messages for good?")
-def dlq_purge(domain_path: str | None, handler: str | None) -> None:
+def dlq_purge(domain_path: str | None, handler: str | None, entry_id: str | None) -> None:
+    """Delete dead letters for good (the table's rows and the broker mirror `<queue>.dlq`)."""
     from tidings.tasks import dlq as dead
     from tidings.tasks.naming import task_name
     from tidings.tasks.positions import position_store
 
     domain, celery = _load(domain_path)
+    if entry_id is not None:
+        count = domain.storage.dead_letters.delete([entry_id])
+        click.echo(f"purged {count} message(s)")
+        return
     count = sum(dead.purge(celery, q) for q in _queues(domain, handler))
     store = position_store(domain)
     count += sum(store.purge(task_name(domain, h)) for h in _polled(domain, handler))
@@ -345,11 +356,14 @@ def outbox_relay(domain_path: str | None) -> None:
 @main.command()
 @domain_option
 def health(domain_path: str | None) -> None:
-    """Database, broker and outbox lag; exits 1 when degraded."""
+    """Database, broker, outbox and audit lag, and a worker on every queue; exits 1 when
+    degraded, with one line per reason (also under "reasons" in the JSON)."""
     from tidings.app.health import health as check
 
     domain, celery = _load(domain_path)
-    report = check(domain, celery)
+    report = check(domain, celery, workers=True)
+    for reason in report["reasons"]:
+        click.echo(f"degraded: {reason}", err=True)
     click.echo(json.dumps(report, indent=2))
     sys.exit(0 if report["status"] == "ok" else 1)
 

@@ -121,7 +121,7 @@ def run(redis: bool = False, postgres: bool = False) -> int:
         "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]),
     }
 
-    from tidings.app.factory import create_celery_app
+    from tidings.app.bootstrap import create_celery_app
     from tidings.examples.bookshelf.domain import domain
 
     domain.init()

@@ -12,11 +12,13 @@ from celery import Celery
 from kombu import Queue
 
 from tidings.app import redis_transport, sqla_transport
-from tidings.app.celery_settings import celery_settings
+from tidings.app.celery_settings import ALLOW_UNSAFE_KEY, RECOVERY_BOUND_KEY, celery_settings
 from tidings.app.engine import CeleryEngine
 from tidings.app.kick import gate_for
 from tidings.app.relay_thread import RelayThread
+from tidings.domain.errors import ConfigurationError
 from tidings.domain.settings import IN_PROCESS_BROKERS, BrokerSettings
+from tidings.tasks.audit import audit_schedule, register_audit_task
 from tidings.tasks.handlers import failure_hook, register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
@@ -48,13 +50,6 @@ def broker_url(broker: BrokerSettings) -> str:
     return url
 
 
-def create_celery_app(domain: Any, **overrides: Any) -> Celery:
-    """The runtime's Celery app for `domain` (see `tidings.app.bootstrap.bootstrap`)."""
-    from tidings.app.bootstrap import bootstrap
-
-    return bootstrap(domain, **overrides).celery
-
-
 def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tuple[Celery, CeleryEngine, Any]:
     """A Celery app running `domain`'s handlers, each in its own queue, and the outbox relay;
     with the engine the domain's bus hands commits to and the task-failure receiver.
@@ -79,7 +74,7 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
     # Layers and enforced guarantees: see app/celery_settings.py.
     settings = celery_settings(domain.settings.celery, derived, overrides)
     celery.config_from_object(settings.values)
-    _check_retry_delays(celery, domain)
+    check_recovery_bound(celery, domain, allowed=RECOVERY_BOUND_KEY in settings.allow_unsafe)
     handler_tasks = register_handler_tasks(celery, domain, stats)
     pollers = register_poller_tasks(celery, domain, stats)
     register_pump_tasks(celery, domain)
@@ -89,6 +84,7 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
         else gate_for(str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
     )
     relay = register_relay_task(celery, domain, before_relay=gate.relay_starting if gate else None)
+    audit = register_audit_task(celery, domain, stats)  # re-sends what no handler confirmed
     interval = domain.settings.outbox.interval
     celery.conf.beat_schedule = {
         relay_task_name(domain): {
@@ -105,6 +101,7 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
             for handler, poller in pollers.items()
         },
         **_pump_schedule(domain),
+        **audit_schedule(domain, audit),
     }
     in_thread = domain.settings.outbox.after_commit == "thread" and not celery.conf.task_always_eager
     engine = CeleryEngine(
@@ -142,19 +139,45 @@ def _polling_interval(domain: Any) -> float:
     return min(timeouts, default=100) / 1000
 
 
-def _check_retry_delays(celery: Celery, domain: Any) -> None:
-    """On Redis a retry countdown is held unacknowledged in the worker: it must end before the
-    visibility timeout, or the message is delivered twice."""
+def check_recovery_bound(celery: Celery, domain: Any, *, allowed: bool = False) -> None:
+    """On Redis a delivered message is invisible to other workers for the visibility timeout
+    (VT) until acknowledged, and both a handler's run and a retry's countdown (held
+    unacknowledged in the worker until due) count against it. So VT must exceed
+    `task_time_limit` (the handler timeout) plus the longest countdown of any handler
+    (`retry_backoff_max` or `retry_delay_seconds`, and `[server.transient_retry]
+    max_delay_seconds`), or a message still in work is delivered a second time.
+
+    A violation is a `ConfigurationError` naming the numbers (opt out with `[celery]
+    allow_unsafe = ["visibility_timeout"]`: then only a warning); no time limit at all is a
+    warning, since the bound then rests on the handlers being quick.
+    """
     if not str(celery.conf.broker_url).startswith("redis"):
         return
     vt = float((celery.conf.broker_transport_options or {}).get("visibility_timeout", 3600))
+    limit = celery.conf.task_time_limit
+    transient = domain.settings.server.transient_retry
     for handler in async_handlers(domain):
         s = domain.subscription_settings(handler)
-        longest = s.retry_backoff_max if s.retry_backoff else s.retry_delay_seconds
-        if longest >= vt:
-            log.warning(
-                "%s: retry delay %ss is not below the Redis visibility timeout %ss",
-                handler.__name__,
-                longest,
-                vt,
+        ordinary = s.retry_backoff_max if s.retry_backoff else s.retry_delay_seconds
+        longest = max(ordinary, transient.max_delay_seconds if transient.enabled else 0)
+        held = (float(limit) if limit else 0.0) + longest
+        if held < vt:
+            continue
+        problem = (
+            f"tidings: {handler.__name__}: the handler timeout (task_time_limit={limit}) plus its "
+            f"longest retry countdown ({longest}s) is not below the Redis visibility timeout "
+            f"({vt}s): a message still in work would be delivered twice. Raise "
+            f"broker_transport_options visibility_timeout, or lower task_time_limit / "
+            f"retry_backoff_max / [server.transient_retry] max_delay_seconds"
+        )
+        if not allowed:
+            raise ConfigurationError(
+                f'{problem}; or set [celery] {ALLOW_UNSAFE_KEY} = ["{RECOVERY_BOUND_KEY}"]'
             )
+        log.warning("%s (allowed by %s)", problem, ALLOW_UNSAFE_KEY)
+    if not limit:
+        log.warning(
+            "no task_time_limit: a handler running longer than the Redis visibility timeout "
+            "(%ss) is delivered a second time while it runs",
+            vt,
+        )

@@ -11,11 +11,11 @@ from typing import Any
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from tidings.app.progress import deliveries
-from tidings.domain.settings import check_server_broker
+from tidings.app.progress import RunProgress
+from tidings.domain.parsing import check_server_broker
 from tidings.tasks import dlq
 from tidings.tasks.naming import async_handlers, queue_name, relay_queue
-from tidings.tasks.poller import failed_count, poll_all
+from tidings.tasks.poller import poll_all
 from tidings.tasks.relay import relay_now
 
 log = logging.getLogger("tidings.server")
@@ -28,7 +28,7 @@ def subscription_lines(domain: Any) -> list[str]:
         if handler.element_kind == "subscriber":
             streams = [handler.meta_["stream"]]
         else:
-            streams = domain.handler_categories(handler)
+            streams = domain.names.handler_categories(handler)
         kind = domain.subscription_settings(handler).subscription_type
         lines.append(f"{handler.__name__} -> {', '.join(streams)} ({queue_name(domain, handler)}, {kind})")
     return lines
@@ -62,6 +62,20 @@ def worker_argv(domain: Any, *, pool: str, concurrency: int | None, beat: bool, 
     return argv
 
 
+def queued(celery: Celery, queues: list[str]) -> int:
+    """Messages waiting in these queues (not the ones a worker holds: those are counted per
+    message by `RunProgress`)."""
+    total = 0
+    with celery.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in queues:
+            try:
+                total += channel.queue_declare(queue=queue, passive=True).message_count
+            except Exception:  # noqa: BLE001 - a queue nobody declared yet holds nothing
+                channel = conn.channel()
+    return total
+
+
 def run_until_quiescent(
     celery: Celery,
     domain: Any,
@@ -71,33 +85,45 @@ def run_until_quiescent(
     settle: int = 3,
     report: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Start an in-process worker, relay and process everything pending — including what
-    handlers raise — until every relayed message's handler runs are applied or dead-lettered
-    (`settle` checks in a row), then stop. Returns a summary."""
+    """Start an in-process worker, relay and process everything of this run — including what
+    handlers raise — until every message of the run has had each of its handler runs applied
+    or failed for good, with no retry due and nothing left in a handler queue (`settle`
+    checks in a row; see `RunProgress`), then stop. Returns a summary."""
     if domain.storage.is_persistent:
         domain.create_tables()
     started, calm = time.monotonic(), 0
     stats = celery.tidings_runtime.stats
     handled_before = dict(stats)
     handler_queues = all_queues(domain)[1:]
-    with start_worker(
-        celery, pool=pool, concurrency=1, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
-    ):
-        poll_all(celery, domain)  # event_store handlers catch up with what is already stored
-        while time.monotonic() - started < timeout:
-            relay_now(celery, domain)
-            dead_lettered = sum(dlq.depth(celery, q) for q in handler_queues) + failed_count(domain)
-            calm = calm + 1 if deliveries(domain).settled(dead_lettered) else 0
-            if calm >= settle:
-                break
-            time.sleep(0.1)  # poll interval while the worker works
-        else:
-            report(f"not quiescent after {timeout:.0f}s")
+    progress = RunProgress(celery, domain)
+    progress.connect()
+    try:
+        with start_worker(
+            celery,
+            pool=pool,
+            concurrency=1,
+            perform_ping_check=False,
+            loglevel="WARNING",
+            shutdown_timeout=30,
+        ):
+            poll_all(celery, domain)  # event_store handlers catch up with what is already stored
+            while time.monotonic() - started < timeout:
+                relay_now(celery, domain)
+                calm = calm + 1 if progress.settled(queued(celery, handler_queues)) else 0
+                if calm >= settle:
+                    break
+                time.sleep(0.1)  # poll interval while the worker works
+            else:
+                pending, owed = progress.outstanding()
+                report(f"not quiescent after {timeout:.0f}s: {pending} outbox rows, {len(owed)} runs owed")
+    finally:
+        progress.disconnect()
     dead = {q: dlq.depth(celery, q) for q in handler_queues}
     return {
         "handled": stats["handled"] - handled_before.get("handled", 0),
         "duplicates": stats["duplicates"] - handled_before.get("duplicates", 0),
         "dead_lettered": {q: n for q, n in dead.items() if n},
+        "failed_this_run": len(progress.failed),
         "quiescent": calm >= settle,
         "seconds": round(time.monotonic() - started, 2),
     }

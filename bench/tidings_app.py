@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tidings import Domain, current_domain, handle
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.domain.context import current_uow
 from tidings.fields import Float, Identifier, Integer
 

@@ -10,18 +10,15 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
-from uuid import uuid4
 
+from tidings.domain.broker_registry import broker_class
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
-from tidings.domain.settings import BrokerOptions, BrokerSettings, broker_settings
+from tidings.domain.parsing import broker_settings
+from tidings.domain.settings import BrokerOptions, BrokerSettings
 
 log = logging.getLogger("tidings.brokers")
-ENTRY_POINT_GROUP = "tidings.brokers"
 
 
 class BrokerCapability(enum.Flag):
@@ -96,9 +93,27 @@ class Broker:
 
     # ---- the port ----------------------------------------------------------------------------
     def publish(self, stream: str, message: dict) -> str:
-        """Append `message` (a JSON-serialisable dict) to `stream`; returns its broker id."""
+        """Append `message` (a JSON-serialisable dict) to `stream`; returns its broker id.
+
+        Inside a unit of work of this broker's domain the message is staged on it and sent
+        once it committed (nothing leaves before the commit; a rollback sends nothing): the
+        broker id is not known yet, and "" is returned.
+        """
         if not isinstance(message, dict):
             raise IncorrectUsageError(f"a broker message must be a dict, got {type(message).__name__}")
+        uow = self._active_uow()
+        if uow is not None:
+            uow.stage(lambda: self._send(stream, message))
+            return ""
+        return self._send(stream, message)
+
+    def _active_uow(self) -> Any:
+        domain = self.domain
+        if domain is None or not getattr(domain, "initialized", False):
+            return None
+        return domain.bus.active_uow()
+
+    def _send(self, stream: str, message: dict) -> str:
         identifier = self._publish(stream, message)
         if self.domain is not None and getattr(self.domain, "initialized", False):
             self.domain.brokers.deliver(self, stream, identifier, message)
@@ -197,94 +212,6 @@ class Broker:
         return holding[0] if holding else None
 
 
-@dataclass
-class _Group:
-    position: int = 0
-    pending: dict[str, dict] = field(default_factory=dict)
-    returned: deque = field(default_factory=deque)
-
-
-class InlineBroker(Broker):
-    """In-process streams and consumer groups: for development, tests and sync processing."""
-
-    capabilities = BrokerCapability.RELIABLE_MESSAGING
-
-    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
-        super().__init__(name, domain, settings)
-        self.streams: dict[str, list[tuple[str, dict]]] = {}
-        self.groups: dict[tuple[str, str], _Group] = {}
-
-    def _publish(self, stream: str, message: dict) -> str:
-        identifier = str(uuid4())
-        self.streams.setdefault(stream, []).append((identifier, message))
-        return identifier
-
-    def ensure_group(self, stream: str, consumer_group: str) -> None:
-        self.groups.setdefault((stream, consumer_group), _Group())
-
-    def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
-        group = self.groups.setdefault((stream, consumer_group), _Group())
-        out = []
-        while group.returned and len(out) < n:
-            identifier = group.returned.popleft()
-            out.append((identifier, group.pending[identifier]))
-        entries = self.streams.get(stream, [])
-        while group.position < len(entries) and len(out) < n:
-            identifier, message = entries[group.position]
-            group.position += 1
-            group.pending[identifier] = message
-            out.append((identifier, message))
-        return out
-
-    def _pending_in(self, stream: str, identifier: str) -> str | None:
-        holding = [g for (s, g), group in self.groups.items() if s == stream and identifier in group.pending]
-        return self._holder(stream, identifier, holding)
-
-    def _ack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
-        consumer_group = consumer_group or self._pending_in(stream, identifier)
-        group = self.groups.get((stream, consumer_group))
-        if group is None or identifier not in group.pending:
-            return False
-        del group.pending[identifier]
-        if identifier in group.returned:
-            group.returned.remove(identifier)
-        return True
-
-    def _nack(self, stream: str, consumer_group: str | None, identifier: str) -> bool:
-        consumer_group = consumer_group or self._pending_in(stream, identifier)
-        group = self.groups.get((stream, consumer_group))
-        if group is None or identifier not in group.pending or identifier in group.returned:
-            return False
-        group.returned.append(identifier)
-        return True
-
-    def health_stats(self) -> dict[str, Any]:
-        groups: dict[str, list[str]] = {}
-        for stream, name in self.groups:
-            groups.setdefault(stream, []).append(name)
-        return {
-            "healthy": True,
-            "message_counts": {s: len(e) for s, e in self.streams.items()},
-            "consumer_groups": groups,
-            "dlq_depth": 0,
-        }
-
-
-def available_providers() -> dict[str, Any]:
-    """Provider name -> entry point, from every installed package."""
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def broker_class(provider: str) -> type[Broker]:
-    providers = available_providers()
-    if provider not in providers:
-        raise ConfigurationError(
-            f"unknown broker provider {provider!r} (installed: {sorted(providers)}); a custom "
-            f"adapter registers under the entry point group '{ENTRY_POINT_GROUP}'"
-        )
-    return providers[provider].load()
-
-
 class Brokers:
     """The domain's named brokers: `domain.brokers["name"]`, `domain.brokers.publish(...)`."""
 
@@ -305,7 +232,7 @@ class Brokers:
                 f"no broker named {name!r} (configured: {sorted(self._brokers)})"
             ) from None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[str, Broker]]:
         return iter(self._brokers.items())
 
     def __len__(self) -> int:

@@ -35,6 +35,14 @@ DEFAULTS: dict[str, Any] = {
         "backoff_max": 60.0,
         "broker": "default",
         "after_commit": "kick",  # "kick": a relay task per pending kick; "thread": see app/relay_thread.py
+        "audit_interval": 5.0,  # seconds between delivery audits (beat)
+        "audit_grace": 20.0,  # seconds after its publish before a delivery counts as missing
+        "audit_batch": 500,  # rows re-sent per audit round at most
+        "audit_window": 86400,  # seconds after its publish a row is audited (1 day)
+        "audit_backoff_max": 3600.0,  # seconds between two re-sends of one row at most
+        "audit_max_resends": 10,
+        "inbox_retention": 604800,  # seconds an inbox row is kept (7 days; > audit_window)
+        "health_lag": 60.0,  # seconds of outbox or audit lag before `tidings health` degrades
     },
     "server": {
         # Subscription values left unset here come from domain.subscriptions.BUILT_IN, so
@@ -44,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "messages_per_tick": None,
         "stream_subscription": {},
         "event_store_subscription": {},
+        "transient_retry": {},  # see TransientRetrySettings: on by default
         "subscriptions": {},
         "profiles": {},
     },

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +17,25 @@ import sqlalchemy as sa
 
 from tidings.domain import config as cfg
 from tidings.domain.brokers import Brokers
-from tidings.domain.bus import SKIPPED, Engine, MessageBus, Processing, VersionRetry
+from tidings.domain.bus import SKIPPED, Engine, MessageBus
 from tidings.domain.context import pop_domain, push_domain
 from tidings.domain.database import Database
-from tidings.domain.envelope import Message, MessageKind
+from tidings.domain.envelope import Message
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 from tidings.domain.messages import stored_messages
 from tidings.domain.naming import Names
+from tidings.domain.parsing import parse_settings
 from tidings.domain.ports import Store
-from tidings.domain.providers import Storage, load_storage
+from tidings.domain.providers import Storage
 from tidings.domain.registry import OPTIONS, derive_element, domain_event_subscriber
 from tidings.domain.repository import Repository
-from tidings.domain.routing import Routes
-from tidings.domain.settings import Settings, parse_settings
+from tidings.domain.settings import Settings
 from tidings.domain.subscriptions import SubscriptionSettings
 from tidings.domain.subscriptions import resolve as resolve_subscription
-from tidings.domain.uow import Stores, UnitOfWork
+from tidings.domain.uow import UnitOfWork
+from tidings.domain.wiring import build_bus, build_storage, rebuild_models
 
 log = logging.getLogger("tidings")
-ENGINE_ENTRY_POINT = "tidings.engines"  # how a committing process finds the async engine
 
 __all__ = ["Domain", "SKIPPED"]
 
@@ -46,16 +44,10 @@ class Domain:
     """Declare elements with the decorators, call `init()`, then work inside `domain_context()`."""
 
     def __init__(self, name: str | None = None, root_path: str | Path | None = None) -> None:
-        caller = inspect.stack()[1]
-        module = caller.frame.f_globals.get("__name__", "domain")
-        if name is None:
-            name = module.rsplit(".", 1)[-1]
-            if name == "__main__":
-                name = Path(caller.filename).stem
+        name, self.root_path = _name_and_root(name, root_path)
         self.registry: dict[str, dict[str, type]] = {kind: {} for kind in OPTIONS}
         self.names = Names(name, self.registry)
         self.name, self.camel_name, self.prefix = self.names.name, self.names.camel_name, self.names.prefix
-        self.root_path = Path(root_path or Path(caller.filename).resolve().parent)
         self.config: dict[str, Any] = cfg.load_config(self.root_path)
         self.initialized = False
         self.storage: Storage | None = None  # built by init(): the ports of every provider
@@ -108,121 +100,43 @@ class Domain:
 
     # ---- init: validate and wire once ------------------------------------------------------
     def init(self) -> Domain:
-        """Validate the registry and configuration, then build databases and routing tables.
-
-        Raises one ConfigurationError listing every problem found.
-        """
+        """Validate registry and configuration (one ConfigurationError listing every problem),
+        then build the storage, the brokers and the bus."""
         from tidings.domain.validation import check_registry
 
         settings, problems = parse_settings(self.config)  # the one validation of the config
-        problems += self._rebuild_models()
-        problems += check_registry(self, settings)
+        problems += rebuild_models(self.registry)
+        problems += check_registry(self.names, settings)
         if problems or settings is None:
             raise ConfigurationError(
                 f"domain '{self.name}' has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
             )
         self.settings: Settings = settings
-        self._build_databases(settings)
+        self.storage = build_storage(self.name, self.registry, settings, self.storage)
+        self.databases = self.storage.stores
+        self.outbox_database, self.event_store_database = self.storage.default, self.storage.event_store
         if self._brokers is not None:
             self._brokers.close()
         self._brokers = Brokers(self, settings.brokers)
-        self._build_bus(settings)
+        engine = self._bus.engine if self._bus is not None else None  # survives a re-init
+        self._bus = build_bus(self, settings, self.event_store_database, self.outbox_database, engine)
         self.initialized = True
         return self
 
-    def _rebuild_models(self) -> list[str]:
-        """Resolve the elements' forward references (`HasMany("Item")`, or `HasMany(Item)`
-        with a local `Item` under `from __future__`) with the registry's names; a model that
-        still has an undefined name is a problem for `init()` to report."""
-        names = {n: c for kind in self.registry.values() for n, c in kind.items()}
-        problems: list[str] = []
-        for kind in ("value_object", "entity", "aggregate", "projection", "event", "command", "query"):
-            for model in self.registry[kind].values():
-                try:
-                    model.model_rebuild(force=True, _types_namespace=names)
-                except Exception as exc:  # noqa: BLE001 - reported, not swallowed
-                    log.debug("rebuild of %s failed: %s", model.__name__, exc)
-                    if not getattr(model, "__pydantic_complete__", True):
-                        reason = getattr(exc, "message", str(exc))  # pydantic's, without its URL
-                        problems.append(
-                            f"{kind.replace('_', ' ')} {model.__name__}: {reason}; a field names an "
-                            "element that is not registered (nor defined in its module)"
-                        )
-        return problems
-
-    def _build_databases(self, settings: Settings) -> None:
-        """Build the storage (the one place providers are chosen: `providers.load_storage`)."""
-        if self.storage is not None:
-            self.storage.dispose()
-        self.storage = storage = load_storage(self.name, settings.databases, settings.event_store)
-        self.databases = storage.stores
-        for kind in ("aggregate", "projection"):
-            for model in self.registry[kind].values():
-                self.database_for(model).add_model(model, versioned=kind == "aggregate")
-        self.outbox_database = storage.default
-        self.event_store_database = storage.event_store
-
     def _storage(self) -> Storage:
         self._require_init()
-        assert self.storage is not None  # init() built it
-        return self.storage
-
-    def _build_bus(self, settings: Settings) -> None:
-        engine = self._bus.engine if self._bus is not None else None  # survives a re-init
-        processing = Processing(
-            settings.event_processing, settings.command_processing, settings.message_processing
-        )
-        routes = Routes(self.names)
-        stores = Stores(
-            event_store=self.event_store_database,
-            outbox=self.outbox_database,
-            owner=self.name,
-            external=_external_targets(routes, settings.outbox.external_brokers),
-        )
-        retry = settings.server.version_retry
-        self._bus = MessageBus(
-            routes,
-            stores,
-            processing,
-            self.domain_context,
-            _engine_loader(self),
-            version_retry=VersionRetry(
-                retry.enabled, retry.max_retries, retry.base_delay_seconds, retry.max_delay_seconds
-            ),
-            command_timeout=settings.command_default_timeout,
-        )
-        if engine is not None:
-            self._bus.attach_engine(engine)
+        return self.storage  # type: ignore[return-value]  # init() built it
 
     def _require_init(self) -> None:
         if not self.initialized:
             raise IncorrectUsageError(f"call domain.init() before using domain '{self.name}'")
 
-    # ---- naming (see domain/naming.py) -----------------------------------------------------
-    def category(self, aggregate: type | str) -> str:
-        return self.names.category(aggregate)
-
-    def qualify(self, category: str) -> str:
-        return self.names.qualify(category)
-
-    def type_of(self, cls: type) -> str:
-        return self.names.type_of(cls)
-
-    def part_of(self, cls: type) -> type:
-        return self.names.part_of(cls)
-
-    def handler_categories(self, handler: type) -> list[str]:
-        return self.names.handler_categories(handler)
-
     # ---- composition -----------------------------------------------------------------------
     def database_for(self, model: type) -> Database:
-        name = model.meta_.get("provider", "default")
-        if self.storage is None:
-            raise IncorrectUsageError(f"call domain.init() before using domain '{self.name}'")
-        try:
-            return self.storage.databases[name]
-        except KeyError:
-            raise ConfigurationError(f"{model.__name__}: no database named '{name}'") from None
+        name = model.meta_.get("provider", "default")  # type: ignore[attr-defined]
+        if name not in self._storage().databases:
+            raise ConfigurationError(f"{model.__name__}: no database named '{name}'")
+        return self._storage().databases[name]
 
     def subscription_settings(self, handler: type) -> SubscriptionSettings:
         """The handler's resolved subscription settings (see `domain.subscriptions`)."""
@@ -278,13 +192,6 @@ class Domain:
         self._require_init()
         return self._brokers
 
-    @property
-    def outbox_enabled(self) -> bool:
-        return self.initialized and self.settings.outbox_enabled
-
-    def is_sync(self, message: Message) -> bool:
-        return self.bus.processing.is_sync(message)
-
     # ---- messages: the bus does the work (domain/bus.py) ------------------------------------
     @property
     def bus(self) -> MessageBus:
@@ -304,9 +211,6 @@ class Domain:
         """The envelope for an event raised by `aggregate` (or published on its own)."""
         return self.bus.envelopes.event(event, aggregate)
 
-    def command_message(self, command: Any) -> Message:
-        return self.bus.envelopes.command(command)
-
     def from_message(self, message: Message | dict[str, Any]) -> Any:
         """The typed event/command in an envelope; unknown type or bad data is a typed error."""
         return self.bus.routes.decode(message)
@@ -315,32 +219,11 @@ class Domain:
         """Every handler that must receive this message (category, type and source_stream)."""
         return self.bus.routes.handlers_for(message)
 
-    def process(
-        self,
-        command: Any,
-        asynchronous: bool | None = None,
-        idempotency_key: str | None = None,
-        raise_on_duplicate: bool = False,
-        *,
-        correlation_id: str | None = None,
-        deadline: datetime | float | None = None,
-        timeout: float | None = None,
-    ) -> Any:
+    def process(self, command: Any, asynchronous: bool | None = None, **options: Any) -> Any:
         """Handle a command: inline in sync mode (returns the handler's value), else via the
-        outbox (returns the command's message id at once). The reference's options:
-        `idempotency_key` (a duplicate returns the first result, or raises
-        DuplicateCommandError with `raise_on_duplicate`), `correlation_id`, and `deadline` /
-        `timeout` (an expired command is skipped; sync: CommandExpiredError). See
-        `MessageBus.process`."""
-        return self.bus.process(
-            command,
-            asynchronous,
-            idempotency_key,
-            raise_on_duplicate,
-            correlation_id=correlation_id,
-            deadline=deadline,
-            timeout=timeout,
-        )
+        outbox (returns its message id at once). Options as the reference's: `idempotency_key`,
+        `raise_on_duplicate`, `correlation_id`, `deadline`, `timeout` (see `MessageBus.process`)."""
+        return self.bus.process(command, asynchronous, **options)
 
     def publish(self, events: Any) -> list[Message]:
         """Publish events raised outside an aggregate; they commit with the current unit of work."""
@@ -359,32 +242,11 @@ class Domain:
         return self.bus.run_handler(handler, message, **options)
 
 
-def _external_targets(routes: Routes, brokers: Sequence[str]) -> Callable[[Message], Sequence[str]]:
-    """The external brokers a committed message goes to: `brokers` for the events declared
-    `published=True`, nothing for any other message."""
-    published = {
-        type_string
-        for type_string, cls in routes.types.items()
-        if cls.element_kind == "event" and cls.meta_.get("published")  # type: ignore[attr-defined]
-    }
-    targets = tuple(brokers)
-
-    def external(message: Message) -> Sequence[str]:
-        if targets and message.kind == MessageKind.EVENT and message.type in published:
-            return targets
-        return ()
-
-    return external
-
-
-def _engine_loader(domain: Domain) -> Callable[[], Engine | None]:
-    """Finds the async engine by entry point (`tidings.engines`), so the kernel never imports
-    the Celery layer: installed Tidings registers its Celery runtime there."""
-
-    def load() -> Engine | None:
-        for point in entry_points(group=ENGINE_ENTRY_POINT):
-            engine: Engine | None = point.load()(domain)
-            return engine
-        return None
-
-    return load
+def _name_and_root(name: str | None, root_path: str | Path | None) -> tuple[str, Path]:
+    """The domain's name (else its module's) and folder (else its file's): where it is created."""
+    caller = inspect.stack()[2]
+    if name is None:
+        name = caller.frame.f_globals.get("__name__", "domain").rsplit(".", 1)[-1]
+        if name == "__main__":
+            name = Path(caller.filename).stem
+    return name, Path(root_path or Path(caller.filename).resolve().parent)

@@ -68,6 +68,16 @@ class UnknownMessageTypeError(InvalidMessageError):
     """A message names a type that is not registered in the domain."""
 
 
+class BusinessRuleError(TidingsError):
+    """A handler refused a message by a rule of the domain (an order already shipped, an
+    account closed): the same message fails the same way on every attempt, so it is never
+    retried. It goes to the dead-letter queue at once with this error as its reason (or is
+    dropped when the handler's `enable_dlq` is off); the handler's `handle_error` still runs.
+
+    Subclass it, or list other exception types in a handler's `throws=(...)` option.
+    """
+
+
 class BrokerConnectionError(TidingsError, ConnectionError):
     """A broker could not be reached; the URL in the message has its password masked."""
 

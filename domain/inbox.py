@@ -21,9 +21,13 @@ class MemoryInbox:
     def __init__(self, rows: dict[tuple[str, str], datetime], lock: Any) -> None:
         self.rows, self.lock = rows, lock
 
-    def purge(self, older_than: datetime) -> int:
+    def purge(self, older_than: datetime, prefix: str | None = None) -> int:
         with self.lock:
-            old = [key for key, at in self.rows.items() if at < older_than]
+            old = [
+                key
+                for key, at in self.rows.items()
+                if at < older_than and (prefix is None or key[0].startswith(prefix))
+            ]
             for key in old:
                 del self.rows[key]
         return len(old)
@@ -43,9 +47,12 @@ class SqlInbox:
         assert db.inbox_table is not None
         self.db, self.table = db, db.inbox_table
 
-    def purge(self, older_than: datetime) -> int:
+    def purge(self, older_than: datetime, prefix: str | None = None) -> int:
+        old = [self.table.c.processed_at < older_than]
+        if prefix is not None:
+            old.append(self.table.c.handler.startswith(prefix, autoescape=True))
         with self.db.engine.begin() as conn:
-            return conn.execute(sa.delete(self.table).where(self.table.c.processed_at < older_than)).rowcount
+            return conn.execute(sa.delete(self.table).where(*old)).rowcount
 
     def forget(self, handler: str) -> int:
         column = self.table.c.handler

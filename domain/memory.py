@@ -37,6 +37,7 @@ class MemoryDatabase:
         self.positions: dict[str, int] = {}  # event_store subscription cursors
         self.failed_positions: dict[tuple[str, int], dict[str, Any]] = {}
         self.subscription_locks: dict[str, threading.Lock] = {}  # single active consumer
+        self.dead_letters: dict[str, dict[str, Any]] = {}  # entry id -> dead letter, in order
 
     def session(self) -> MemorySession:
         return MemorySession(self)
@@ -53,6 +54,7 @@ class MemoryDatabase:
             self.command_keys.clear()
             self.positions.clear()
             self.failed_positions.clear()
+            self.dead_letters.clear()
 
     def dispose(self) -> None:
         """Nothing to release."""

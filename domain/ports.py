@@ -6,7 +6,8 @@ Two kinds of operation, two kinds of object:
   aggregate rows (`AggregateSession`), event appends (`EventStoreSession`), outbox rows
   (`OutboxSession`) and inbox rows (`InboxSession`) commit or roll back together;
 - on their own, on a *store* built once by `tidings.domain.providers.load_storage`:
-  reading the event store, relaying the outbox, purging the inbox, owning a subscription.
+  reading the event store, relaying the outbox, auditing deliveries (`DeliveryLog`), purging
+  the inbox, owning a subscription, keeping dead letters (`DeadLetters`).
 
 Each port has a contract suite in `tests/ports/` that every provider runs.
 """
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from tidings.outbox.progress import DeliveryLog, DeliverySnapshot
+from tidings.outbox.dead_letters import DeadLetters
+from tidings.outbox.progress import AuditRoutes, AuditWindow, DeliveryLog, DeliverySnapshot, Unconfirmed
 from tidings.outbox.relay import Backoff, OutboxStatus, OutboxStore, Publish
 
 Row = tuple[dict[str, Any], int]  # (field values, stored version)
@@ -28,10 +30,13 @@ Record = dict[str, Any]  # an event-store record (see `tidings.domain.database.e
 
 __all__ = [
     "AggregateSession",
+    "AuditRoutes",
+    "AuditWindow",
     "CommandKey",
     "CommandKeySession",
     "Backoff",
     "Database",
+    "DeadLetters",
     "DeliveryLog",
     "DeliverySnapshot",
     "EventStore",
@@ -48,6 +53,7 @@ __all__ = [
     "Session",
     "Store",
     "Transaction",
+    "Unconfirmed",
 ]
 
 
@@ -173,9 +179,11 @@ Outbox = OutboxStore  # relay_batch, purge_published, status: see tidings.outbox
 class Inbox(Protocol):
     """The inbox beyond the transaction: its rows are written by `InboxSession.mark_processed`."""
 
-    def purge(self, older_than: datetime) -> int:
-        """Delete rows processed before `older_than`; returns how many. A message redelivered
-        after that is applied again, so keep them longer than any redelivery can take."""
+    def purge(self, older_than: datetime, prefix: str | None = None) -> int:
+        """Delete rows processed before `older_than` (only handler keys starting with `prefix`,
+        e.g. one domain's `tidings.<domain>.`); returns how many. A message redelivered after
+        that is applied again, so keep them longer than any redelivery can take (the relay
+        purges after `[outbox] inbox_retention`, which exceeds the audit's window)."""
         ...
 
     def forget(self, handler: str) -> int:

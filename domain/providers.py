@@ -21,10 +21,20 @@ from tidings.domain.errors import ConfigurationError
 from tidings.domain.inbox import MemoryInbox, SqlInbox
 from tidings.domain.memory import MemoryDatabase
 from tidings.domain.message_db import MessageDbDatabase
-from tidings.domain.ports import Database, DeliveryLog, EventStore, Inbox, Outbox, Positions, Store
+from tidings.domain.ports import (
+    Database,
+    DeadLetters,
+    DeliveryLog,
+    EventStore,
+    Inbox,
+    Outbox,
+    Positions,
+    Store,
+)
 from tidings.domain.positions import MemoryPositions, SqlPositions
 from tidings.domain.settings import DatabaseSettings, EventStoreSettings
 from tidings.domain.sql import SqlDatabase
+from tidings.outbox.dead_letters import MemoryDeadLetters, SqlDeadLetters
 from tidings.outbox.progress import MemoryDeliveryLog, SqlDeliveryLog
 from tidings.outbox.relay import MemoryOutbox, SqlOutbox
 
@@ -36,7 +46,7 @@ class Storage:
     """A domain's ports, built once by `load_storage` and never changed afterwards.
 
     `databases` are the configured databases (aggregates and projections, by name); the
-    outbox, inbox, positions and delivery log live in `databases["default"]`.
+    outbox, inbox, positions, delivery log and dead letters live in `databases["default"]`.
     """
 
     databases: Mapping[str, Database]
@@ -45,6 +55,7 @@ class Storage:
     inbox: Inbox
     positions: Positions
     deliveries: DeliveryLog
+    dead_letters: DeadLetters
     is_persistent: bool  # the default database outlives the process: its tables are created
 
     @property
@@ -89,19 +100,26 @@ def load_storage(
             outbox=MemoryOutbox(default.outbox, default.lock, domain),
             inbox=MemoryInbox(default.inbox, default.lock),
             positions=MemoryPositions(default),
-            deliveries=MemoryDeliveryLog(default.outbox, default.inbox, default.lock, domain),
+            deliveries=MemoryDeliveryLog(
+                default.outbox, default.inbox, default.dead_letters, default.lock, domain
+            ),
+            dead_letters=MemoryDeadLetters(default.dead_letters, default.lock, domain),
             is_persistent=False,
         )
     assert isinstance(default, SqlDatabase)
     default.add_message_tables()
     assert default.outbox_table is not None and default.inbox_table is not None
+    assert default.dead_letters_table is not None
     return Storage(
         databases=built,
         event_store=store,
         outbox=SqlOutbox(default, default.outbox_table, domain),
         inbox=SqlInbox(default),
         positions=SqlPositions(default),
-        deliveries=SqlDeliveryLog(default, default.outbox_table, default.inbox_table, domain),
+        deliveries=SqlDeliveryLog(
+            default, default.outbox_table, default.inbox_table, default.dead_letters_table, domain
+        ),
+        dead_letters=SqlDeadLetters(default, default.dead_letters_table, domain),
         is_persistent=True,
     )
 

@@ -39,6 +39,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "command_handler": {
         "part_of",
@@ -46,6 +47,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "projector": {
         "projector_for",
@@ -54,6 +56,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "subscriber": {
         "stream",
@@ -62,6 +65,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_type",
         "subscription_profile",
         "subscription_config",
+        "throws",
     },
     "query_handler": {"part_of"},
 }

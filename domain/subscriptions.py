@@ -12,70 +12,11 @@ import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the settings models read BUILT_IN and PROFILES from this module
+from tidings.domain.profiles import BUILT_IN, PROFILES
+
+if TYPE_CHECKING:
     from tidings.domain.settings import ServerSettings
 
-BUILT_IN: dict[str, Any] = {  # the reference's effective defaults for a stream subscription
-    "subscription_type": "stream",
-    "messages_per_tick": 100,
-    "blocking_timeout_ms": 100,
-    "max_retries": 3,
-    "retry_delay_seconds": 1,
-    "retry_backoff": False,
-    "retry_backoff_max": 60,
-    "retry_jitter": False,
-    "enable_dlq": True,
-    "position_update_interval": 10,
-    "batch_delivery": False,  # stream: pack up to messages_per_tick messages into one task
-}
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "production": {
-        "subscription_type": "stream",
-        "messages_per_tick": 100,
-        "blocking_timeout_ms": 5000,
-        "max_retries": 3,
-        "retry_delay_seconds": 1,
-        "enable_dlq": True,
-        "position_update_interval": 10,
-    },
-    "fast": {
-        "subscription_type": "stream",
-        "messages_per_tick": 10,
-        "blocking_timeout_ms": 100,
-        "max_retries": 2,
-        "retry_delay_seconds": 0,
-        "enable_dlq": True,
-        "position_update_interval": 5,
-    },
-    "batch": {
-        "subscription_type": "stream",
-        "messages_per_tick": 500,
-        "blocking_timeout_ms": 10000,
-        "max_retries": 5,
-        "retry_delay_seconds": 2,
-        "enable_dlq": True,
-        "position_update_interval": 50,
-        "batch_delivery": True,
-    },
-    "debug": {
-        "subscription_type": "stream",
-        "messages_per_tick": 1,
-        "blocking_timeout_ms": 1000,
-        "max_retries": 1,
-        "retry_delay_seconds": 0,
-        "enable_dlq": False,
-        "position_update_interval": 1,
-    },
-    "projection": {
-        "subscription_type": "event_store",
-        "messages_per_tick": 100,
-        "max_retries": 3,
-        "retry_delay_seconds": 1,
-        "enable_dlq": False,
-        "position_update_interval": 10,
-    },
-}
 TYPES = {"stream", "event_store"}
 _POSITIVE = {"messages_per_tick", "blocking_timeout_ms", "position_update_interval", "retry_backoff_max"}
 _NON_NEGATIVE = {"max_retries", "retry_delay_seconds"}

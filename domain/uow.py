@@ -35,6 +35,8 @@ class UnitOfWork:
 
     Messages become visible to handlers only after the commit succeeded; an exception
     inside `with domain.unit_of_work():` rolls everything back and dispatches nothing.
+    Broker publishes made inside it are staged (`stage`) and sent once it committed:
+    nothing leaves before the commit, and a rollback sends nothing.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class UnitOfWork:
         self.sessions: dict[str, Session] = {}
         self.messages: list[Message] = []  # stored, relayed or dispatched after commit
         self.stored_only: list[Message] = []  # stored in the event store only (handled already)
+        self.staged: list[Callable[[], Any]] = []  # broker publishes, sent after the commit
         self._token: Any = None
         self.in_progress = False
 
@@ -78,6 +81,11 @@ class UnitOfWork:
     def store_only(self, messages: list[Message]) -> None:
         """Messages to append to the event store without dispatching them again."""
         self.stored_only.extend(messages)
+
+    def stage(self, send: Callable[[], Any]) -> None:
+        """A side effect to run once this transaction committed (a broker publish); dropped
+        by a rollback."""
+        self.staged.append(send)
 
     def __enter__(self) -> UnitOfWork:
         self.in_progress = True
@@ -118,9 +126,25 @@ class UnitOfWork:
         except BaseException:
             self.rollback()
             raise
+        staged = self.staged
         self._reset()
         self.committed(messages)
+        self._send_staged(staged)
         return messages
+
+    @staticmethod
+    def _send_staged(staged: list[Callable[[], Any]]) -> None:
+        """Send what was staged, in order, after the commit. Every one is tried; the first
+        failure is raised afterwards, so the caller learns that a publish did not leave (the
+        transaction itself is committed: that cannot be undone)."""
+        failure: BaseException | None = None
+        for send in staged:
+            try:
+                send()
+            except Exception as exc:  # noqa: BLE001 - try the rest, raise the first below
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def rollback(self) -> None:
         for session in self.sessions.values():
@@ -130,3 +154,4 @@ class UnitOfWork:
 
     def _reset(self) -> None:
         self.sessions, self.messages, self.stored_only, self.in_progress = {}, [], [], False
+        self.staged = []

@@ -10,11 +10,11 @@ from tidings.domain.registry import handler_targets, query_targets
 from tidings.domain.subscriptions import SettingsError, resolve
 
 if TYPE_CHECKING:
-    from tidings.domain.domain import Domain
+    from tidings.domain.naming import Names
     from tidings.domain.settings import ServerSettings, Settings
 
 
-def check_registry(domain: Domain, settings: Settings | None) -> list[str]:
+def check_registry(domain: Names, settings: Settings | None) -> list[str]:
     """Every problem of the registry; with `settings` (None when the configuration itself is
     invalid) also the handlers' subscriptions and the subscribers' brokers."""
     problems: list[str] = []
@@ -57,7 +57,7 @@ def _check_external_brokers(settings: Settings) -> list[str]:
     return problems
 
 
-def _check_part_of(domain: Domain, cls: type, kind: str) -> list[str]:
+def _check_part_of(domain: Names, cls: type, kind: str) -> list[str]:
     if not cls.meta_.get("part_of"):
         return [f"{kind.replace('_', ' ')} {cls.__name__}: 'part_of' is required"]
     try:
@@ -70,7 +70,7 @@ def _check_part_of(domain: Domain, cls: type, kind: str) -> list[str]:
     return []
 
 
-def _check_subscribed_event(domain: Domain, cls: type) -> list[str]:
+def _check_subscribed_event(domain: Names, cls: type) -> list[str]:
     """`@domain.subscriber(event=X)`: X is a registered event (by class or name)."""
     target = cls.meta_["event"]
     if domain.registry["event"].get(_name(target)) is None or (
@@ -87,11 +87,11 @@ def _name(target: object) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
 
-def _registered(domain: Domain, target: object, kinds: tuple[str, ...]) -> bool:
+def _registered(domain: Names, target: object, kinds: tuple[str, ...]) -> bool:
     return any(domain.registry[k].get(_name(target)) is target for k in kinds)
 
 
-def _check_handler_targets(domain: Domain) -> list[str]:
+def _check_handler_targets(domain: Names) -> list[str]:
     problems = []
     expected = {"event_handler": ("event",), "projector": ("event",), "command_handler": ("command",)}
     for kind, kinds in expected.items():
@@ -114,7 +114,7 @@ def _check_handler_targets(domain: Domain) -> list[str]:
     return problems
 
 
-def _check_type_string(domain: Domain, handler: type, target: str, kinds: tuple[str, ...]) -> list[str]:
+def _check_type_string(domain: Names, handler: type, target: str, kinds: tuple[str, ...]) -> list[str]:
     """`@handle("BookAdded")` names a registered class, `@handle("Shop.BookAdded.v1")` its type;
     `"$any"` takes every message of the handler's streams. Anything else would never match."""
     known = {c.__name__ for k in kinds for c in domain.registry[k].values()}
@@ -129,7 +129,7 @@ def _check_type_string(domain: Domain, handler: type, target: str, kinds: tuple[
     ]
 
 
-def _check_command_handlers(domain: Domain) -> list[str]:
+def _check_command_handlers(domain: Names) -> list[str]:
     counts: Counter = Counter()
     owners: dict[str, list[str]] = {}
     for handler in domain.registry["command_handler"].values():
@@ -143,7 +143,7 @@ def _check_command_handlers(domain: Domain) -> list[str]:
     ]
 
 
-def _check_projectors(domain: Domain) -> list[str]:
+def _check_projectors(domain: Names) -> list[str]:
     problems = []
     for projector in domain.registry["projector"].values():
         target = projector.meta_.get("projector_for")
@@ -162,7 +162,7 @@ def _check_projectors(domain: Domain) -> list[str]:
     return problems
 
 
-def _check_categories(domain: Domain) -> list[str]:
+def _check_categories(domain: Names) -> list[str]:
     known = {domain.category(a) for a in domain.registry["aggregate"].values()}
     problems = []
     for handler in domain.registry["event_handler"].values():
@@ -175,7 +175,7 @@ def _check_categories(domain: Domain) -> list[str]:
     return problems
 
 
-def _check_subscriptions(domain: Domain, server: ServerSettings) -> list[str]:
+def _check_subscriptions(domain: Names, server: ServerSettings) -> list[str]:
     problems = []
     for kind in ("event_handler", "command_handler", "projector", "subscriber"):
         for handler in domain.registry[kind].values():

@@ -1,9 +1,15 @@
 """One consistent reading of a domain's outbox and inbox: what was relayed, what waits, what
-was applied. `app/progress.py` turns it into "due == done", the quiescence test."""
+was applied. `app/progress.py` turns it into "due == done", the quiescence test.
+
+It is also the delivery audit's port (tasks/audit.py): which published rows a queued handler
+has neither applied (an inbox row under its key) nor dead-lettered (a `tidings_dead_letters`
+row under its key), oldest first; the rows it re-sent (with a per-row backoff) and the rows it
+found complete, which it never reads again.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -12,6 +18,34 @@ import sqlalchemy as sa
 
 from tidings.outbox.relay import HasEngine
 from tidings.outbox.tables import PENDING, PUBLISHED
+from tidings.outbox.writer import EXTERNAL_PREFIX, is_external
+
+# Message type -> the inbox keys of the handlers that receive it through their queue. A
+# superset is allowed (a handler's `source_stream` is not known to SQL): the audit checks each
+# row it selects against the exact routing and confirms a row that lacks nothing.
+AuditRoutes = Mapping[str, Collection[str]]
+
+
+@dataclass(frozen=True)
+class AuditWindow:
+    """What one audit round looks at: rows published in [`after`, `before`), due for a look
+    (`next_audit_at` empty or passed at `now`), re-sent fewer than `max_resends` times."""
+
+    now: datetime
+    before: datetime  # now - audit_grace
+    after: datetime  # now - audit_window
+    max_resends: int
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """A published row some queued handler has neither applied nor dead-lettered."""
+
+    id: int
+    message_id: str
+    envelope: str
+    resent: int
+    missing: tuple[str, ...]  # inbox keys of the (candidate) handlers lacking it
 
 
 @dataclass(frozen=True)
@@ -22,16 +56,40 @@ class DeliverySnapshot:
 
 
 class DeliveryLog(Protocol):
-    """The port: outbox and inbox share the default database, read here in one snapshot."""
+    """The port: outbox, inbox and dead letters share the default database."""
 
     def snapshot(self, handlers: Collection[str]) -> DeliverySnapshot:
         """This domain's outbox rows and the inbox rows of `handlers` (inbox keys)."""
         ...
 
+    def confirm(self, routes: AuditRoutes, after: datetime, now: datetime, limit: int) -> int:
+        """Mark up to `limit` published rows (published since `after`, oldest first) that
+        no handler of `routes` lacks as confirmed; the audit never reads them again. Returns
+        how many. External rows (for `[outbox] external_brokers`) have no handler: confirmed."""
+        ...
+
+    def unconfirmed(self, routes: AuditRoutes, window: AuditWindow, limit: int) -> list[Unconfirmed]:
+        """Up to `limit` rows of `window`, oldest published first, that a handler of `routes`
+        has neither applied nor dead-lettered, each with the keys of those handlers."""
+        ...
+
+    def mark_audited(self, resent: Mapping[int, datetime], confirmed: Collection[int], now: datetime) -> None:
+        """Rows re-sent (id -> when the audit may look again; `resent` counts one more) and
+        rows found complete (confirmed)."""
+        ...
+
+    def oldest_unconfirmed(self, routes: AuditRoutes, before: datetime, after: datetime) -> datetime | None:
+        """When the oldest row published in [`after`, `before`) that a handler still lacks
+        was published (None: there is none), whatever its re-sends: the audit's lag."""
+        ...
+
 
 class SqlDeliveryLog:
-    def __init__(self, source: HasEngine, outbox: sa.Table, inbox: sa.Table, domain: str) -> None:
+    def __init__(
+        self, source: HasEngine, outbox: sa.Table, inbox: sa.Table, dead_letters: sa.Table, domain: str
+    ) -> None:
         self.source, self.outbox, self.inbox, self.domain = source, outbox, inbox, domain
+        self.dead_letters = dead_letters
 
     def snapshot(self, handlers: Collection[str]) -> DeliverySnapshot:
         outbox, inbox = self.outbox, self.inbox
@@ -55,12 +113,139 @@ class SqlDeliveryLog:
             ]
         return DeliverySnapshot(published, pending or 0, applied)
 
+    # ---- the audit ----------------------------------------------------------------------------
+    def _routes(self, routes: AuditRoutes) -> sa.CTE:
+        """`routes` as a relation (type, handler): a UNION ALL of literal rows, which both
+        PostgreSQL and SQLite plan as a tiny constant scan."""
+        pairs = [(t, h) for t, handlers in routes.items() for h in handlers]
+        if not pairs:
+            none = sa.select(sa.literal("").label("type"), sa.literal("").label("handler")).where(sa.false())
+            return none.cte("audit_routes")
+        selects = [sa.select(sa.literal(t).label("type"), sa.literal(h).label("handler")) for t, h in pairs]
+        return (selects[0] if len(selects) == 1 else sa.union_all(*selects)).cte("audit_routes")
+
+    def _lacking(self, routes: sa.CTE) -> sa.ColumnElement[bool]:
+        """A route of this row's type whose handler has no inbox row and no dead letter for it."""
+        o, i, d = self.outbox, self.inbox, self.dead_letters
+        # Correlated explicitly: nested in another EXISTS, auto-correlation would not reach the
+        # outbox row and would cross-join the outbox instead.
+        return sa.and_(
+            routes.c.type == o.c.type,
+            ~sa.exists()
+            .where(i.c.handler == routes.c.handler, i.c.message_id == o.c.message_id)
+            .correlate_except(i),
+            ~sa.exists()
+            .where(d.c.handler == routes.c.handler, d.c.message_id == o.c.message_id)
+            .correlate_except(d),
+        )
+
+    def _own_published(self, after: datetime) -> list[sa.ColumnElement[bool]]:
+        o = self.outbox
+        # The same predicate as ix_tidings_outbox_unconfirmed, so the planner uses that index.
+        return [
+            o.c.domain == self.domain,
+            o.c.status == PUBLISHED,
+            o.c.confirmed_at.is_(None),
+            o.c.published_at >= after,
+        ]
+
+    def confirm(self, routes: AuditRoutes, after: datetime, now: datetime, limit: int) -> int:
+        o, r = self.outbox, self._routes(routes)
+        lacks = sa.exists().where(self._lacking(r))
+        external = o.c.envelope.startswith(EXTERNAL_PREFIX, autoescape=True)
+        done = (
+            sa.select(o.c.id)
+            .where(*self._own_published(after), sa.or_(external, ~lacks))
+            .order_by(o.c.published_at, o.c.id)
+            .limit(limit)
+        )
+        with self.source.engine.begin() as conn:
+            ids = list(conn.execute(done).scalars())
+            if ids:  # by id: SQLite reports no row count for an UPDATE that carries a CTE
+                conn.execute(sa.update(o).where(o.c.id.in_(ids)).values(confirmed_at=now))
+        return len(ids)
+
+    def unconfirmed(self, routes: AuditRoutes, window: AuditWindow, limit: int) -> list[Unconfirmed]:
+        o, r = self.outbox, self._routes(routes)
+        picked = (
+            sa.select(o.c.id)
+            .where(
+                *self._own_published(window.after),
+                o.c.published_at < window.before,
+                sa.or_(o.c.next_audit_at.is_(None), o.c.next_audit_at <= window.now),
+                sa.func.coalesce(o.c.resent, 0) < window.max_resends,
+                ~o.c.envelope.startswith(EXTERNAL_PREFIX, autoescape=True),
+                sa.exists().where(self._lacking(r)),
+            )
+            .order_by(o.c.published_at, o.c.id)
+            .limit(limit)
+            .subquery("picked")
+        )
+        pairs = (
+            sa.select(o.c.id, o.c.message_id, o.c.envelope, o.c.resent, o.c.published_at, r.c.handler)
+            .select_from(o.join(picked, picked.c.id == o.c.id))
+            .join(r, self._lacking(r))
+            .order_by(o.c.published_at, o.c.id, r.c.handler)
+        )
+        with self.source.engine.connect() as conn:
+            rows = conn.execute(pairs).all()
+        return _grouped(rows, lambda row: row.handler)
+
+    def mark_audited(self, resent: Mapping[int, datetime], confirmed: Collection[int], now: datetime) -> None:
+        o = self.outbox
+        with self.source.engine.begin() as conn:
+            if resent:
+                conn.execute(
+                    sa.update(o)
+                    .where(o.c.id == sa.bindparam("row_id"))
+                    .values(
+                        resent=sa.func.coalesce(o.c.resent, 0) + 1,
+                        last_audit_at=now,
+                        next_audit_at=sa.bindparam("next_at"),
+                    ),
+                    [{"row_id": i, "next_at": at} for i, at in resent.items()],
+                )
+            if confirmed:
+                conn.execute(sa.update(o).where(o.c.id.in_(list(confirmed))).values(confirmed_at=now))
+
+    def oldest_unconfirmed(self, routes: AuditRoutes, before: datetime, after: datetime) -> datetime | None:
+        o, r = self.outbox, self._routes(routes)
+        query = (
+            sa.select(o.c.published_at)
+            .where(
+                *self._own_published(after),
+                o.c.published_at < before,
+                ~o.c.envelope.startswith(EXTERNAL_PREFIX, autoescape=True),
+                sa.exists().where(self._lacking(r)),
+            )
+            .order_by(o.c.published_at)
+            .limit(1)
+        )
+        with self.source.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+
+def _grouped(rows: list[Any], handler_of: Callable[[Any], str]) -> list[Unconfirmed]:
+    """(row, handler) pairs, in row order, as one `Unconfirmed` per row."""
+    found: dict[int, Unconfirmed] = {}
+    for row in rows:
+        seen = found.get(row.id)
+        missing = (*(seen.missing if seen else ()), handler_of(row))
+        found[row.id] = Unconfirmed(row.id, row.message_id, row.envelope, row.resent or 0, missing)
+    return list(found.values())
+
 
 class MemoryDeliveryLog:
     def __init__(
-        self, outbox: list[dict[str, Any]], inbox: dict[tuple[str, str], datetime], lock: Any, domain: str
+        self,
+        outbox: list[dict[str, Any]],
+        inbox: dict[tuple[str, str], datetime],
+        dead_letters: dict[str, dict[str, Any]],
+        lock: Any,
+        domain: str,
     ) -> None:
         self.outbox, self.inbox, self.lock, self.domain = outbox, inbox, lock, domain
+        self.dead_letters = dead_letters
 
     def snapshot(self, handlers: Collection[str]) -> DeliverySnapshot:
         wanted = set(handlers)
@@ -70,3 +255,71 @@ class MemoryDeliveryLog:
             pending = sum(r["status"] == PENDING for r in own)
             applied = [(m, at) for (h, m), at in self.inbox.items() if h in wanted]
         return DeliverySnapshot(published, pending, applied)
+
+    # ---- the audit (the same selection as SqlDeliveryLog's, over the memory rows) -------------
+    def _lacking(self, routes: AuditRoutes, row: dict[str, Any]) -> tuple[str, ...]:
+        if is_external(row["envelope"]):
+            return ()
+        dead = {(d.get("handler"), d.get("message_id")) for d in self.dead_letters.values()}
+        key = row["message_id"]
+        return tuple(
+            sorted(
+                h for h in routes.get(row["type"], ()) if (h, key) not in self.inbox and (h, key) not in dead
+            )
+        )
+
+    def _own_published(self, after: datetime) -> list[dict[str, Any]]:
+        rows = [
+            r
+            for r in self.outbox
+            if r["domain"] == self.domain
+            and r["status"] == PUBLISHED
+            and r.get("confirmed_at") is None
+            and r["published_at"] >= after
+        ]
+        return sorted(rows, key=lambda r: (r["published_at"], r["id"]))
+
+    def confirm(self, routes: AuditRoutes, after: datetime, now: datetime, limit: int) -> int:
+        with self.lock:
+            done = [r for r in self._own_published(after) if not self._lacking(routes, r)][:limit]
+            for row in done:
+                row["confirmed_at"] = now
+        return len(done)
+
+    def unconfirmed(self, routes: AuditRoutes, window: AuditWindow, limit: int) -> list[Unconfirmed]:
+        found = []
+        with self.lock:
+            for row in self._own_published(window.after):
+                if len(found) >= limit or row["published_at"] >= window.before:
+                    break
+                due = row.get("next_audit_at") is None or row["next_audit_at"] <= window.now
+                missing = self._lacking(routes, row)
+                if due and (row.get("resent") or 0) < window.max_resends and missing:
+                    found.append(
+                        Unconfirmed(
+                            row["id"], row["message_id"], row["envelope"], row.get("resent") or 0, missing
+                        )
+                    )
+        return found
+
+    def mark_audited(self, resent: Mapping[int, datetime], confirmed: Collection[int], now: datetime) -> None:
+        with self.lock:
+            for row in self.outbox:
+                if row.get("id") in resent:
+                    row.update(
+                        resent=(row.get("resent") or 0) + 1,
+                        last_audit_at=now,
+                        next_audit_at=resent[row["id"]],
+                    )
+                if row.get("id") in confirmed:
+                    row["confirmed_at"] = now
+
+    def oldest_unconfirmed(self, routes: AuditRoutes, before: datetime, after: datetime) -> datetime | None:
+        with self.lock:
+            for row in self._own_published(after):
+                if row["published_at"] >= before:
+                    return None
+                if self._lacking(routes, row):
+                    published: datetime = row["published_at"]
+                    return published
+        return None

@@ -30,6 +30,13 @@ def define_outbox(metadata: sa.MetaData) -> sa.Table:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("published_at", sa.DateTime(timezone=True)),
         sa.Column("last_error", sa.Text),
+        # The delivery audit's bookkeeping (tasks/audit.py), NULL until it looks at the row:
+        # times it re-sent the row, when it last did, when it may next, and when it found every
+        # queued handler done with a row it had selected (so it never selects it again).
+        sa.Column("resent", sa.Integer, default=0),
+        sa.Column("last_audit_at", sa.DateTime(timezone=True)),
+        sa.Column("next_audit_at", sa.DateTime(timezone=True)),
+        sa.Column("confirmed_at", sa.DateTime(timezone=True)),
         sa.Index("ix_tidings_outbox_due", "status", "next_attempt_at"),
     )
     # The claim walks this index in id order: it holds only pending rows, so the published rows
@@ -42,7 +49,49 @@ def define_outbox(metadata: sa.MetaData) -> sa.Table:
         postgresql_where=pending,
         sqlite_where=pending,
     )
+    # The audit walks the published rows it has not confirmed in publish order, in a window
+    # of time: this index holds only those, so a round costs the unconfirmed rows it reads
+    # (each probed in the inbox and dead-letter keys), not the rows kept for `retention`.
+    unconfirmed = sa.and_(table.c.status == PUBLISHED, table.c.confirmed_at.is_(None))
+    sa.Index(
+        "ix_tidings_outbox_unconfirmed",
+        table.c.domain,
+        table.c.published_at,
+        table.c.id,
+        postgresql_where=unconfirmed,
+        sqlite_where=unconfirmed,
+    )
     return table
+
+
+def define_dead_letters(metadata: sa.MetaData) -> sa.Table:
+    """One row per dead-lettered delivery: what failed, where, why, and what arrived.
+
+    `handler` is the handler's inbox key (`tidings.<domain>.<Handler>`), so the audit tells a
+    dead-lettered delivery from a missing one with the same key it reads the inbox with.
+    `body` is the JSON of the decoded task argument (the envelope), `raw_body` what arrived as
+    text when it never decoded (poison); `headers` the JSON of the task headers, if any.
+    """
+    return sa.Table(
+        "tidings_dead_letters",
+        metadata,
+        sa.Column("entry_id", sa.String(64), primary_key=True),
+        sa.Column("domain", sa.String(255), nullable=False),
+        sa.Column("handler", sa.String(255)),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("task", sa.String(255)),
+        sa.Column("message_id", sa.String(64)),
+        sa.Column("body", sa.Text),
+        sa.Column("raw_body", sa.Text),
+        sa.Column("headers", sa.Text),
+        sa.Column("error_type", sa.String(255), nullable=False),
+        sa.Column("error_message", sa.Text, nullable=False),
+        sa.Column("traceback", sa.Text),
+        sa.Column("attempts", sa.Integer),
+        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_tidings_dead_letters_key", "handler", "message_id"),
+        sa.Index("ix_tidings_dead_letters_queue", "domain", "queue", "failed_at"),
+    )
 
 
 def define_inbox(metadata: sa.MetaData) -> sa.Table:

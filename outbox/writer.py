@@ -27,7 +27,12 @@ class ExternalEnvelope(Envelope, Protocol):
 
 # An external row's envelope is `{"target_broker": ..., "stream": ..., "message": {...}}`,
 # written with `target_broker` first so that a reader tells it apart without parsing.
-_EXTERNAL_PREFIX = '{"target_broker":'
+EXTERNAL_PREFIX = '{"target_broker":'
+
+
+def is_external(envelope: str) -> bool:
+    """Is this outbox envelope bound for an external broker (no handler of the domain's)?"""
+    return envelope.startswith(EXTERNAL_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class ExternalDispatch:
 
 def external_dispatch(envelope: str) -> ExternalDispatch | None:
     """The external dispatch an outbox envelope stands for, or None for the domain's own."""
-    if not envelope.startswith(_EXTERNAL_PREFIX):
+    if not is_external(envelope):
         return None
     raw = json.loads(envelope)
     return ExternalDispatch(raw["target_broker"], raw["stream"], raw["message"])

@@ -10,8 +10,8 @@ from tidings.domain.brokers import (
     BrokerCapabilities,
     BrokerCapability,
     Brokers,
-    InlineBroker,
 )
+from tidings.domain.inline_broker import InlineBroker
 
 BaseBroker = Broker
 

@@ -1,11 +1,19 @@
-"""The dead-letter queue `<queue>.dlq`: write a failed message with its reason; list, show,
-replay and purge. A plain broker queue that no worker consumes, so it works the same on
-Redis, RabbitMQ and the embedded SQLAlchemy transport.
+"""Dead letters: write a failed message with its reason; list, show, replay and purge.
+
+The record is a row of the domain's `tidings_dead_letters` table (the `DeadLetters` port,
+outbox/dead_letters.py), committed in the default database: it survives the broker, and the
+delivery audit reads it to tell a dead-lettered delivery from a missing one. Each entry is
+also published to the broker queue `<queue>.dlq` (no worker consumes it) for Celery and
+Flower conventions; that copy is a mirror, and a broker that forgets it loses nothing.
+Listing, showing, replaying and purging work on the table, by entry id (or message id).
 
 Two kinds of entries: a task that failed (its decoded `body`, the envelope), and poison, a
 message that never was a valid task (`body` is None, `raw_body` holds what arrived, as text).
 Listing never fails on an entry it cannot decode: it shows it as `UndecodableEntry`, and a
 replay skips it, and any entry that is not a task of this app, and says why.
+
+A Celery app without a domain (`celery.tidings_domain` unset) has no table: these functions
+then work on the broker queue alone, as before 0.2.
 """
 
 from __future__ import annotations
@@ -23,9 +31,28 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from tidings.tasks.naming import dlq_name
+from tidings.tasks.naming import async_handlers, dlq_name, queue_name, task_name
 
 log = logging.getLogger("tidings.dlq")
+
+
+def store_of(celery: Celery) -> Any:
+    """The `DeadLetters` store of the app's domain, or None for an app without a domain."""
+    domain = getattr(celery, "tidings_domain", None)
+    storage = getattr(domain, "storage", None) if domain is not None else None
+    return getattr(storage, "dead_letters", None)
+
+
+def handler_key(celery: Celery, queue: str) -> str | None:
+    """The inbox key (`tidings.<domain>.<Handler>`) of the handler consuming `queue`: the key
+    the audit reads dead letters by (a pack task's failure counts for its handler)."""
+    domain = getattr(celery, "tidings_domain", None)
+    if domain is None:
+        return None
+    for handler in async_handlers(domain):
+        if queue_name(domain, handler) == queue:
+            return task_name(domain, handler)
+    return None
 
 
 def as_raw_text(raw: bytes | str | None) -> str | None:
@@ -87,7 +114,9 @@ def dead_letter(
     error_type: str | None = None,
     headers: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Publish one DLQ entry (see `entry_for`); returns it."""
+    """Record one dead letter (see `entry_for`) in the domain's table, then mirror it to the
+    broker queue `<queue>.dlq`; returns it. Raises only when neither took it (the failure
+    hooks then log it, and the audit sends the message again after its grace)."""
     entry = entry_for(
         queue=queue,
         task=task,
@@ -99,12 +128,33 @@ def dead_letter(
         error_type=error_type,
         headers=headers,
     )
+    entry["handler"] = handler_key(celery, queue)
     error_type, error_message = entry["error_type"], entry["error_message"]
-    with celery.producer_or_acquire() as producer:
-        dlq = Queue(dlq_name(queue), routing_key=dlq_name(queue))
-        producer.publish(entry, routing_key=dlq.routing_key, serializer="json", declare=[dlq], retry=True)
+    store = store_of(celery)
+    recorded = False
+    if store is not None:
+        try:
+            store.record(entry)
+            recorded = True
+        except Exception:  # noqa: BLE001 - the broker copy below may still take it
+            log.exception("%s: could not record dead letter %s in the database", queue, entry["entry_id"])
+    dlq = Queue(dlq_name(queue), routing_key=dlq_name(queue))
+    try:
+        with celery.producer_or_acquire() as producer:
+            producer.publish(
+                entry,
+                routing_key=dlq.routing_key,
+                serializer="json",
+                declare=[dlq],
+                retry=True,
+                retry_policy=_ONCE,
+            )
+    except Exception:
+        if not recorded:
+            raise
+        log.warning("%s: dead letter %s recorded, but not mirrored to %s", queue, entry["entry_id"], dlq.name)
     log.error(
-        "message %s moved to %s after %d attempt(s): %s: %s",
+        "message %s dead-lettered (%s) after %d attempt(s): %s: %s",
         entry["message_id"] or entry["entry_id"],
         dlq.name,
         attempts,
@@ -112,6 +162,10 @@ def dead_letter(
         error_message,
     )
     return entry
+
+
+# The broker mirror is tried briefly: the record that matters is already in the database.
+_ONCE = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5}
 
 
 @contextmanager
@@ -166,12 +220,42 @@ def decoded(message: Any, queue: str) -> dict[str, Any]:
         }
 
 
+def from_table(entry: dict[str, Any]) -> dict[str, Any]:
+    """A table entry whose body no longer decodes, shown as an `UndecodableEntry`."""
+    if "undecodable" not in entry:
+        return entry
+    return {**entry, "error_type": UNDECODABLE, "error_message": entry["undecodable"]}
+
+
 def list_entries(celery: Celery, queue: str, limit: int = 100) -> list[dict[str, Any]]:
-    with _held(celery, queue, limit) as held:
-        return [decoded(m, queue) for m in held]
+    """The dead letters of `queue`, oldest first (the table's; the broker's without a domain)."""
+    store = store_of(celery)
+    if store is None:
+        with _held(celery, queue, limit) as held:
+            return [decoded(m, queue) for m in held]
+    entries = [from_table(e) for e in store.entries(queue, limit)]
+    # A raw list item that never became a message is dead-lettered by the Redis transport
+    # (app/redis_transport.py), which has no database: it is in the broker mirror only.
+    known = {e["entry_id"] for e in entries}
+    try:
+        with _held(celery, queue, limit) as held:
+            mirror_only = [e for e in (decoded(m, queue) for m in held) if e.get("entry_id") not in known]
+    except Exception:  # noqa: BLE001 - the table is the record: list it even without a broker
+        log.warning("%s: the broker mirror %s could not be read", queue, dlq_name(queue), exc_info=True)
+        mirror_only = []
+    return (entries + [e for e in mirror_only if e.get("body") is None])[:limit]
 
 
 def depth(celery: Celery, queue: str) -> int:
+    """How many dead letters `queue` has (the table's count; the broker's without a domain)."""
+    store = store_of(celery)
+    if store is not None:
+        return int(store.count(queue))
+    return broker_depth(celery, queue)
+
+
+def broker_depth(celery: Celery, queue: str) -> int:
+    """The depth of the broker mirror `<queue>.dlq`."""
     with celery.connection_for_write() as conn:
         try:
             _, count, _ = Queue(dlq_name(queue), routing_key=dlq_name(queue))(
@@ -193,7 +277,7 @@ class Replayed:
 
 def unreplayable(celery: Celery, entry: dict[str, Any]) -> str | None:
     """Why `entry` cannot go back to a handler, or None when it can."""
-    if entry.get("error_type") == UNDECODABLE:
+    if entry.get("error_type") == UNDECODABLE or "undecodable" in entry:
         return f"undecodable entry ({entry.get('error_message')})"
     if entry.get("body") is None and "raw_body" in entry:
         return f"never was a valid task ({entry.get('error_type')}: {entry.get('error_message')})"
@@ -210,6 +294,9 @@ def matches(entry: dict[str, Any], wanted: str | None) -> bool:
 def replay_entries(celery: Celery, queue: str, message_id: str | None = None, limit: int = 1000) -> Replayed:
     """Send entries back to their handler with the retry count reset. An entry leaves the DLQ
     only after its re-publish succeeded; one that cannot be replayed stays, and is reported."""
+    store = store_of(celery)
+    if store is not None:
+        return _replay_table(celery, store, queue, message_id, limit)
     outcome = Replayed()
     with _held(celery, queue, limit) as held, celery.producer_or_acquire() as producer:
         for message in held:
@@ -229,14 +316,60 @@ def replay_entries(celery: Celery, queue: str, message_id: str | None = None, li
     return outcome
 
 
+def _replay_table(celery: Celery, store: Any, queue: str, message_id: str | None, limit: int) -> Replayed:
+    """Replay from the table: each entry is deleted once its re-publish succeeded; then its
+    broker mirror copies are removed (best effort: the mirror is not the record)."""
+    outcome = Replayed()
+    gone: list[str] = []
+    with celery.producer_or_acquire() as producer:
+        for entry in list_entries(celery, queue, limit):
+            if not matches(entry, message_id):
+                continue
+            reason = unreplayable(celery, entry)
+            if reason:
+                outcome.skipped.append((entry.get("entry_id"), reason))
+                log.warning("%s: DLQ entry %s not replayed: %s", queue, entry.get("entry_id"), reason)
+                continue
+            celery.send_task(
+                entry["task"], args=[entry["body"]], queue=entry["queue"], producer=producer, retries=0
+            )
+            store.delete([entry["entry_id"]])
+            gone.append(entry["entry_id"])
+            outcome.replayed += 1
+    if gone:
+        _drop_mirrored(celery, queue, set(gone))
+    return outcome
+
+
+def _drop_mirrored(celery: Celery, queue: str, entry_ids: set[str], limit: int = 10_000) -> None:
+    """Remove the broker mirror copies of these entries from `<queue>.dlq`."""
+    try:
+        with _held(celery, queue, limit) as held:
+            for message in held:
+                if decoded(message, queue).get("entry_id") in entry_ids:
+                    message.ack()
+    except Exception:  # noqa: BLE001 - the table is the record; a stale mirror copy is harmless
+        log.warning("%s: could not remove replayed entries from the broker mirror", queue, exc_info=True)
+
+
 def replay(celery: Celery, queue: str, message_id: str | None = None, limit: int = 1000) -> int:
     """`replay_entries`, counting only the entries replayed."""
     return replay_entries(celery, queue, message_id, limit).replayed
 
 
 def purge(celery: Celery, queue: str) -> int:
-    with celery.connection_for_write() as conn:
-        return Queue(dlq_name(queue), routing_key=dlq_name(queue))(conn.default_channel).purge() or 0
+    """Delete every dead letter of `queue` (the table's and the broker mirror); returns how
+    many records went (the table's; the broker's without a domain)."""
+    store = store_of(celery)
+    try:
+        with celery.connection_for_write() as conn:
+            mirrored = Queue(dlq_name(queue), routing_key=dlq_name(queue))(conn.default_channel).purge() or 0
+    except Exception:
+        if store is None:
+            raise
+        log.warning("%s: could not purge the broker mirror %s", queue, dlq_name(queue), exc_info=True)
+        mirrored = 0
+    return int(store.purge(queue)) if store is not None else mirrored
 
 
 def as_text(entry: dict[str, Any]) -> str:

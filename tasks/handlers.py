@@ -1,7 +1,9 @@
 """Every handler becomes one Celery task bound to its own queue.
 
 A task body is thin: decode the envelope -> inbox check -> the handler in its unit of work
--> commit (all inside `domain.run_handler`). Retries are Celery's own (`autoretry_for`,
+-> commit (all inside `domain.run_handler`). Failures are classified in tasks/retrying.py:
+business-rule errors (and a handler's `throws`) are final, transient faults are sent again
+without spending `max_retries`, and the rest are Celery's own retries (`autoretry_for`,
 `retry_backoff`, `retry_jitter`); the final failure goes to the DLQ from the `task_failure`
 signal, the one hook that also fires in the main process when a worker was killed.
 """
@@ -17,9 +19,12 @@ from celery import Celery, Task
 
 from tidings.domain.bus import SKIPPED
 from tidings.domain.envelope import Message
-from tidings.domain.errors import InvalidMessageError, ValidationError
+from tidings.domain.errors import InvalidMessageError
 from tidings.tasks.dlq import dead_letter
 from tidings.tasks.naming import async_handlers, batch_task_name, queue_name, task_name
+from tidings.tasks.retrying import NOT_RETRIED, TransientPolicy, final_errors, with_transient_retry
+
+__all__ = ["NOT_RETRIED", "HandlerTask", "failure_hook", "register_handler_tasks"]
 
 log = logging.getLogger("tidings.tasks")
 
@@ -33,14 +38,11 @@ class HandlerTask:
     enable_dlq: bool
 
 
-# Invalid data and broken domain rules fail the same way on every attempt: no retry.
-NOT_RETRIED = (InvalidMessageError, ValidationError)
-
-
 def register_handler_tasks(celery: Celery, domain: Any, stats: Counter[str]) -> dict[str, HandlerTask]:
     """Create the task of every handler, subscriber and projector; returns what the failure
     hook needs to know of each, by task name. `stats` counts outcomes for this runtime."""
     created: dict[str, HandlerTask] = {}
+    transient = TransientPolicy.from_settings(domain.settings.server.transient_retry)
     for handler in async_handlers(domain):
         settings = domain.subscription_settings(handler)
         if settings.subscription_type == "event_store" and handler.element_kind != "subscriber":
@@ -54,18 +56,24 @@ def register_handler_tasks(celery: Celery, domain: Any, stats: Counter[str]) -> 
             max_retries=settings.max_retries,
             default_retry_delay=settings.retry_delay_seconds,
             autoretry_for=(Exception,),
-            dont_autoretry_for=NOT_RETRIED,
+            dont_autoretry_for=final_errors(handler),  # business rules, `throws`, bad data
             retry_backoff=settings.retry_delay_seconds if settings.retry_backoff else False,
             retry_backoff_max=settings.retry_backoff_max,
             retry_jitter=settings.retry_jitter,
         )
         body = _subscriber_body if handler.element_kind == "subscriber" else _handler_body
-        celery.task(**options)(body(domain, handler, name, queue, stats))
+        final = final_errors(handler)
+        run = with_transient_retry(body(domain, handler, name, queue, stats), transient, final)
+        celery.task(**options)(run)
         created[name] = HandlerTask(celery, queue, settings.enable_dlq)
         if settings.batch_delivery and handler.element_kind != "subscriber":
             pack_name = batch_task_name(domain, handler)
             celery.task(**{**options, "name": pack_name})(
-                _batch_body(domain, handler, name, queue, settings.retry_delay_seconds, stats)
+                with_transient_retry(
+                    _batch_body(domain, handler, name, queue, settings.retry_delay_seconds, stats),
+                    transient,
+                    final,
+                )
             )
             created[pack_name] = HandlerTask(celery, queue, settings.enable_dlq)
     return created

@@ -62,7 +62,7 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
     settings = domain.subscription_settings(handler)
     cursor = lease.position()
     records = domain.event_store_database.read_categories(
-        domain.handler_categories(handler), cursor + 1, settings.messages_per_tick
+        domain.names.handler_categories(handler), cursor + 1, settings.messages_per_tick
     )
     retrying = {r["global_position"]: r["attempts"] for r in store.failures(lease.name, RETRYING)}
     batch = Batch(read=len(records), full=len(records) >= settings.messages_per_tick)
@@ -70,7 +70,7 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
     for record in records:
         message = message_of(record)
         # Sync messages were handled inline when they were raised.
-        if not domain.is_sync(message) and domain.bus.routes.receives(handler, message):
+        if not domain.bus.processing.is_sync(message) and domain.bus.routes.receives(handler, message):
             outcome = _apply(
                 domain,
                 handler,
@@ -142,7 +142,7 @@ def next_poll_in(domain: Any, handler: type, batch: Batch) -> float | None:
     if batch.full:
         return 0.0
     more = domain.event_store_database.read_categories(
-        domain.handler_categories(handler), batch.cursor + 1, 1
+        domain.names.handler_categories(handler), batch.cursor + 1, 1
     )
     return 0.0 if more else None
 
@@ -186,7 +186,7 @@ Pollers = dict[str, list[tuple[Task, str]]]  # category -> (poll task, queue)
 def pollers_by_category(domain: Any, tasks: dict[type, Task]) -> Pollers:
     by_category: Pollers = {}
     for handler, poller in tasks.items():
-        for category in domain.handler_categories(handler):
+        for category in domain.names.handler_categories(handler):
             by_category.setdefault(category, []).append((poller, queue_name(domain, handler)))
     return by_category
 
@@ -218,7 +218,7 @@ def replay_failed(domain: Any, handler: type, message_id: str | None = None) -> 
     Returns (replayed, still failing).
     """
     store, name = position_store(domain), task_name(domain, handler)
-    categories = domain.handler_categories(handler)
+    categories = domain.names.handler_categories(handler)
     ok = failing = 0
     for row in store.failures(name, FAILED):
         if message_id and row["message_id"] != message_id:

@@ -57,7 +57,7 @@ def rebuild_projection(
     """
     projection = projection_of(domain, projector)
     store, name = position_store(domain), task_name(domain, projector)
-    categories = domain.handler_categories(projector)
+    categories = domain.names.handler_categories(projector)
     deadline = time.monotonic() + wait
     while True:
         with store.owned(name) as lease:

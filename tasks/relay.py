@@ -14,7 +14,7 @@ from tidings.outbox.relay import Backoff, OutboxStore, relay_pending_messages
 from tidings.tasks.dispatch import publisher
 from tidings.tasks.naming import relay_task_name
 
-_PURGE_EVERY = 60.0  # seconds between deletions of old published rows, per process
+_PURGE_EVERY = 60.0  # seconds between deletions of old published rows and inbox rows, per process
 
 
 def outbox_store(domain: Any) -> OutboxStore:
@@ -34,6 +34,18 @@ def relay_with(celery: Celery, domain: Any, outbox: OutboxSettings) -> int:
         return relay_pending_messages(outbox_store(domain), publish, outbox.batch_size, backoff)
 
 
+def purge_bookkeeping(domain: Any, outbox: OutboxSettings, now: datetime | None = None) -> tuple[int, int]:
+    """Delete the published rows older than `retention` and this domain's inbox rows older than
+    `inbox_retention` (which exceeds `audit_window`, checked when the settings are parsed: the
+    audit never re-sends a message whose inbox row may be gone). Returns both counts."""
+    now = now or datetime.now(UTC)
+    published = outbox_store(domain).purge_published(now - timedelta(seconds=outbox.retention))
+    inbox = domain.storage.inbox.purge(
+        now - timedelta(seconds=outbox.inbox_retention), prefix=f"tidings.{domain.name}."
+    )
+    return published, inbox
+
+
 def register_relay_task(celery: Celery, domain: Any, before_relay: Callable[[], None] | None = None) -> Task:
     """The relay task; `before_relay` runs before each claim (the app's kick gate)."""
     last_purge = [0.0]
@@ -46,8 +58,7 @@ def register_relay_task(celery: Celery, domain: Any, before_relay: Callable[[], 
         published = relay_with(celery, domain, outbox)
         if time.monotonic() - last_purge[0] > _PURGE_EVERY:
             last_purge[0] = time.monotonic()
-            retention = timedelta(seconds=outbox.retention)
-            outbox_store(domain).purge_published(datetime.now(UTC) - retention)
+            purge_bookkeeping(domain, outbox)
         return published
 
     return relay_outbox

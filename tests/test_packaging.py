@@ -62,7 +62,7 @@ class NoteCommands:
 USER_TASKS = '''\
 """The user's Celery app module (Celery's first-steps name), for `celery -A tasks worker`."""
 
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 
 from app.domain import domain
 

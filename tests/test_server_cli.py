@@ -75,7 +75,7 @@ def test_test_mode_processes_everything_pending_and_exits_0(tmp_path):
 
 
 POISON = """
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.examples.bookshelf.domain import domain
 domain.init(); domain.create_tables()
 create_celery_app(domain).send_task("tidings.bookshelf.BookEventHandler", args=["{broken"],

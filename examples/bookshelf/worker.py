@@ -5,7 +5,7 @@ celery -A tidings.examples.bookshelf.worker beat -l INFO
 celery -A tidings.examples.bookshelf.worker flower
 """
 
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.examples.bookshelf.domain import domain
 
 domain.init()

@@ -7,10 +7,11 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-import tidings.domain.brokers as brokers_module
+import tidings.domain.broker_registry as brokers_module
 from tidings import Domain
-from tidings.domain.brokers import BrokerCapability, InlineBroker, mask_url
+from tidings.domain.brokers import BrokerCapability, mask_url
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
+from tidings.domain.inline_broker import InlineBroker
 
 
 def build(tmp_path, message_processing="sync", **brokers) -> tuple[Domain, list]:

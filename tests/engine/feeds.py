@@ -8,6 +8,11 @@ from tidings import Domain, current_domain
 from tidings.domain.errors import ObjectNotFoundError
 from tidings.fields import Identifier, Integer
 
+
+class MailRefused(Exception):
+    """An ordinary handler failure (not a transient fault): retried per max_retries."""
+
+
 POISON = "poison"
 ERRORS_SEEN: list[str] = []
 
@@ -31,7 +36,7 @@ def build_feeds(broker: dict, name: str = "feeds") -> Domain:
     class Signups:
         def __call__(self, payload):
             if payload["user"] == POISON:
-                raise ConnectionError("the mail service refused the poison user")
+                raise MailRefused("the mail service refused the poison user")
             repo = current_domain.repository_for(Member)
             try:
                 member = repo.get(payload["user"])

@@ -7,10 +7,24 @@ import time
 from pathlib import Path
 
 from tidings import Domain, current_domain, handle
+from tidings.domain.errors import BusinessRuleError
 from tidings.fields import Identifier, Integer, String
 
 FAILURES: dict[str, int] = {}  # entry id -> failures still to raise
+FAULTS: dict[str, int] = {}  # entry id -> transient faults (ConnectionError) still to raise
 ERRORS_SEEN: list[tuple[str, str]] = []
+
+
+class DownstreamError(Exception):
+    """An ordinary handler failure: retried per max_retries, then dead-lettered."""
+
+
+class EntryRefused(Exception):
+    """Declared in the handler's `throws`: never retried."""
+
+
+class LedgerClosed(BusinessRuleError):
+    """A business rule: never retried."""
 
 
 def build_ledger(root: Path | None = None, name: str = "ledger") -> Domain:
@@ -33,16 +47,26 @@ def build_ledger(root: Path | None = None, name: str = "ledger") -> Domain:
         entry_id: Identifier(required=True)
         label: String(required=True)
 
-    @domain.event_handler(part_of=Tally, stream_category="entry")
+    @domain.event_handler(part_of=Tally, stream_category="entry", throws=(EntryRefused,))
     class Apply:
         @handle(EntryMade)
         def apply(self, event):
+            if FAULTS.get(event.entry_id, 0) > 0:
+                FAULTS[event.entry_id] -= 1
+                raise ConnectionError(f"connection reset while applying {event.label}")
             if FAILURES.get(event.entry_id, 0) > 0:
                 FAILURES[event.entry_id] -= 1
-                raise ConnectionError(f"flaky downstream for {event.label}")
-            if event.label.startswith("slow") and os.environ.get("LEDGER_SLOW_FILE"):
-                Path(os.environ["LEDGER_SLOW_FILE"]).write_text(event.entry_id)
-                time.sleep(30)  # the crash test kills the worker during this
+                raise DownstreamError(f"flaky downstream for {event.label}")
+            if event.label.startswith("refused"):
+                raise EntryRefused(f"{event.label} is refused")
+            if event.label.startswith("closed"):
+                raise LedgerClosed(f"the ledger is closed to {event.label}")
+            if event.label.startswith("paced"):
+                time.sleep(0.02)  # keeps deliveries in flight while a test cuts the database
+            slow_file = os.environ.get("LEDGER_SLOW_FILE")
+            if event.label.startswith("slow") and slow_file and not _holds(Path(slow_file), event.entry_id):
+                Path(slow_file).write_text(event.entry_id)
+                time.sleep(30)  # the crash test kills the worker during this (first run only)
             repo = current_domain.repository_for(Tally)
             try:
                 tally = repo.get(event.entry_id)
@@ -56,6 +80,10 @@ def build_ledger(root: Path | None = None, name: str = "ledger") -> Domain:
             ERRORS_SEEN.append((type(exc).__name__, message.id))
 
     return domain
+
+
+def _holds(path: Path, entry_id: str) -> bool:
+    return path.exists() and path.read_text() == entry_id
 
 
 def make_entry(domain: Domain, label: str) -> str:
@@ -74,6 +102,20 @@ def make_failing_entry(domain: Domain, label: str, failures: int) -> str:
     EntryMade = domain.registry["event"]["EntryMade"]
     with domain.domain_context():
         entry = Entry(label=label)
+        FAILURES[entry.id] = failures
+        entry.raise_(EntryMade(entry_id=entry.id, label=label))
+        domain.repository_for(Entry).add(entry)
+    return entry.id
+
+
+def make_entry_with_faults(domain: Domain, label: str, faults: int, failures: int = 0) -> str:
+    """Make an entry whose handler first raises `faults` transient faults (ConnectionError),
+    then `failures` ordinary ones (DownstreamError)."""
+    Entry = domain.registry["aggregate"]["Entry"]
+    EntryMade = domain.registry["event"]["EntryMade"]
+    with domain.domain_context():
+        entry = Entry(label=label)
+        FAULTS[entry.id] = faults
         FAILURES[entry.id] = failures
         entry.raise_(EntryMade(entry_id=entry.id, label=label))
         domain.repository_for(Entry).add(entry)

@@ -11,6 +11,8 @@ Configured from the environment (set by the test that starts the worker):
   commits, after writing the entry id to this file (killed *before* the commit);
 - LEDGER_STALL_FILE: when set, the task of an entry labelled "stall..." sleeps 30 s after the
   handler committed but before the message is acknowledged (killed *between* commit and ack);
+- LEDGER_DEFAULT_TIMINGS: when set, Tidings' default visibility timeout and restore sweep
+  (not the tests' fast ones);
 - LEDGER_RESULTS_FILE: when set, each Apply task appends `{"entry_id", "label", "result"}` as a
   JSON line ("handled", or "duplicate" when the inbox skipped a redelivered message).
 
@@ -49,9 +51,15 @@ def celery_overrides(broker_url: str, keyprefix: str | None) -> dict[str, Any]:
     """`create_celery_app` overrides: on Redis, the test timings and the test's key prefix."""
     if not broker_url.startswith("redis"):
         return {}
+    if os.environ.get("LEDGER_DEFAULT_TIMINGS"):  # Tidings' defaults: the recovery-bound test
+        return {"broker_transport_options": {"global_keyprefix": keyprefix or ""}}
     from tests.engine.conftest import FAST
 
-    return {"broker_transport_options": {**FAST, "global_keyprefix": keyprefix or ""}}
+    # FAST's 4 s visibility timeout is below the recovery bound's check, on purpose
+    return {
+        "broker_transport_options": {**FAST, "global_keyprefix": keyprefix or ""},
+        "allow_unsafe": ["visibility_timeout"],
+    }
 
 
 def _after_apply(sender: Any = None, args: Any = None, retval: Any = None, **_: Any) -> None:
@@ -73,7 +81,7 @@ def _after_apply(sender: Any = None, args: Any = None, retval: Any = None, **_: 
 def _build_app():
     from celery.signals import task_postrun
 
-    from tidings.app.factory import create_celery_app
+    from tidings.app.bootstrap import create_celery_app
 
     task_postrun.connect(_after_apply, weak=False)
 

@@ -58,7 +58,7 @@ def _quiet_celery_logs(caplog):
 
 
 def test_the_embedded_default_runs_on_sqlite_and_the_sqlalchemy_transport(tmp_path):
-    from tidings.app.factory import create_celery_app
+    from tidings.app.bootstrap import create_celery_app
 
     shop = build_shop("async", "async")
     shop.config["databases"]["default"] = {

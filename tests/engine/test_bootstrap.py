@@ -24,7 +24,10 @@ def ledger_on_redis(tmp_path, prefix: str):
     }
     domain.config["event_store"] = {"provider": "sqlite"}
     domain.config["brokers"]["default"] = {"provider": "redis", "url": REDIS_URL}
-    domain.config["celery"] = {"broker_transport_options": {**FAST, "global_keyprefix": prefix}}
+    domain.config["celery"] = {
+        "broker_transport_options": {**FAST, "global_keyprefix": prefix},
+        "allow_unsafe": ["visibility_timeout"],  # FAST's 4 s is below the recovery bound
+    }
     domain.init()
     domain.create_tables()
     return domain

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from tests.engine.ledger import build_ledger
+from tidings import handle
+from tidings.app.bootstrap import create_celery_app
 from tidings.app.celery_settings import (
     GUARANTEES,
     Layer,
@@ -23,8 +25,8 @@ from tidings.app.celery_settings import (
     module_settings,
     user_layer,
 )
-from tidings.app.factory import create_celery_app
 from tidings.domain.errors import ConfigurationError
+from tidings.fields import String
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DERIVED = {"broker_url": "memory://", "broker_transport_options": {"polling_interval": 0.05}}
@@ -232,3 +234,51 @@ def test_create_celery_app_applies_the_layers_and_refuses_weakening(
     assert "allow_unsafe" not in celery.conf
     with pytest.raises(ConfigurationError, match="create_celery_app overrides sets task_acks_late=False"):
         create_celery_app(build_ledger(project, name="ledger2"), task_acks_late=False)
+
+
+# ---- the recovery bound (issue 10, item 6) ---------------------------------------------------------
+def _redis_domain(**server):
+    from tidings import Domain
+
+    domain = Domain("bound")
+    domain.config["brokers"]["default"] = {"provider": "redis", "url": "redis://127.0.0.1:1/0"}
+    domain.config["server"]["stream_subscription"].update(server)
+
+    @domain.aggregate
+    class Thing:
+        name: String()
+
+    @domain.event(part_of=Thing)
+    class Named:
+        name: String()
+
+    @domain.event_handler(part_of=Thing)
+    class OnNamed:
+        @handle(Named)
+        def on(self, event):
+            pass
+
+    return domain.init()
+
+
+def test_the_defaults_bound_recovery_below_60_seconds_and_pass_their_own_check():
+
+    celery = create_celery_app(_redis_domain())
+    options = celery.conf.broker_transport_options
+    vt, sweep = options["visibility_timeout"], options["unacked_restore_interval"]
+    assert options["unacked_restore_throttle"] == 1  # every sweep scans
+    assert vt + sweep < 60  # SIGKILLed worker -> delivered again
+    assert celery.conf.task_time_limit and celery.conf.task_time_limit + 10 < vt
+
+
+def test_a_countdown_that_outlives_the_visibility_timeout_is_refused_with_the_numbers():
+
+    domain = _redis_domain(retry_backoff=True, retry_backoff_max=20)
+    with pytest.raises(ConfigurationError, match=r"task_time_limit=30.*20.*45") as caught:
+        create_celery_app(domain)
+    assert 'allow_unsafe = ["visibility_timeout"]' in str(caught.value)
+    with pytest.raises(ConfigurationError, match="visibility timeout"):
+        create_celery_app(_redis_domain(), task_time_limit=44)
+    # raised together, or opted out, it starts
+    create_celery_app(domain, broker_transport_options={"visibility_timeout": 60})
+    create_celery_app(domain, allow_unsafe=["visibility_timeout"])

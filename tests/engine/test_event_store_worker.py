@@ -105,7 +105,7 @@ def test_the_cli_lists_and_replays_failed_positions_and_rebuilds_a_projection(cl
 
 
 def test_test_mode_runs_the_pollers_until_every_event_is_applied_or_failed(tmp_path):
-    from tidings.app.factory import create_celery_app
+    from tidings.app.bootstrap import create_celery_app
     from tidings.app.server import run_until_quiescent, subscription_lines
 
     domain = build_accounts()

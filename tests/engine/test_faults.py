@@ -29,7 +29,7 @@ from tests.engine.ledger import applied, build_ledger, make_entry, make_failing_
 from tests.engine.ledger_worker import build_named_ledger, celery_overrides
 from tests.services import BROKER_URL, REDIS_URL, require_rabbitmq
 from tests.waiting import wait_until
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.domain.sql import make_engine
 from tidings.outbox.relay import Backoff, SqlOutbox, relay_pending_messages
 from tidings.outbox.tables import PENDING, PUBLISHED
@@ -171,8 +171,11 @@ class WorkerProcess:
 
 
 @contextmanager
-def worker_process(tmp_path: Path, broker: Broker, database_url: str, number: int, **files: Path):
-    """A worker subprocess, always killed on exit; `files` set LEDGER_<NAME>_FILE."""
+def worker_process(
+    tmp_path: Path, broker: Broker, database_url: str, number: int, env: dict | None = None, **files: Path
+):
+    """A worker subprocess, always killed on exit; `files` set LEDGER_<NAME>_FILE, `env` more."""
+    extra = env or {}
     env = {
         k: v
         for k, v in os.environ.items()
@@ -186,7 +189,7 @@ def worker_process(tmp_path: Path, broker: Broker, database_url: str, number: in
         LEDGER_KEYPREFIX=broker.keyprefix,
     )
     env.update({f"LEDGER_{name.upper()}_FILE": str(path) for name, path in files.items()})
-    worker = WorkerProcess(tmp_path / f"worker-{number}.log", env, broker.domain_name, number)
+    worker = WorkerProcess(tmp_path / f"worker-{number}.log", {**env, **extra}, broker.domain_name, number)
     try:
         yield worker
     finally:
@@ -455,7 +458,7 @@ def test_on_rabbitmq_an_always_failing_handler_is_tried_max_retries_plus_one_tim
         entry = entries[0]
         assert entry["attempts"] == 4
         assert entry["queue"] == queue and entry["task"] == f"tidings.{domain.name}.Apply"
-        assert entry["error_type"] == "ConnectionError"
+        assert entry["error_type"] == "DownstreamError"
         assert "flaky downstream" in entry["error_message"]
         assert "Traceback" in entry["traceback"] and entry["failed_at"]
         assert entry["message_id"] == entry["body"]["id"]

@@ -14,7 +14,7 @@ from tests.engine.conftest import running_worker
 from tests.engine.feeds import POISON, build_feeds, welcomed
 from tests.services import BROKER_URL, REDIS_URL, require_rabbitmq
 from tests.waiting import wait_until
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.app.testing import eager_app
 from tidings.tasks import dlq
 from tidings.tasks.naming import dlq_name
@@ -63,9 +63,9 @@ def test_a_failing_subscriber_is_retried_then_dead_lettered_with_its_reason(
         wait_until(lambda: welcomed(domain) == {"ada": 1}, message="the good message handled")
     assert entry["body"]["payload"] == {"user": POISON}
     assert entry["attempts"] == 3  # max_retries 2, plus the first attempt
-    assert entry["error_type"] == "ConnectionError" and "refused" in entry["error_message"]
+    assert entry["error_type"] == "MailRefused" and "refused" in entry["error_message"]
     assert entry["failed_at"]
-    assert feeds.ERRORS_SEEN == ["ConnectionError"] * 3
+    assert feeds.ERRORS_SEEN == ["MailRefused"] * 3
 
 
 def test_a_backlog_is_drained_by_one_pump_run_and_an_idle_pump_reads_once(use_provider, redis_prefix):
@@ -109,7 +109,7 @@ def test_a_subscriber_on_a_celery_broker_gets_messages_in_its_rabbitmq_queue(use
             domain.brokers.publish("signups", {"user": POISON}, broker="feed")
             wait_until(lambda: welcomed(domain) == {"ada": 1}, message="ada welcomed")
             [entry] = wait_until(lambda: dlq.list_entries(celery, queue), message="a DLQ entry")
-        assert entry["attempts"] == 3 and entry["error_type"] == "ConnectionError"
+        assert entry["attempts"] == 3 and entry["error_type"] == "MailRefused"
     finally:
         with Connection(BROKER_URL) as conn:
             for q in (queue, dlq_name(queue), f"{name}.outbox"):

@@ -30,7 +30,7 @@ def test_an_event_envelope_round_trips_through_json_losslessly(shop):
 
 def test_a_command_travels_on_the_command_stream_of_its_aggregate(shop):
     ShipOrder = shop.registry["command"]["ShipOrder"]
-    message = shop.command_message(ShipOrder(order_id="o-9"))
+    message = shop.bus.envelopes.command(ShipOrder(order_id="o-9"))
     assert message.kind == "COMMAND"
     assert message.stream == "shop::order:command-o-9"
     assert message.stream_category == "shop::order:command"

@@ -55,6 +55,14 @@ def test_once_the_column_is_added_create_tables_adds_the_pending_index(legacy_do
         conn.execute(
             sa.text("ALTER TABLE tidings_outbox ADD COLUMN domain VARCHAR(255) NOT NULL DEFAULT 'ledger'")
         )
+    with pytest.raises(
+        SchemaError, match=r"tidings_outbox\.resent \(ALTER TABLE tidings_outbox ADD COLUMN resent"
+    ):
+        legacy_domain.create_tables()  # 0.2's delivery-audit columns, nullable: added as named
+    with legacy_domain.outbox_database.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE tidings_outbox ADD COLUMN resent INTEGER"))
+        for column in ("last_audit_at", "next_audit_at", "confirmed_at"):
+            conn.execute(sa.text(f"ALTER TABLE tidings_outbox ADD COLUMN {column} TIMESTAMP"))
     legacy_domain.create_tables()
     indexes = sa.inspect(legacy_domain.outbox_database.engine).get_indexes("tidings_outbox")
-    assert "ix_tidings_outbox_pending" in {i["name"] for i in indexes}
+    assert {"ix_tidings_outbox_pending", "ix_tidings_outbox_unconfirmed"} <= {i["name"] for i in indexes}

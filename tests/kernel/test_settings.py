@@ -9,14 +9,13 @@ import pytest
 from tidings import ConfigurationError, Domain, handle
 from tidings.app.server import worker_argv
 from tidings.domain.config import DEFAULTS
+from tidings.domain.parsing import check_server_broker, parse_settings
 from tidings.domain.settings import (
     BrokerSettings,
     OutboxSettings,
     ServerSettings,
     Settings,
     SubscriptionOptions,
-    check_server_broker,
-    parse_settings,
 )
 from tidings.domain.subscriptions import BUILT_IN, resolve
 

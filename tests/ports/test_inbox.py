@@ -46,6 +46,17 @@ class InboxContract:
         assert session.mark_processed("tidings.alpha.Apply", "m-1") is True  # forgotten: applies again
         session.commit()
 
+    def test_purge_with_a_prefix_deletes_only_that_domains_old_rows(self, storage):
+        session = storage.default.session()
+        for handler in ("tidings.alpha.Apply", "tidings.alpha.Apply#apply", "tidings.beta.Apply"):
+            session.mark_processed(handler, "m-1")
+        session.commit()
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        assert storage.inbox.purge(later, prefix="tidings.alpha.") == 2
+        session = storage.default.session()
+        assert session.mark_processed("tidings.beta.Apply", "m-1") is False  # another domain's: kept
+        session.rollback()
+
     def test_forget_deletes_one_handlers_rows_only(self, storage):
         session = storage.default.session()
         for handler in ("tidings.alpha.Apply", "tidings.alpha.Other"):

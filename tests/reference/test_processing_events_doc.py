@@ -68,7 +68,7 @@ def test_a_subscriber_of_a_domain_event_receives_it_as_a_dict_after_the_commit()
     # it runs as a handler of the event's stream
     [subscriber] = domain.registry["event_handler"].values()
     assert subscriber.__name__ == "UpdateInventory"
-    assert domain.handler_categories(subscriber) == ["shop::order"]
+    assert domain.names.handler_categories(subscriber) == ["shop::order"]
 
 
 @pytest.mark.parametrize("provider", ["memory", "sqlite"], indirect=True)

@@ -25,7 +25,7 @@ from tests.reliability.audit_worker import celery_overrides
 from tests.reliability.services import PostgresCluster, RedisServer, own_postgres, own_redis
 from tests.reliability.workers import Worker
 from tests.waiting import wait_until
-from tidings.app.factory import create_celery_app
+from tidings.app.bootstrap import create_celery_app
 from tidings.tasks import dlq
 
 ROWS: list[str] = []  # the scenario table, printed in the terminal summary
@@ -68,8 +68,9 @@ class AuditRun:
     visibility_timeout: float = 300
     workers: list[Worker] = field(default_factory=list)
 
-    def worker(self, **env: str) -> Worker:
-        """Start a worker subprocess (always killed at the end of the test)."""
+    def worker(self, beat: bool = False, **env: str) -> Worker:
+        """Start a worker subprocess (always killed at the end of the test); `beat` embeds the
+        domain's beat schedule in it (`-B`)."""
         worker = Worker(
             self.workdir / f"worker-{len(self.workers) + 1}.log",
             self.domain.name,
@@ -81,6 +82,7 @@ class AuditRun:
                 "AUDIT_VISIBILITY_TIMEOUT": str(self.visibility_timeout),
                 **env,
             },
+            beat=beat,
         )
         self.workers.append(worker)
         return worker
@@ -96,6 +98,7 @@ class AuditRun:
             raise AssertionError(f"{exc}\n{self.logs()}") from None
 
     def dead_lettered(self) -> dict[str, int]:
+        """Dead letters per handler, from the domain's table (they survive the broker)."""
         return {h: dlq.depth(self.celery, handler_queue(self.domain, h)) for h in HANDLERS}
 
     def audit(self) -> dict[str, HandlerAudit]:

@@ -189,24 +189,33 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_worker_goes_on(poison_r
 
 
 def test_one_undecodable_dlq_entry_does_not_break_dlq_list_show_or_replay(poison_run, monkeypatch):
-    """A DLQ holding a raw item and an entry with a refused content type, next to a real
-    entry: `tidings dlq list` shows all three, `show` finds the good one, `replay` replays it
-    and skips the other two, saying why."""
+    """The dead-letter table holding poison (a raw list item) and an entry whose body no
+    longer decodes, next to a real entry, and garbage in the broker mirror: `tidings dlq list`
+    shows all four (the mirror's raw item too: the Redis transport records a raw list item
+    there only), `show` finds the good one, `replay` replays it and skips the other three,
+    saying why."""
     from tidings.app import cli
 
     run = poison_run
     queue = handler_queue(run.domain, "Apply")
     dlq.purge(run.celery, queue)
-    with redis.Redis.from_url(REDIS_URL) as client:
+    with redis.Redis.from_url(REDIS_URL) as client:  # the mirror is never read: no harm
         client.lpush(run.keyprefix + dlq.dlq_name(queue), b"garbage in the dlq")
-    with run.celery.producer_or_acquire() as producer:
-        producer.publish(
-            pickle.dumps({"x": 1}),
-            exchange="",
-            routing_key=dlq.dlq_name(queue),
-            content_type="application/x-python-serialize",
-            content_encoding="binary",
-        )
+    dlq.dead_letter(
+        run.celery,
+        queue=queue,
+        task=None,
+        body=None,
+        error="a list item that is not a message",
+        error_type="NotAMessage",
+        attempts=1,
+        raw_body=b"garbage\x80",
+    )
+    broken = str(uuid.uuid4())
+    dlq.dead_letter(run.celery, queue=queue, task="t", body={"id": broken}, error=ValueError("x"), attempts=1)
+    table = run.domain.outbox_database.dead_letters_table
+    with run.domain.outbox_database.engine.begin() as conn:  # its body no longer decodes
+        conn.execute(table.update().where(table.c.message_id == broken).values(body="{not json"))
     message_id = str(uuid.uuid4())
     dlq.dead_letter(
         run.celery,
@@ -221,7 +230,7 @@ def test_one_undecodable_dlq_entry_does_not_break_dlq_list_show_or_replay(poison
 
     listed = runner.invoke(cli.main, ["dlq", "list", "--domain", "x", "--handler", "Apply"])
     assert listed.exit_code == 0, listed.output
-    assert "3 dead-lettered" in listed.output
+    assert "4 dead-lettered" in listed.output
     assert "NotAMessage" in listed.output and "UndecodableEntry" in listed.output, listed.output
     assert "ValueError: handler bug" in listed.output
 
@@ -231,6 +240,6 @@ def test_one_undecodable_dlq_entry_does_not_break_dlq_list_show_or_replay(poison
     replayed = runner.invoke(cli.main, ["dlq", "replay", "--domain", "x", "--handler", "Apply"])
     assert replayed.exit_code == 0, replayed.output
     assert "replayed 1 message(s)" in replayed.output
-    assert "skipped 2" in replayed.output, replayed.output
+    assert "skipped 3" in replayed.output, replayed.output
     left = dlq.list_entries(run.celery, queue)
     assert {e["error_type"] for e in left} >= {"NotAMessage", "UndecodableEntry"}

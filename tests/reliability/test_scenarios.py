@@ -1,6 +1,6 @@
 """Fault scenarios on services of the suite's own, audited per handler: every committed message
-is applied exactly once or dead-lettered (0 lost, 0 doubled). Scenarios that do not hold yet
-are strict xfails naming the gap in issue 10: they run, prove the gap, and flip when fixed."""
+is applied exactly once or dead-lettered (0 lost, 0 doubled). A scenario that does not hold
+yet is a strict xfail naming its gap in issue 10: it runs, proves the gap, and flips when fixed."""
 
 from __future__ import annotations
 
@@ -102,9 +102,10 @@ def test_sigterm_of_a_worker_under_load_loses_and_doubles_nothing(fault_run):
     ready(run)
     with Producer(run, EVENTS) as producer:
         under_load(run, producer)
-        assert first.terminate() == 0, first.output()  # warm shutdown: running tasks finish
+        at_fault = producer.committed
         start = time.monotonic()
-        assert producer.committed < EVENTS  # the fault hit while the load was running
+        assert first.terminate() == 0, first.output()  # warm shutdown: running tasks finish
+        assert at_fault < EVENTS  # the fault hit while the load was running
         run.worker()
         producer.join()
     drain(run)
@@ -227,24 +228,26 @@ def test_sigkill_of_a_worker_child_mid_task_is_absorbed_by_the_inbox(
     assert_nothing_lost_or_doubled(result)
 
 
-# ---- does not hold yet (issue 10) --------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: a Redis restarted without persistence forgets every queued delivery; "
-    "the outbox says published and nothing sends them again (needs the delivery audit)",
-)
 def test_redis_sigkilled_and_restarted_without_persistence_loses_nothing(fault_run, redis_server):
+    """Every delivery sits in a handler queue when Redis is SIGKILLed and restarted empty: the
+    delivery audit, run by the worker's embedded beat with the default settings, sends each
+    again once its grace (`audit_grace`, 20 s) has passed; all are applied within 60 s."""
     run = fault_run
+    assert run.domain.settings.outbox.audit_grace == 20.0  # the default: nothing tuned here
     make_entries(run.domain, [f"queued-{i}" for i in range(EVENTS // 2)])
     relay_now(run.celery, run.domain)  # every delivery now sits in a handler queue on Redis
     assert set(outbox_statuses(run)) == {PUBLISHED}
     redis_server.kill()
     redis_server.restart()  # empty: no persistence
     start = time.monotonic()
-    run.worker()
-    settled = settle(run, timeout=20)
+    assert redis_server.client().dbsize() == 0  # the queues are gone
+    run.worker(beat=True)
+    settled = settle(run, timeout=60)
     result = run.report("Redis SIGKILL + restart without persistence", since(start) if settled else None)
+    assert settled, run.logs()
+    assert since(start) <= 60
     assert_nothing_lost_or_doubled(result)
+    assert all(a.dead_lettered == 0 for a in result.values())
 
 
 FREEZE_SECONDS = 10

@@ -20,7 +20,9 @@ class Worker:
     """`celery worker` (prefork, `concurrency` processes) in its own process group, so that a
     SIGKILL of the group reaches the main process and its pool children at once."""
 
-    def __init__(self, log: Path, domain_name: str, env: dict[str, str], concurrency: int = 2) -> None:
+    def __init__(
+        self, log: Path, domain_name: str, env: dict[str, str], concurrency: int = 2, beat: bool = False
+    ) -> None:
         self.log = log
         queues = ",".join(f"{domain_name}.{q}" for q in ("apply", "count", "outbox"))
         command = [
@@ -44,6 +46,8 @@ class Worker:
             "--without-mingle",
             "--without-heartbeat",
         ]
+        if beat:  # the real beat schedule (relay, delivery audit), embedded as `tidings server` does
+            command += ["-B", "-s", str(log.with_suffix(".beat-schedule"))]
         base = {
             k: v
             for k, v in os.environ.items()
