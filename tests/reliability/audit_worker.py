@@ -97,7 +97,10 @@ def _build_domain() -> Domain:
         os.environ.get("AUDIT_KEYPREFIX", ""),
         float(os.environ.get("AUDIT_VISIBILITY_TIMEOUT", "300")),
     )
-    domain.config["celery"] = {"broker_transport_options": overrides["broker_transport_options"]}
+    domain.config["celery"] = {
+        "broker_transport_options": overrides["broker_transport_options"],
+        "allow_unsafe": overrides["allow_unsafe"],
+    }
     return configure(domain, os.environ["AUDIT_DATABASE_URL"], os.environ["AUDIT_BROKER_URL"])
 
 
