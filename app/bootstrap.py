@@ -50,7 +50,7 @@ def bootstrap(domain: Domain, **celery_overrides: Any) -> Runtime:
     celery.steps["consumer"].add(poison_step(stats))
     # Connection pools must never be shared across a fork: each child builds its own.
     worker_process_init.connect(lambda **_: domain.dispose(), weak=False)
-    celery.tidings_runtime = runtime  # type: ignore[attr-defined]
+    celery.tidings_runtime = runtime
     domain.attach_engine(engine)
     return runtime
 
@@ -64,7 +64,7 @@ def runtime_for(domain: Domain) -> Runtime:
     """The runtime already built for `domain` in this process, or a new one."""
     engine = domain.engine
     if isinstance(engine, CeleryEngine):
-        runtime: Runtime = engine.celery.tidings_runtime  # type: ignore[attr-defined]
+        runtime: Runtime = engine.celery.tidings_runtime
         return runtime
     return bootstrap(domain)
 

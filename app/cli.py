@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 import click
+from celery import Celery
 
 from tidings.app.bootstrap import runtime_for
 from tidings.app.loading import load_domain
+from tidings.domain import Domain
 from tidings.domain.errors import ConfigurationError
 
 DOMAIN_HELP = (
@@ -36,7 +39,7 @@ def _domain_path(domain_path: str | None) -> str | None:
     return domain_path
 
 
-def _load(domain_path: str | None):
+def _load(domain_path: str | None) -> tuple[Domain, Celery]:
     """The domain: the subcommand's --domain, else the group's (or TIDINGS_DOMAIN), else found."""
     domain = load_domain(_domain_path(domain_path))
     if not domain.initialized:
@@ -118,7 +121,7 @@ def server(
     sys.exit(supervisor.supervise(children, policy))
 
 
-def _queues(domain, handler: str | None) -> list[str]:
+def _queues(domain: Domain, handler: str | None) -> list[str]:
     from tidings.tasks.naming import async_handlers, queue_name
 
     handlers = async_handlers(domain)
@@ -129,14 +132,14 @@ def _queues(domain, handler: str | None) -> list[str]:
     return [queue_name(domain, h) for h in handlers]
 
 
-def _polled(domain, handler: str | None) -> list[type]:
+def _polled(domain: Domain, handler: str | None) -> list[type]:
     """The event_store handlers (optionally one): their failures are failed positions."""
     from tidings.tasks.naming import event_store_handlers
 
     return [h for h in event_store_handlers(domain) if not handler or h.__name__ == handler]
 
 
-def _failed_positions(domain, handler: str | None) -> list[dict]:
+def _failed_positions(domain: Domain, handler: str | None) -> list[dict[str, Any]]:
     from tidings.tasks.naming import task_name
     from tidings.tasks.positions import position_store
 

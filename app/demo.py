@@ -10,14 +10,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 console = Console()
 POISON = {
@@ -74,7 +78,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(name: str, argv: list[str], env: dict[str, str], log: Path):
+def process(name: str, argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A child process in its own group, stopped (TERM, then KILL) however the block ends."""
     with log.open("w") as out:
         child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -92,7 +96,7 @@ def process(name: str, argv: list[str], env: dict[str, str], log: Path):
         console.print(f"[dim]stopped {name}[/dim]")
 
 
-def wait_for(condition, timeout: float, what: str, children: list) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, children: list[Any]) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in children:
@@ -185,7 +189,7 @@ def run(redis: bool = False, postgres: bool = False) -> int:
         return drive(domain, celery, client, [worker, api])
 
 
-def drive(domain: Any, celery: Any, client: httpx.Client, children: list) -> int:
+def drive(domain: Domain, celery: Any, client: httpx.Client, children: list) -> int:
     from tidings.app.progress import deliveries, latencies
     from tidings.examples.bookshelf.scenario import (
         HttpDriver,
@@ -211,7 +215,7 @@ def drive(domain: Any, celery: Any, client: httpx.Client, children: list) -> int
         externals[0] += 1
         restock(isbn, quantity)
 
-    driver.supplier_restock = counted_restock  # type: ignore[method-assign]
+    driver.supplier_restock = counted_restock
     step = [0]
 
     def settle() -> None:

@@ -3,7 +3,7 @@ a commit, and hands external messages to their subscribers' queues."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -14,6 +14,9 @@ from tidings.tasks.naming import queue_name, relay_queue, task_name
 from tidings.tasks.poller import Pollers, kick
 from tidings.tasks.pump import WAKEUP_EXPIRES, pump_task_name
 
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
+
 
 class CeleryEngine:
     """The domain's async engine: kicks the relay and the event_store pollers after commits,
@@ -22,7 +25,7 @@ class CeleryEngine:
     def __init__(
         self,
         celery: Celery,
-        domain: Any,
+        domain: Domain,
         relay: Any,
         pollers: Pollers | None = None,
         gate: KickGate | None = None,

@@ -6,7 +6,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from kombu import Queue
@@ -33,6 +33,9 @@ from tidings.tasks.poller import SAFETY_NET_SECONDS, pollers_by_category, regist
 from tidings.tasks.pump import pulled_subscribers, pump_task_name, register_pump_tasks
 from tidings.tasks.relay import register_relay_task, relay_now
 
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
+
 log = logging.getLogger("tidings")
 sqla_transport.register()
 redis_transport.register()  # a list item that is not a message is dead-lettered, not fatal
@@ -50,7 +53,9 @@ def broker_url(broker: BrokerSettings) -> str:
     return url
 
 
-def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tuple[Celery, CeleryEngine, Any]:
+def build_celery_app(
+    domain: Domain, stats: Counter[Any], **overrides: Any
+) -> tuple[Celery, CeleryEngine, Any]:
     """A Celery app running `domain`'s handlers, each in its own queue, and the outbox relay;
     with the engine the domain's bus hands commits to and the task-failure receiver.
 
@@ -116,7 +121,7 @@ def build_celery_app(domain: Any, stats: Counter[Any], **overrides: Any) -> tupl
     return celery, engine, failure_hook(handler_tasks, stats)
 
 
-def _pump_schedule(domain: Any) -> dict[str, dict]:
+def _pump_schedule(domain: Domain) -> dict[str, dict]:
     """Beat runs each subscriber's pump every `blocking_timeout_ms` (at least 1 s, beat's
     practical floor); a pump that finds a full batch re-schedules itself in between."""
     schedule = {}
@@ -130,7 +135,7 @@ def _pump_schedule(domain: Any) -> dict[str, dict]:
     return schedule
 
 
-def _polling_interval(domain: Any) -> float:
+def _polling_interval(domain: Domain) -> float:
     """Seconds between polls on polling transports: TIDINGS_POLLING_INTERVAL, else the smallest
     `blocking_timeout_ms` among the handlers."""
     if os.environ.get("TIDINGS_POLLING_INTERVAL"):
@@ -139,7 +144,7 @@ def _polling_interval(domain: Any) -> float:
     return min(timeouts, default=100) / 1000
 
 
-def check_recovery_bound(celery: Celery, domain: Any, *, allowed: bool = False) -> None:
+def check_recovery_bound(celery: Celery, domain: Domain, *, allowed: bool = False) -> None:
     """On Redis a delivered message is invisible to other workers for the visibility timeout
     (VT) until acknowledged, and both a handler's run and a retry's countdown (held
     unacknowledged in the worker until due) count against it. So VT must exceed

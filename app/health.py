@@ -5,7 +5,7 @@ monitoring. Degraded comes with one line per reason in `reasons`."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -14,6 +14,9 @@ from tidings.tasks.audit import audit_lag
 from tidings.tasks.naming import async_handlers, queue_name, relay_queue
 from tidings.tasks.relay import outbox_store
 
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
+
 # Transports whose workers answer a broadcast (`inspect active_queues`): the Redis and AMQP
 # ones. The embedded SQLAlchemy and memory transports have no fanout; their workers are not
 # checked (reported as such).
@@ -21,7 +24,7 @@ INSPECTABLE = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 INSPECT_TIMEOUT = 1.5  # seconds a worker has to answer
 
 
-def check_database(domain: Any) -> dict[str, Any]:
+def check_database(domain: Domain) -> dict[str, Any]:
     db = domain.storage.default
     provider = db.provider
     try:
@@ -41,7 +44,7 @@ def check_broker(celery: Celery) -> dict[str, Any]:
     return {"ok": True, "transport": transport}
 
 
-def check_brokers(domain: Any, celery: Celery | None) -> dict[str, dict[str, Any]]:
+def check_brokers(domain: Domain, celery: Celery | None) -> dict[str, dict[str, Any]]:
     """Each broker's `health_stats()`; `dlq_depth` counts the Celery DLQs of its subscribers."""
     report = {}
     for name, broker in domain.brokers:
@@ -59,12 +62,12 @@ def check_brokers(domain: Any, celery: Celery | None) -> dict[str, dict[str, Any
     return report
 
 
-def handler_queues(domain: Any) -> list[str]:
+def handler_queues(domain: Domain) -> list[str]:
     """Every queue a worker must consume: each handler's (pollers run there too), the relay's."""
     return [*dict.fromkeys(queue_name(domain, h) for h in async_handlers(domain)), relay_queue(domain)]
 
 
-def check_workers(celery: Celery, domain: Any, timeout: float = INSPECT_TIMEOUT) -> dict[str, Any]:
+def check_workers(celery: Celery, domain: Domain, timeout: float = INSPECT_TIMEOUT) -> dict[str, Any]:
     """Which of the domain's queues no worker consumes, from the workers' own answer to
     `inspect active_queues` (a worker that does not answer within `timeout` counts as absent)."""
     transport = celery.conf.broker_url.split("://", 1)[0]
@@ -84,7 +87,7 @@ def check_workers(celery: Celery, domain: Any, timeout: float = INSPECT_TIMEOUT)
     return {"checked": True, "ok": not unconsumed, "workers": sorted(answers), "unconsumed": unconsumed}
 
 
-def check_audit(domain: Any) -> dict[str, Any]:
+def check_audit(domain: Domain) -> dict[str, Any]:
     """Seconds past `audit_grace` the oldest unconfirmed delivery has waited (see tasks/audit.py)."""
     try:
         return {"lag": round(audit_lag(domain), 1)}
@@ -92,7 +95,7 @@ def check_audit(domain: Any) -> dict[str, Any]:
         return {"error": type(exc).__name__}
 
 
-def health(domain: Any, celery: Celery | None, workers: bool = False) -> dict[str, Any]:
+def health(domain: Domain, celery: Celery | None, workers: bool = False) -> dict[str, Any]:
     """`{"status": "ok"|"degraded", "reasons" (one line each), "database", "broker" (the Celery
     transport), "brokers" (each domain broker's health_stats), "outbox", "audit"}`, and with
     `workers` (a broadcast that waits up to INSPECT_TIMEOUT) the queues no worker consumes.

@@ -43,9 +43,9 @@ def load_domain(path: str | None = None) -> Domain:
             if exc.name and candidate.startswith(exc.name):
                 continue
             raise
-        found = _by_name(module, name) if name else _find_domain(module)
-        if found is not None:
-            return found
+        domain = _by_name(module, name) if name else _find_domain(module)
+        if domain is not None:
+            return domain
     raise SystemExit(f"no Domain instance found in {module_name!r} or {module_name + '.domain'!r}")
 
 

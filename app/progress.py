@@ -6,11 +6,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidings.domain.envelope import Message
 from tidings.outbox.writer import external_dispatch
 from tidings.tasks.naming import async_handlers, task_name
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Deliveries:
         return self.pending_rows == 0 and self.done + dead_lettered >= self.due
 
 
-def _rows(domain: Any) -> tuple[list[str], int, list[tuple[str, datetime]]]:
+def _rows(domain: Domain) -> tuple[list[str], int, list[tuple[str, datetime]]]:
     """(published envelopes, pending count, inbox (message id, processed_at)) of this domain,
     read in one snapshot by the provider's delivery log."""
     handlers = [task_name(domain, h) for h in async_handlers(domain)]
@@ -31,7 +34,7 @@ def _rows(domain: Any) -> tuple[list[str], int, list[tuple[str, datetime]]]:
     return snapshot.published, snapshot.pending, snapshot.applied
 
 
-def deliveries(domain: Any, external: int = 0) -> Deliveries:
+def deliveries(domain: Domain, external: int = 0) -> Deliveries:
     published, pending, inbox = _rows(domain)
     # rows for external brokers call for no handler run here
     own = [e for e in published if external_dispatch(e) is None]
@@ -39,7 +42,7 @@ def deliveries(domain: Any, external: int = 0) -> Deliveries:
     return Deliveries(pending, due, len(inbox))
 
 
-def latencies(domain: Any) -> dict[str, float]:
+def latencies(domain: Domain) -> dict[str, float]:
     """Commit -> handled, per handler run, from the event store's time and the inbox's."""
     _, _, inbox = _rows(domain)
     committed: dict[str, datetime] = {}
@@ -83,7 +86,7 @@ class RunProgress:
     while a retry is pending; every handler queue must also be empty.
     """
 
-    def __init__(self, celery: Any, domain: Any) -> None:
+    def __init__(self, celery: Any, domain: Domain) -> None:
         self.celery, self.domain = celery, domain
         self.tasks = {task_name(domain, h): h for h in async_handlers(domain)}
         self.owed: set[tuple[str, str]] = set()  # from the signals: (task name, message id)

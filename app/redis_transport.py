@@ -57,12 +57,12 @@ class Channel(kombu_redis.Channel):
                 self.connection._deliver(payload, dest)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu's own reset value
             flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.7
             if flush is not None:
                 flush()
 
-    def _get(self, queue: str) -> dict[str, Any]:
+    def _get(self, queue: str, timeout: Any = None) -> dict[str, Any]:
         # `basic_get`: the next item that is a message; the others go to the DLQ on the way.
         while True:
             payload = self._accepted(self._get_raw(queue), queue)

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
@@ -18,10 +18,13 @@ from tidings.tasks.naming import async_handlers, queue_name, relay_queue
 from tidings.tasks.poller import poll_all
 from tidings.tasks.relay import relay_now
 
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
+
 log = logging.getLogger("tidings.server")
 
 
-def subscription_lines(domain: Any) -> list[str]:
+def subscription_lines(domain: Domain) -> list[str]:
     """`Handler -> stream (queue)`, one per handler, as the reference prints them."""
     lines = []
     for handler in async_handlers(domain):
@@ -34,11 +37,11 @@ def subscription_lines(domain: Any) -> list[str]:
     return lines
 
 
-def all_queues(domain: Any) -> list[str]:
+def all_queues(domain: Domain) -> list[str]:
     return [relay_queue(domain)] + [queue_name(domain, h) for h in async_handlers(domain)]
 
 
-def worker_argv(domain: Any, *, pool: str, concurrency: int | None, beat: bool, debug: bool) -> list[str]:
+def worker_argv(domain: Domain, *, pool: str, concurrency: int | None, beat: bool, debug: bool) -> list[str]:
     """The `celery worker` arguments of `tidings server`. Refuses an in-process default broker
     first: the worker would run on memory:// and consume nothing (see `check_server_broker`)."""
     check_server_broker(domain.settings)
@@ -78,7 +81,7 @@ def queued(celery: Celery, queues: list[str]) -> int:
 
 def run_until_quiescent(
     celery: Celery,
-    domain: Any,
+    domain: Domain,
     *,
     timeout: float = 120.0,
     pool: str = "solo",

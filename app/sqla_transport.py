@@ -7,6 +7,8 @@ API and the workers share the broker file.
 
 from __future__ import annotations
 
+from typing import Any
+
 from kombu import transport as kombu_transport
 from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy import create_engine
@@ -33,7 +35,7 @@ _NOT_FOR_THE_ENGINE = {
 class Channel(kombu_sqla.Channel):
     # Several processes (API, worker, beat) start on one fresh broker file at once: creating
     # kombu's tables or a queue row can race. The loser retries once and finds them there.
-    def _open(self):
+    def _open(self) -> Any:
         try:
             return super()._open()
         except OperationalError as exc:
@@ -42,14 +44,14 @@ class Channel(kombu_sqla.Channel):
             self._engines.pop(self.connection.client.hostname, None)
             return super()._open()
 
-    def _get_or_create(self, queue):
+    def _get_or_create(self, queue: str) -> Any:
         try:
             return super()._get_or_create(queue)
         except IntegrityError:
             self.session.rollback()
             return super()._get_or_create(queue)
 
-    def _engine_from_config(self):
+    def _engine_from_config(self) -> Any:
         conninfo = self.connection.client
         options = {k: v for k, v in conninfo.transport_options.items() if k not in _NOT_FOR_THE_ENGINE}
         if conninfo.hostname.startswith("sqlite"):

@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from celery import Celery
@@ -43,8 +43,11 @@ from tidings.app.bootstrap import create_celery_app
 from tidings.tasks import dlq
 from tidings.tasks.naming import async_handlers, queue_name
 
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
-def eager_app(domain: Any) -> Celery:
+
+def eager_app(domain: Domain) -> Celery:
     """A Celery app for `domain` that runs tasks inline (failures do not propagate: retries
     and the DLQ hook run as on a worker)."""
     return create_celery_app(
@@ -66,7 +69,7 @@ def _isolated_config(config: dict[str, Any], database: Mapping[str, Any] | None,
     config["event_store"] = {"provider": config["databases"]["default"]["provider"]}
 
 
-def reset_dlq(celery: Celery, domain: Any) -> None:
+def reset_dlq(celery: Celery, domain: Domain) -> None:
     """Empty the dead-letter queue of every handler of `domain` (the eager app's memory broker
     keeps them for the whole process otherwise)."""
     for handler in async_handlers(domain):
@@ -74,7 +77,7 @@ def reset_dlq(celery: Celery, domain: Any) -> None:
 
 
 @contextmanager
-def isolated_eager(domain: Any, database: Mapping[str, Any] | None = None) -> Iterator[Any]:
+def isolated_eager(domain: Domain, database: Mapping[str, Any] | None = None) -> Iterator[Any]:
     """`domain` in eager mode on storage of its own (see the module docstring); its
     configuration and initialisation are put back afterwards."""
     saved = {key: copy.deepcopy(domain.config.get(key)) for key in ("databases", "event_store")}

@@ -173,7 +173,16 @@ class BusBase:
                 f"{message.type} {message.id} expired at {message.deadline.isoformat()}; not handled"  # type: ignore[union-attr]
             )
 
-    def run_handler(self, handler: type, message: Message, **options: Any) -> Any:
+    def run_handler(
+        self,
+        handler: type,
+        message: Message,
+        *,
+        store_message: bool = False,
+        idempotency_key: str | None = None,
+        command_key: str | None = None,
+        sync_command: bool = False,
+    ) -> Any:
         raise NotImplementedError  # domain/running.py
 
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from tidings.domain.errors import IncorrectUsageError
 
-_domains: ContextVar[tuple] = ContextVar("tidings_domains", default=())
+_domains: ContextVar[tuple[Any, ...]] = ContextVar("tidings_domains", default=())
 current_uow: ContextVar[Any] = ContextVar("tidings_uow", default=None)
 current_message: ContextVar[Any] = ContextVar("tidings_message", default=None)
 
 
-def push_domain(domain: Any):
+def push_domain(domain: Any) -> Token[tuple[Any, ...]]:
     return _domains.set((*_domains.get(), domain))
 
 
-def pop_domain(token) -> None:
+def pop_domain(token: Token[tuple[Any, ...]]) -> None:
     _domains.reset(token)
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -20,10 +20,11 @@ from tidings.domain.brokers import Brokers
 from tidings.domain.bus import SKIPPED, Engine, MessageBus
 from tidings.domain.context import pop_domain, push_domain
 from tidings.domain.database import Database
+from tidings.domain.elements import ElementClass, StoredModel
 from tidings.domain.envelope import Message
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 from tidings.domain.messages import stored_messages
-from tidings.domain.naming import Names
+from tidings.domain.naming import Names, Registry
 from tidings.domain.parsing import parse_settings
 from tidings.domain.ports import Store
 from tidings.domain.providers import Storage
@@ -31,7 +32,6 @@ from tidings.domain.registry import OPTIONS, derive_element, domain_event_subscr
 from tidings.domain.repository import Repository
 from tidings.domain.settings import Settings
 from tidings.domain.subscriptions import SubscriptionSettings
-from tidings.domain.subscriptions import resolve as resolve_subscription
 from tidings.domain.uow import UnitOfWork
 from tidings.domain.wiring import build_bus, build_storage, rebuild_models
 
@@ -40,17 +40,30 @@ log = logging.getLogger("tidings")
 __all__ = ["Domain", "SKIPPED"]
 
 
+def _decorator(kind: str) -> Callable[..., Any]:
+    """`Domain.<kind>`: `@domain.<kind>` or `@domain.<kind>(**options)` registers a class."""
+
+    def decorate(self: Domain, cls: type | None = None, **options: Any) -> Any:
+        if cls is None:
+            return lambda c: self.register(kind, c, **options)
+        return self.register(kind, cls, **options)
+
+    decorate.__name__ = kind
+    decorate.__doc__ = f"Register a {kind.replace('_', ' ')}: `@domain.{kind}` or with options."
+    return decorate
+
+
 class Domain:
     """Declare elements with the decorators, call `init()`, then work inside `domain_context()`."""
 
     def __init__(self, name: str | None = None, root_path: str | Path | None = None) -> None:
         name, self.root_path = _name_and_root(name, root_path)
-        self.registry: dict[str, dict[str, type]] = {kind: {} for kind in OPTIONS}
+        self.registry: Registry = {kind: {} for kind in OPTIONS}
         self.names = Names(name, self.registry)
         self.name, self.camel_name, self.prefix = self.names.name, self.names.camel_name, self.names.prefix
         self.config: dict[str, Any] = cfg.load_config(self.root_path)
         self.initialized = False
-        self.storage: Storage | None = None  # built by init(): the ports of every provider
+        self._built: Storage | None = None  # built by init(): the ports of every provider
         self.databases: dict[str, Store] = {}
         self._brokers: Brokers | None = None  # built by init() from [brokers.<name>]
         self._bus: MessageBus | None = None  # built by init()
@@ -59,7 +72,7 @@ class Domain:
         return f"<Domain {self.name}>"
 
     # ---- registration ---------------------------------------------------------------------
-    def register(self, kind: str, cls: type, **options: Any) -> type:
+    def register(self, kind: str, cls: type, **options: Any) -> ElementClass:
         unknown = set(options) - OPTIONS[kind]
         if unknown:
             raise ConfigurationError(
@@ -69,20 +82,11 @@ class Domain:
         if kind == "subscriber" and options.get("event") is not None:
             kind, cls = "event_handler", domain_event_subscriber(cls, options)
         element = derive_element(kind, cls, options)
-        element.__tidings_domain__ = self  # what `raise_()` builds an envelope with
+        # what `raise_()` builds an envelope with (read by `domain_of`)
+        setattr(element, "__tidings_domain__", self)  # noqa: B010 - no element class declares it
         self.registry[kind][element.__name__] = element
         self.initialized = False
         return element
-
-    def _decorator(kind: str):  # noqa: N805 - builds methods at class creation
-        def decorate(self, cls: type | None = None, **options: Any):
-            if cls is None:
-                return lambda c: self.register(kind, c, **options)
-            return self.register(kind, cls, **options)
-
-        decorate.__name__ = kind
-        decorate.__doc__ = f"Register a {kind.replace('_', ' ')}: `@domain.{kind}` or with options."
-        return decorate
 
     aggregate = _decorator("aggregate")
     entity = _decorator("entity")
@@ -96,7 +100,6 @@ class Domain:
     projector = _decorator("projector")
     subscriber = _decorator("subscriber")
     query_handler = _decorator("query_handler")
-    del _decorator
 
     # ---- init: validate and wire once ------------------------------------------------------
     def init(self) -> Domain:
@@ -112,9 +115,9 @@ class Domain:
                 f"domain '{self.name}' has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
             )
         self.settings: Settings = settings
-        self.storage = build_storage(self.name, self.registry, settings, self.storage)
-        self.databases = self.storage.stores
-        self.outbox_database, self.event_store_database = self.storage.default, self.storage.event_store
+        self._built = storage = build_storage(self.name, self.registry, settings, self._built)
+        self.databases = storage.stores
+        self.outbox_database, self.event_store_database = storage.default, storage.event_store
         if self._brokers is not None:
             self._brokers.close()
         self._brokers = Brokers(self, settings.brokers)
@@ -123,25 +126,26 @@ class Domain:
         self.initialized = True
         return self
 
-    def _storage(self) -> Storage:
+    @property
+    def storage(self) -> Storage:
+        """The ports of every provider (outbox, inbox, positions, ...), built by `init()`."""
         self._require_init()
-        return self.storage  # type: ignore[return-value]  # init() built it
+        return self._built  # type: ignore[return-value]  # init() built it
 
     def _require_init(self) -> None:
         if not self.initialized:
             raise IncorrectUsageError(f"call domain.init() before using domain '{self.name}'")
 
     # ---- composition -----------------------------------------------------------------------
-    def database_for(self, model: type) -> Database:
-        name = model.meta_.get("provider", "default")  # type: ignore[attr-defined]
-        if name not in self._storage().databases:
+    def database_for(self, model: ElementClass) -> Database:
+        name = model.meta_.get("provider", "default")
+        if name not in self.storage.databases:
             raise ConfigurationError(f"{model.__name__}: no database named '{name}'")
-        return self._storage().databases[name]
+        return self.storage.databases[name]
 
     def subscription_settings(self, handler: type) -> SubscriptionSettings:
         """The handler's resolved subscription settings (see `domain.subscriptions`)."""
-        self._require_init()
-        return resolve_subscription(handler, self.settings.server)
+        return self.bus.routes.spec(handler).subscription
 
     def read_messages(
         self, stream_or_category: str, from_position: int = 0, limit: int = 1000
@@ -151,11 +155,12 @@ class Domain:
         self._require_init()
         return stored_messages(self.event_store_database, stream_or_category, from_position, limit)
 
-    def repository_for(self, model: type) -> Repository:
+    def repository_for(self, model: ElementClass) -> Repository[Any]:
         self._require_init()
         if model.element_kind not in ("aggregate", "projection"):
             raise IncorrectUsageError(f"{model.__name__} is not an aggregate or projection")
-        return Repository(self.bus, model, self.database_for(model))
+        stored = cast(StoredModel, model)  # the kinds whose bases are BaseAggregate, BaseProjection
+        return Repository(self.bus, stored, self.database_for(stored))
 
     def unit_of_work(self) -> UnitOfWork:
         return self.bus.unit_of_work()
@@ -171,18 +176,18 @@ class Domain:
     @property
     def metadata(self) -> sa.MetaData:
         """The SQLAlchemy MetaData of the default database (hand it to Alembic)."""
-        return self._storage().default.metadata
+        return self.storage.default.metadata
 
     def create_tables(self) -> None:
-        self._storage().create_tables()
+        self.storage.create_tables()
 
     def drop_tables(self) -> None:
-        self._storage().drop_tables()
+        self.storage.drop_tables()
 
     def dispose(self) -> None:
         """Close connection pools (call after a fork, or at shutdown)."""
-        if self.storage is not None:
-            self.storage.dispose()
+        if self._built is not None:
+            self._built.dispose()
         if self._brokers is not None:
             self._brokers.close()
 
@@ -190,6 +195,7 @@ class Domain:
     def brokers(self) -> Brokers:
         """The named brokers: `domain.brokers["name"]`, `domain.brokers.publish(stream, message)`."""
         self._require_init()
+        assert self._brokers is not None  # init() built them
         return self._brokers
 
     # ---- messages: the bus does the work (domain/bus.py) ------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeAlias, TypeVar, cast
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
@@ -146,7 +146,7 @@ class _Identified(BaseElement):
         return getattr(self, self._id_field)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.identity == self.identity  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.identity == self.identity
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.identity))
@@ -202,6 +202,11 @@ class BaseProjection(_Identified):
 
     _abstract: ClassVar[bool] = True  # the auto `id` belongs to subclasses without an identifier
     element_kind: ClassVar[str] = "projection"
+
+
+# A model the repositories keep in a table of its own: an aggregate (versioned) or a projection.
+# (typed as their common base, which entities share: an entity is stored inside its aggregate).
+StoredModel: TypeAlias = type[_Identified]
 
 
 class _Message(BaseElement):
@@ -272,6 +277,11 @@ class BaseSubscriber(BaseHandler):
 
 class BaseQueryHandler(BaseHandler):
     element_kind: ClassVar[str] = "query_handler"
+
+
+# A registered element class: the registry hands out only subclasses of the bases above, so
+# every one has `meta_` (its options, set at registration) and `element_kind`.
+ElementClass: TypeAlias = type[BaseElement] | type[BaseHandler]
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -6,7 +6,7 @@ import copy
 import itertools
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -15,6 +15,9 @@ from tidings.domain.envelope import stream_matches
 from tidings.domain.errors import ExpectedVersionError
 from tidings.domain.ports import CommandKey
 from tidings.domain.tables import define_model_table
+
+if TYPE_CHECKING:
+    from tidings.domain.elements import StoredModel
 
 _DELETED = object()
 
@@ -62,7 +65,7 @@ class MemoryDatabase:
     def ping(self) -> None:
         """Always answers."""
 
-    def add_model(self, model: type, versioned: bool) -> None:
+    def add_model(self, model: StoredModel, versioned: bool) -> None:
         define_model_table(self.metadata, model, versioned)
 
     def truncate(self, table: str) -> None:

@@ -125,6 +125,7 @@ class MessageDbSession(TransactionSession):
     def stream_version(self, stream: str) -> int:
         """The position of the stream's last message as committed now (-1 when empty)."""
         row = _run(self.conn, "SELECT stream_version(:stream)", {"stream": stream}).first()
+        assert row is not None  # a SELECT of a function call returns one row
         return -1 if row[0] is None else row[0]
 
     def write_message(self, record: dict[str, Any], expected_version: int | None = None) -> int:

@@ -7,10 +7,10 @@ from typing import Any
 from uuid import uuid4
 
 from tidings.domain.context import current_message
-from tidings.domain.database import Database
 from tidings.domain.envelope import Message, MessageKind
 from tidings.domain.errors import IncorrectUsageError
 from tidings.domain.naming import Names, snake
+from tidings.domain.ports import EventStore
 
 
 class Envelopes:
@@ -94,7 +94,7 @@ def _identity_in(obj: Any, agg_cls: Any) -> str:
 
 
 def stored_messages(
-    store: Database, stream_or_category: str, from_position: int, limit: int
+    store: EventStore, stream_or_category: str, from_position: int, limit: int
 ) -> list[Message]:
     """Envelopes of the stored events and commands of a stream or category, oldest first."""
     return [

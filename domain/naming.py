@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from tidings.domain.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tidings.domain.elements import ElementClass
 
 
 def snake(name: str) -> str:
@@ -19,7 +23,7 @@ def camel(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in snake(name).split("_"))
 
 
-Registry = dict[str, dict[str, type]]  # element kind -> class name -> registered class
+Registry = dict[str, dict[str, "ElementClass"]]  # element kind -> class name -> registered class
 
 
 class Names:
@@ -35,10 +39,10 @@ class Names:
         self.prefix = f"{self.name}::"
         self.registry = registry
 
-    def category(self, aggregate: type | str) -> str:
+    def category(self, aggregate: ElementClass | str) -> str:
         name = aggregate if isinstance(aggregate, str) else aggregate.__name__
         cls = self.registry["aggregate"].get(name)
-        custom = cls.meta_.get("stream_category") if cls else None  # type: ignore[attr-defined]
+        custom = cls.meta_.get("stream_category") if cls else None
         if custom:
             return custom if "::" in custom else self.prefix + custom
         return self.prefix + snake(name)
@@ -47,21 +51,21 @@ class Names:
         """`order` -> `shop::order`; already-qualified names pass through."""
         return category if "::" in category else self.prefix + category
 
-    def type_of(self, cls: type) -> str:
-        return f"{self.camel_name}.{cls.__name__}.v{cls.meta_.get('version', 1)}"  # type: ignore[attr-defined]
+    def type_of(self, cls: ElementClass) -> str:
+        return f"{self.camel_name}.{cls.__name__}.v{cls.meta_.get('version', 1)}"
 
-    def part_of(self, cls: type) -> type:
+    def part_of(self, cls: ElementClass) -> ElementClass:
         """The aggregate (or projection) an element belongs to."""
-        target = cls.meta_.get("part_of")  # type: ignore[attr-defined]
+        target = cls.meta_.get("part_of")
         name = target if isinstance(target, str) else getattr(target, "__name__", None)
         for kind in ("aggregate", "projection"):
             if name in self.registry[kind]:
                 return self.registry[kind][name]
         raise ConfigurationError(f"{cls.__name__}: part_of {target!r} is not registered")
 
-    def handler_categories(self, handler: type) -> list[str]:
+    def handler_categories(self, handler: ElementClass) -> list[str]:
         """The stream categories a handler reads."""
-        kind, meta = handler.element_kind, handler.meta_  # type: ignore[attr-defined]
+        kind, meta = handler.element_kind, handler.meta_
         if kind == "command_handler":
             return [self.category(self.part_of(handler)) + ":command"]
         if kind == "projector":

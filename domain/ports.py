@@ -17,13 +17,16 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
 from tidings.outbox.dead_letters import DeadLetters
 from tidings.outbox.progress import AuditRoutes, AuditWindow, DeliveryLog, DeliverySnapshot, Unconfirmed
 from tidings.outbox.relay import Backoff, OutboxStatus, OutboxStore, Publish
+
+if TYPE_CHECKING:
+    from tidings.domain.elements import StoredModel
 
 Row = tuple[dict[str, Any], int]  # (field values, stored version)
 Record = dict[str, Any]  # an event-store record (see `tidings.domain.database.event_record`)
@@ -139,11 +142,13 @@ class Store(Protocol):
 class Database(Store, Protocol):
     """The aggregates port: a database of aggregate and projection tables."""
 
-    provider: str  # "memory", "sqlite", "postgresql"
+    @property
+    def provider(self) -> str: ...  # "memory", "sqlite", "postgresql"
+
     metadata: sa.MetaData  # the SQL tables its models have (hand it to Alembic)
 
     def session(self) -> Session: ...
-    def add_model(self, model: type, versioned: bool) -> None:
+    def add_model(self, model: StoredModel, versioned: bool) -> None:
         """Store `model` here (a SQL table named after it; nothing in memory)."""
         ...
 

@@ -132,8 +132,8 @@ class MemoryPositions:
             self.db.positions.pop(name, None)
             for key in [k for k in self.db.failed_positions if k[0] == name]:
                 del self.db.failed_positions[key]
-            for key in [k for k in self.db.inbox if k[0] == name]:
-                del self.db.inbox[key]  # in place: the inbox and delivery log share this dict
+            for inbox_key in [k for k in self.db.inbox if k[0] == name]:
+                del self.db.inbox[inbox_key]  # in place: the inbox and delivery log share this dict
 
 
 def advisory_key(name: str) -> int:

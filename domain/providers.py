@@ -147,7 +147,8 @@ def _event_store(settings: EventStoreSettings, default: Database) -> EventStore:
         raise ConfigurationError(f"event_store.provider {provider!r} is not known")
     uri = settings.database_uri
     shared = isinstance(default, SqlDatabase) and uri in (None, "", default.uri)
-    store = default if shared else SqlDatabase("event_store", uri)
+    # parsing does not require the URI of a SQL event store apart from a non-SQL default yet
+    store = default if shared else SqlDatabase("event_store", uri)  # type: ignore[arg-type]
     assert isinstance(store, SqlDatabase)
     store.add_event_store()
     return store

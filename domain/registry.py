@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from tidings.domain import elements as el
 
-BASES: dict[str, type] = {
+BASES: dict[str, el.ElementClass] = {
     "aggregate": el.BaseAggregate,
     "entity": el.BaseEntity,
     "value_object": el.BaseValueObject,
@@ -84,7 +85,7 @@ def domain_event_subscriber(cls: type, options: dict[str, Any]) -> type:
             f"(those are for external broker streams)"
         )
 
-    def receive(self, event: Any) -> Any:
+    def receive(self: Any, event: Any) -> Any:
         return self(event.to_dict())
 
     receive._tidings_handles = options["event"]  # type: ignore[attr-defined]
@@ -98,21 +99,29 @@ def domain_event_subscriber(cls: type, options: dict[str, Any]) -> type:
     return type(cls.__name__, (cls,), namespace)
 
 
-def derive_element(kind: str, cls: type, options: dict[str, Any]) -> type:
+def derive_element(kind: str, cls: type, options: dict[str, Any]) -> el.ElementClass:
     """The registered class: `cls` itself when it already subclasses the base, else a copy."""
     base = BASES[kind]
+    new_cls: el.ElementClass
     if issubclass(cls, base):
         new_cls = cls
     elif kind in HANDLER_KINDS:
-        new_cls = type(
-            cls.__name__,
-            (cls, base),
-            {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+        # type() and new_class() are typed as returning a plain type; the class subclasses `base`.
+        new_cls = cast(
+            el.ElementClass,
+            type(
+                cls.__name__,
+                (cls, base),
+                {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+            ),
         )
     else:
         namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
         parents = tuple(b for b in cls.__bases__ if b is not object)
-        new_cls = types.new_class(cls.__name__, (*parents, base), {}, lambda ns: ns.update(namespace))
+        new_cls = cast(
+            el.ElementClass,
+            types.new_class(cls.__name__, (*parents, base), {}, lambda ns: ns.update(namespace)),
+        )
         _rebind_class_cells(namespace, cls, new_cls)
     new_cls.meta_ = {**getattr(cls, "meta_", {}), **options}
     return new_cls
@@ -122,6 +131,7 @@ def _rebind_class_cells(namespace: dict[str, Any], old: type, new: type) -> None
     """Zero-argument `super()` finds its class in the method's `__class__` cell; the copied
     methods still point at the undecorated class, so point them at the registered one."""
     for value in namespace.values():
+        functions: list[Callable[..., Any] | None]
         if isinstance(value, classmethod | staticmethod):
             functions = [value.__func__]
         elif isinstance(value, property):
@@ -131,7 +141,10 @@ def _rebind_class_cells(namespace: dict[str, Any], old: type, new: type) -> None
         for fn in functions:
             code = getattr(fn, "__code__", None)
             if code is not None and "__class__" in code.co_freevars:
-                cell = fn.__closure__[code.co_freevars.index("__class__")]
+                # a free variable lives in a closure cell: a function with __class__ has one
+                closure = getattr(fn, "__closure__", None)
+                assert closure is not None
+                cell = closure[code.co_freevars.index("__class__")]
                 if cell.cell_contents is old:
                     cell.cell_contents = new
 

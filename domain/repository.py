@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from tidings.domain.database import Database
+from tidings.domain.elements import BaseAggregate, _Identified
 from tidings.domain.errors import ObjectNotFoundError, TooManyObjectsError
 from tidings.domain.tables import column_kind, table_name
 
 if TYPE_CHECKING:
     from tidings.domain.bus import MessageBus
+    from tidings.domain.uow import UnitOfWork
 
-T = TypeVar("T")
+T = TypeVar("T", bound=_Identified)  # an aggregate or a projection
+R = TypeVar("R")
 
 
 class Repository(Generic[T]):
@@ -25,7 +29,7 @@ class Repository(Generic[T]):
         self.versioned = model.element_kind == "aggregate"
         self._json_fields = {n for n in model.model_fields if column_kind(model, n) == "json"}
 
-    def _run(self, work):
+    def _run(self, work: Callable[[UnitOfWork], R]) -> R:
         uow = self.bus.active_uow()
         if uow is not None:
             return work(uow)
@@ -37,28 +41,29 @@ class Repository(Generic[T]):
         as_json = obj.model_dump(mode="json")
         return {k: as_json[k] if k in self._json_fields else native[k] for k in native}
 
-    def _load(self, row: tuple[dict, int]) -> T:
+    def _load(self, row: tuple[dict[str, Any], int]) -> T:
         data, version = row
         obj = self.model.model_validate(data)
         if self.versioned:
-            obj._version = version
+            cast(BaseAggregate, obj)._version = version  # versioned: the model is an aggregate
         return obj
 
     def add(self, obj: T) -> T:
         """Save the object; an aggregate's raised events commit with it."""
 
-        def work(uow):
+        def work(uow: UnitOfWork) -> T:
             session = uow.session_for(self.database)
+            aggregate = cast(BaseAggregate, obj)  # read and written only when versioned
             version = session.save(
                 self.table,
                 obj.identity,
                 self._row(obj),
-                obj.version if self.versioned else -1,
+                aggregate.version if self.versioned else -1,
                 self.versioned,
             )
             if self.versioned:
-                obj._version = version
-                events, obj._events = list(obj._events), []
+                aggregate._version = version
+                events, aggregate._events = list(aggregate._events), []
                 uow.record(self._messages(events, obj))
             return obj
 

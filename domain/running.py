@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidings.domain.bus_base import SKIPPED, BusBase, Duplicate
 from tidings.domain.context import current_message
@@ -23,6 +23,13 @@ log = logging.getLogger("tidings")
 
 class HandlerRunner(BusBase):
     """The bus's handler runs (`run_handler`, `run_subscriber`)."""
+
+    if TYPE_CHECKING:  # the command-key steps are MessageBus's (domain/bus.py), the one bus built
+
+        @staticmethod
+        def _claim(uow: UnitOfWork, key: str | None, message: Message) -> None: ...
+        @staticmethod
+        def _record(uow: UnitOfWork, key: str | None, result: Any) -> None: ...
 
     def run_handler(
         self,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tidings.domain.profiles import BUILT_IN, PROFILES
 
 if TYPE_CHECKING:
+    from tidings.domain.elements import ElementClass
     from tidings.domain.settings import ServerSettings
 
 TYPES = {"stream", "event_store"}
@@ -81,7 +82,7 @@ def profile_values(name: str, server: ServerSettings, handler: str, where: str) 
     return {**base, **custom.values()}
 
 
-def resolve(handler: type, server: ServerSettings) -> SubscriptionSettings:
+def resolve(handler: ElementClass, server: ServerSettings) -> SubscriptionSettings:
     """The handler's settings, merged by the priority order above. The server's values were
     validated when the settings were parsed; only the handler's own options are checked here."""
     name = handler.__name__

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from tidings.domain.fields import FieldSpec
 from tidings.domain.naming import snake
+
+if TYPE_CHECKING:
+    from tidings.domain.elements import StoredModel
 
 VERSION_COLUMN = "_version"
 
@@ -22,7 +25,7 @@ _SQL_TYPES: dict[str, Any] = {
     "datetime": lambda spec: sa.DateTime(timezone=True),
     "json": lambda spec: sa.JSON(),
 }
-_PY_KINDS = {
+_PY_KINDS: dict[Any, str] = {
     str: "string",
     int: "integer",
     float: "float",
@@ -32,7 +35,7 @@ _PY_KINDS = {
 }
 
 
-def column_kind(model: type, name: str) -> str:
+def column_kind(model: StoredModel, name: str) -> str:
     """How a field is stored: a scalar column kind, or 'json' for anything structured."""
     spec: FieldSpec | None = model._field_specs.get(name)
     if spec is not None:
@@ -44,11 +47,11 @@ def column_kind(model: type, name: str) -> str:
     return _PY_KINDS.get(annotation, "json")
 
 
-def table_name(model: type) -> str:
+def table_name(model: StoredModel) -> str:
     return model.meta_.get("table") or snake(model.__name__)
 
 
-def define_model_table(metadata: sa.MetaData, model: type, versioned: bool) -> sa.Table:
+def define_model_table(metadata: sa.MetaData, model: StoredModel, versioned: bool) -> sa.Table:
     """Columns named as the fields; the identity is the primary key; `unique` fields are unique."""
     columns = []
     for name, info in model.model_fields.items():

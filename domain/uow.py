@@ -11,7 +11,7 @@ from typing import Any
 from tidings.domain.context import current_uow
 from tidings.domain.database import Database, Session, event_record
 from tidings.domain.envelope import Message
-from tidings.domain.ports import CommandKey
+from tidings.domain.ports import CommandKey, EventStore, Store
 from tidings.outbox.writer import outbox_rows
 
 
@@ -23,7 +23,7 @@ def _no_external(message: Message) -> Sequence[str]:
 class Stores:
     """Where a unit of work writes its messages: the event store and the outbox's database."""
 
-    event_store: Database
+    event_store: EventStore
     outbox: Database
     owner: str  # the domain whose outbox rows these are (its relay claims only those)
     # The external brokers a relayed message also goes to (`published=True` events)
@@ -57,7 +57,7 @@ class UnitOfWork:
         self._token: Any = None
         self.in_progress = False
 
-    def session_for(self, database: Database) -> Session:
+    def session_for(self, database: Store) -> Session:
         if database.name not in self.sessions:
             self.sessions[database.name] = database.session()
         return self.sessions[database.name]

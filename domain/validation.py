@@ -10,6 +10,7 @@ from tidings.domain.registry import handler_targets, query_targets
 from tidings.domain.subscriptions import SettingsError, resolve
 
 if TYPE_CHECKING:
+    from tidings.domain.elements import ElementClass
     from tidings.domain.naming import Names
     from tidings.domain.settings import ServerSettings, Settings
 
@@ -57,7 +58,7 @@ def _check_external_brokers(settings: Settings) -> list[str]:
     return problems
 
 
-def _check_part_of(domain: Names, cls: type, kind: str) -> list[str]:
+def _check_part_of(domain: Names, cls: ElementClass, kind: str) -> list[str]:
     if not cls.meta_.get("part_of"):
         return [f"{kind.replace('_', ' ')} {cls.__name__}: 'part_of' is required"]
     try:
@@ -70,7 +71,7 @@ def _check_part_of(domain: Names, cls: type, kind: str) -> list[str]:
     return []
 
 
-def _check_subscribed_event(domain: Names, cls: type) -> list[str]:
+def _check_subscribed_event(domain: Names, cls: ElementClass) -> list[str]:
     """`@domain.subscriber(event=X)`: X is a registered event (by class or name)."""
     target = cls.meta_["event"]
     if domain.registry["event"].get(_name(target)) is None or (

@@ -10,11 +10,15 @@ from typing import Any
 
 from tidings.domain.bus import Engine, MessageBus, Processing, VersionRetry
 from tidings.domain.database import Database
+from tidings.domain.elements import BaseAggregate, BaseElement, BaseProjection
 from tidings.domain.envelope import Message, MessageKind
 from tidings.domain.errors import ConfigurationError
+from tidings.domain.naming import Registry
+from tidings.domain.ports import EventStore
 from tidings.domain.providers import Storage, load_storage
 from tidings.domain.routing import Routes
 from tidings.domain.settings import Settings
+from tidings.domain.specs import handler_specs
 from tidings.domain.uow import Stores
 
 log = logging.getLogger("tidings")
@@ -24,7 +28,7 @@ ENGINE_ENTRY_POINT = "tidings.engines"  # how a committing process finds the asy
 def build_bus(
     domain: Any,
     settings: Settings,
-    event_store: Database,
+    event_store: EventStore,
     outbox: Database,
     engine: Engine | None = None,
 ) -> MessageBus:
@@ -32,7 +36,7 @@ def build_bus(
     processing = Processing(
         settings.event_processing, settings.command_processing, settings.message_processing
     )
-    routes = Routes(domain.names)
+    routes = Routes(domain.names, handler_specs(domain.names, settings.server))
     stores = Stores(
         event_store=event_store,
         outbox=outbox,
@@ -56,7 +60,7 @@ def build_bus(
     return bus
 
 
-def rebuild_models(registry: dict[str, dict[str, type]]) -> list[str]:
+def rebuild_models(registry: Registry) -> list[str]:
     """Resolve the elements' forward references (`HasMany("Item")`, or `HasMany(Item)`
     with a local `Item` under `from __future__`) with the registry's names; a model that
     still has an undefined name is a problem for `init()` to report."""
@@ -64,6 +68,7 @@ def rebuild_models(registry: dict[str, dict[str, type]]) -> list[str]:
     problems: list[str] = []
     for kind in ("value_object", "entity", "aggregate", "projection", "event", "command", "query"):
         for model in registry[kind].values():
+            assert issubclass(model, BaseElement)  # these kinds' bases are pydantic models
             try:
                 model.model_rebuild(force=True, _types_namespace=names)
             except Exception as exc:  # noqa: BLE001 - reported, not swallowed
@@ -108,9 +113,7 @@ def engine_loader(domain: Any) -> Callable[[], Engine | None]:
     return load
 
 
-def build_storage(
-    name: str, registry: dict[str, dict[str, type]], settings: Settings, previous: Storage | None
-) -> Storage:
+def build_storage(name: str, registry: Registry, settings: Settings, previous: Storage | None) -> Storage:
     """The domain's storage (providers chosen once, in `providers.load_storage`) with a table
     for every aggregate and projection; the previous init's pools are closed first."""
     if previous is not None:
@@ -118,7 +121,8 @@ def build_storage(
     storage = load_storage(name, settings.databases, settings.event_store)
     for kind in ("aggregate", "projection"):
         for model in registry[kind].values():
-            provider = model.meta_.get("provider", "default")  # type: ignore[attr-defined]
+            assert issubclass(model, BaseAggregate | BaseProjection)  # the bases of these kinds
+            provider = model.meta_.get("provider", "default")
             if provider not in storage.databases:
                 raise ConfigurationError(f"{model.__name__}: no database named '{provider}'")
             storage.databases[provider].add_model(model, versioned=kind == "aggregate")

@@ -84,7 +84,7 @@ def stored(entry: Mapping[str, Any], domain: str) -> dict[str, Any]:
     return {k: _text(v) for k, v in row.items()}
 
 
-def loaded(row: Mapping[str, Any]) -> dict[str, Any]:
+def loaded(row: Mapping[Any, Any]) -> dict[str, Any]:
     """An entry from its table row; a body or headers that do not decode never raise."""
     entry: dict[str, Any] = {
         k: row[k]

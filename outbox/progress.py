@@ -9,7 +9,7 @@ found complete, which it never reads again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -225,7 +225,7 @@ class SqlDeliveryLog:
             return conn.execute(query).scalar()
 
 
-def _grouped(rows: list[Any], handler_of: Callable[[Any], str]) -> list[Unconfirmed]:
+def _grouped(rows: Sequence[Any], handler_of: Callable[[Any], str]) -> list[Unconfirmed]:
     """(row, handler) pairs, in row order, as one `Unconfirmed` per row."""
     found: dict[int, Unconfirmed] = {}
     for row in rows:
@@ -287,7 +287,7 @@ class MemoryDeliveryLog:
         return len(done)
 
     def unconfirmed(self, routes: AuditRoutes, window: AuditWindow, limit: int) -> list[Unconfirmed]:
-        found = []
+        found: list[Unconfirmed] = []
         with self.lock:
             for row in self._own_published(window.after):
                 if len(found) >= limit or row["published_at"] >= window.before:

@@ -12,7 +12,7 @@ A failed publish leaves that row and the rest of its batch pending with `attempt
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -132,7 +132,7 @@ class SqlOutbox:
         t = self.table
         own = t.c.domain == self.domain
         with self.engine.connect() as conn:
-            counts = dict(
+            counts: dict[str, int] = dict(
                 conn.execute(sa.select(t.c.status, sa.func.count()).where(own).group_by(t.c.status)).all()
             )
             failing = conn.execute(
@@ -152,7 +152,7 @@ def _age(created: datetime | None) -> float:
     return max(0.0, (_now() - created).total_seconds())
 
 
-def _publish_all(rows: list[Any], publish: Publish) -> tuple[list[int], str | None]:
+def _publish_all(rows: Sequence[Any], publish: Publish) -> tuple[list[int], str | None]:
     """Publish rows in order; stop at the first failure and report it.
 
     A publisher that buffers (a Redis pipeline) has a `flush()`: it runs before anything is

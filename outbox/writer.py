@@ -11,16 +11,20 @@ from typing import Any, Protocol
 from tidings.outbox.tables import PENDING
 
 
-class Envelope(Protocol):
-    id: str
-    stream: str
-    type: str
+class Envelope(Protocol):  # read-only: a Message is a frozen model
+    @property
+    def id(self) -> str: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def type(self) -> str: ...
 
     def to_json(self) -> str: ...
 
 
 class ExternalEnvelope(Envelope, Protocol):
-    stream_category: str
+    @property
+    def stream_category(self) -> str: ...
 
     def to_external_dict(self) -> dict[str, Any]: ...
 
@@ -69,6 +73,7 @@ def outbox_rows(
     now = now or datetime.now(UTC)
     rows = [_row(m.id, domain, m.stream, m.type, m.to_json(), now) for m in messages]
     for m in messages if external is not None else ():
+        assert external is not None  # the loop runs only with one
         for broker in external(m):
             body = {"target_broker": broker, "stream": m.stream_category, "message": m.to_external_dict()}
             envelope = json.dumps(body, separators=(",", ":"))

@@ -27,7 +27,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 
@@ -37,16 +37,19 @@ from tidings.domain.settings import OutboxSettings
 from tidings.tasks.dispatch import queued_handlers
 from tidings.tasks.naming import async_handlers, event_store_handlers, queue_name, relay_queue, task_name
 
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
+
 log = logging.getLogger("tidings.audit")
 
 CONFIRM_PER_BATCH = 10  # rows confirmed per round: this many times `audit_batch`
 
 
-def audit_task_name(domain: Any) -> str:
+def audit_task_name(domain: Domain) -> str:
     return f"tidings.{domain.name}.audit_deliveries"
 
 
-def audit_routes(domain: Any) -> AuditRoutes:
+def audit_routes(domain: Domain) -> AuditRoutes:
     """Message type -> inbox keys of the queued handlers with a method for it: a superset of
     the relay's routing (stream category and `source_stream` are checked per row)."""
     polled = set(event_store_handlers(domain))
@@ -79,7 +82,7 @@ def next_look(settings: OutboxSettings, resent: int, now: datetime) -> datetime:
 
 
 def audit_deliveries(
-    celery: Celery, domain: Any, settings: OutboxSettings | None = None, now: datetime | None = None
+    celery: Celery, domain: Domain, settings: OutboxSettings | None = None, now: datetime | None = None
 ) -> AuditOutcome:
     """One audit round (see the module docstring); raises when the broker refuses a send
     (the rows stay unmarked: the next round sends them again)."""
@@ -159,7 +162,7 @@ def audit_deliveries(
     return outcome
 
 
-def audit_lag(domain: Any, settings: OutboxSettings | None = None, now: datetime | None = None) -> float:
+def audit_lag(domain: Domain, settings: OutboxSettings | None = None, now: datetime | None = None) -> float:
     """Seconds past `audit_grace` the oldest delivery still unconfirmed has waited (0: none)."""
     settings = settings or domain.settings.outbox
     now = now or datetime.now(UTC)
@@ -175,7 +178,7 @@ def audit_lag(domain: Any, settings: OutboxSettings | None = None, now: datetime
     return max(0.0, (now - oldest).total_seconds() - settings.audit_grace)
 
 
-def register_audit_task(celery: Celery, domain: Any, stats: Counter[Any]) -> Task:
+def register_audit_task(celery: Celery, domain: Domain, stats: Counter[Any]) -> Task:
     """The audit task (on the relay's queue), run by beat; `stats` counts what it re-sent."""
 
     @celery.task(name=audit_task_name(domain), ignore_result=True, shared=False, acks_late=False)
@@ -189,7 +192,7 @@ def register_audit_task(celery: Celery, domain: Any, stats: Counter[Any]) -> Tas
     return audit_deliveries_task
 
 
-def audit_schedule(domain: Any, task: Task) -> dict[str, dict[str, Any]]:
+def audit_schedule(domain: Domain, task: Task) -> dict[str, dict[str, Any]]:
     """The beat entry: every `audit_interval` seconds on the relay's queue; a round that could
     not run in time expires (the next one does the same work)."""
     interval = domain.settings.outbox.audit_interval

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -13,8 +13,11 @@ from tidings.domain.envelope import Message
 from tidings.outbox.writer import external_dispatch
 from tidings.tasks.naming import batch_task_name, event_store_handlers, packed_handlers, queue_name, task_name
 
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
-def queued_handlers(domain: Any, message: Message, polled: set[type] | None = None) -> list[type]:
+
+def queued_handlers(domain: Domain, message: Message, polled: set[type] | None = None) -> list[type]:
     """Every handler that must receive this message through its queue: all that receive it,
     except those that read the event store themselves (`polled`: the event_store handlers)."""
     polled = set(event_store_handlers(domain)) if polled is None else polled
@@ -22,7 +25,7 @@ def queued_handlers(domain: Any, message: Message, polled: set[type] | None = No
 
 
 @contextmanager
-def publisher(celery: Celery, domain: Any) -> Iterator[Any]:
+def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
     """Yields `publish(envelope_json)` sending over one producer connection.
 
     On Redis the sends are pipelined (kombu's `Producer.batch`): `publish.flush()` sends what

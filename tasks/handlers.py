@@ -13,16 +13,20 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 
 from tidings.domain.bus import SKIPPED
 from tidings.domain.envelope import Message
 from tidings.domain.errors import InvalidMessageError
+from tidings.domain.specs import HandlerKind, HandlerSpec
 from tidings.tasks.dlq import dead_letter
-from tidings.tasks.naming import async_handlers, batch_task_name, queue_name, task_name
+from tidings.tasks.naming import batch_task_name, specs
 from tidings.tasks.retrying import NOT_RETRIED, TransientPolicy, final_errors, with_transient_retry
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 __all__ = ["NOT_RETRIED", "HandlerTask", "failure_hook", "register_handler_tasks"]
 
@@ -38,16 +42,15 @@ class HandlerTask:
     enable_dlq: bool
 
 
-def register_handler_tasks(celery: Celery, domain: Any, stats: Counter[str]) -> dict[str, HandlerTask]:
+def register_handler_tasks(celery: Celery, domain: Domain, stats: Counter[str]) -> dict[str, HandlerTask]:
     """Create the task of every handler, subscriber and projector; returns what the failure
     hook needs to know of each, by task name. `stats` counts outcomes for this runtime."""
     created: dict[str, HandlerTask] = {}
     transient = TransientPolicy.from_settings(domain.settings.server.transient_retry)
-    for handler in async_handlers(domain):
-        settings = domain.subscription_settings(handler)
-        if settings.subscription_type == "event_store" and handler.element_kind != "subscriber":
+    for spec in specs(domain):
+        if spec.polled:
             continue  # it reads the event store itself: see tasks/poller.py
-        name, queue = task_name(domain, handler), queue_name(domain, handler)
+        settings, name, queue = spec.subscription, spec.task_name, spec.queue
         options = dict(
             name=name,
             bind=True,
@@ -56,21 +59,21 @@ def register_handler_tasks(celery: Celery, domain: Any, stats: Counter[str]) -> 
             max_retries=settings.max_retries,
             default_retry_delay=settings.retry_delay_seconds,
             autoretry_for=(Exception,),
-            dont_autoretry_for=final_errors(handler),  # business rules, `throws`, bad data
+            dont_autoretry_for=final_errors(spec.cls),  # business rules, `throws`, bad data
             retry_backoff=settings.retry_delay_seconds if settings.retry_backoff else False,
             retry_backoff_max=settings.retry_backoff_max,
             retry_jitter=settings.retry_jitter,
         )
-        body = _subscriber_body if handler.element_kind == "subscriber" else _handler_body
-        final = final_errors(handler)
-        run = with_transient_retry(body(domain, handler, name, queue, stats), transient, final)
+        body = _subscriber_body if spec.kind is HandlerKind.SUBSCRIBER else _handler_body
+        final = final_errors(spec.cls)
+        run = with_transient_retry(body(domain, spec, stats), transient, final)
         celery.task(**options)(run)
         created[name] = HandlerTask(celery, queue, settings.enable_dlq)
-        if settings.batch_delivery and handler.element_kind != "subscriber":
-            pack_name = batch_task_name(domain, handler)
+        if settings.batch_delivery and spec.kind is not HandlerKind.SUBSCRIBER:
+            pack_name = batch_task_name(domain, spec.cls)
             celery.task(**{**options, "name": pack_name})(
                 with_transient_retry(
-                    _batch_body(domain, handler, name, queue, settings.retry_delay_seconds, stats),
+                    _batch_body(domain, spec, stats),
                     transient,
                     final,
                 )
@@ -79,7 +82,9 @@ def register_handler_tasks(celery: Celery, domain: Any, stats: Counter[str]) -> 
     return created
 
 
-def _handler_body(domain: Any, handler: type, name: str, queue: str, stats: Counter[str]) -> Any:
+def _handler_body(domain: Domain, spec: HandlerSpec, stats: Counter[str]) -> Any:
+    handler, name, queue = spec.cls, spec.task_name, spec.queue
+
     def run(task: Task, envelope: Any) -> str:
         try:
             message = Message.from_dict(envelope)
@@ -96,10 +101,12 @@ def _handler_body(domain: Any, handler: type, name: str, queue: str, stats: Coun
     return run
 
 
-def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float, stats: Counter[str]) -> Any:
+def _batch_body(domain: Domain, spec: HandlerSpec, stats: Counter[str]) -> Any:
     """A pack of messages for one handler: each in its own unit of work with its own inbox row.
     A message that fails is split out to the single-message task, with one attempt counted,
     and retried alone there; its siblings are not re-run."""
+    handler, name, queue = spec.cls, spec.task_name, spec.queue
+    delay = spec.subscription.retry_delay_seconds
 
     def run(task: Task, envelopes: list) -> dict[str, int]:
         stats["packs"] += 1
@@ -134,7 +141,9 @@ def _batch_body(domain: Any, handler: type, name: str, queue: str, delay: float,
     return run
 
 
-def _subscriber_body(domain: Any, handler: type, name: str, queue: str, stats: Counter[str]) -> Any:
+def _subscriber_body(domain: Domain, spec: HandlerSpec, stats: Counter[str]) -> Any:
+    handler, name, queue = spec.cls, spec.task_name, spec.queue
+
     def run(task: Task, envelope: Any) -> str:
         if not isinstance(envelope, dict) or not isinstance(envelope.get("payload"), dict):
             _poison(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 
@@ -26,6 +26,9 @@ from tidings.domain.envelope import Message
 from tidings.tasks.handlers import NOT_RETRIED
 from tidings.tasks.naming import event_store_handlers, poll_task_name, queue_name, task_name
 from tidings.tasks.positions import FAILED, RETRYING, Lease, LeaseLostError, PositionStore, position_store
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 log = logging.getLogger("tidings.poller")
 SAFETY_NET_SECONDS = 5.0  # beat period: catches kicks lost to a crash or a busy owner
@@ -49,7 +52,7 @@ def message_of(record: dict[str, Any]) -> Message:
     return Message.from_dict({**record["metadata"], "data": record["data"]})
 
 
-def poll(domain: Any, handler: type, store: PositionStore | None = None) -> Batch:
+def poll(domain: Domain, handler: type, store: PositionStore | None = None) -> Batch:
     """Process one batch of `handler`'s event_store subscription, if no one else owns it."""
     store = store or position_store(domain)
     with store.owned(task_name(domain, handler)) as lease:
@@ -58,7 +61,7 @@ def poll(domain: Any, handler: type, store: PositionStore | None = None) -> Batc
         return run_batch(domain, handler, store, lease)
 
 
-def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) -> Batch:
+def run_batch(domain: Domain, handler: type, store: PositionStore, lease: Lease) -> Batch:
     settings = domain.subscription_settings(handler)
     cursor = lease.position()
     records = domain.event_store_database.read_categories(
@@ -97,7 +100,7 @@ def run_batch(domain: Any, handler: type, store: PositionStore, lease: Lease) ->
 
 
 def _apply(
-    domain: Any,
+    domain: Domain,
     handler: type,
     store: PositionStore,
     name: str,
@@ -129,7 +132,7 @@ def _apply(
     return "duplicate" if result is SKIPPED else "handled"
 
 
-def next_poll_in(domain: Any, handler: type, batch: Batch) -> float | None:
+def next_poll_in(domain: Domain, handler: type, batch: Batch) -> float | None:
     """Seconds until this poller should run again, or None when it is idle (or not the owner).
 
     Checked after the ownership was released: a kick that found the subscription busy was
@@ -147,13 +150,13 @@ def next_poll_in(domain: Any, handler: type, batch: Batch) -> float | None:
     return 0.0 if more else None
 
 
-def register_poller_tasks(celery: Celery, domain: Any, stats: Counter[Any]) -> dict[type, Task]:
+def register_poller_tasks(celery: Celery, domain: Domain, stats: Counter[Any]) -> dict[type, Task]:
     """One poll task per event_store handler, routed to the handler's own queue; `stats`
     counts (poll task name, outcome) for this runtime."""
     return {h: _poller_task(celery, domain, h, stats) for h in event_store_handlers(domain)}
 
 
-def _poller_task(celery: Celery, domain: Any, handler: type, stats: Counter[Any]) -> Task:
+def _poller_task(celery: Celery, domain: Domain, handler: type, stats: Counter[Any]) -> Task:
     name, queue = poll_task_name(domain, handler), queue_name(domain, handler)
 
     @celery.task(name=name, bind=True, ignore_result=True, shared=False, acks_late=False)
@@ -183,7 +186,7 @@ def _poller_task(celery: Celery, domain: Any, handler: type, stats: Counter[Any]
 Pollers = dict[str, list[tuple[Task, str]]]  # category -> (poll task, queue)
 
 
-def pollers_by_category(domain: Any, tasks: dict[type, Task]) -> Pollers:
+def pollers_by_category(domain: Domain, tasks: dict[type, Task]) -> Pollers:
     by_category: Pollers = {}
     for handler, poller in tasks.items():
         for category in domain.names.handler_categories(handler):
@@ -198,7 +201,7 @@ def kick(pollers: Pollers, categories: set[str]) -> None:
         poller.apply_async(queue=queue, expires=60)
 
 
-def poll_all(celery: Celery, domain: Any) -> None:
+def poll_all(celery: Celery, domain: Domain) -> None:
     """Send every event_store handler's poller once (what beat does every few seconds)."""
     for handler in event_store_handlers(domain):
         celery.tasks[poll_task_name(domain, handler)].apply_async(
@@ -206,13 +209,13 @@ def poll_all(celery: Celery, domain: Any) -> None:
         )
 
 
-def failed_count(domain: Any) -> int:
+def failed_count(domain: Domain) -> int:
     """Failed positions of every event_store handler (their dead letters)."""
     store = position_store(domain)  # other domains may share it: count this domain's only
     return sum(len(store.failures(task_name(domain, h), FAILED)) for h in event_store_handlers(domain))
 
 
-def replay_failed(domain: Any, handler: type, message_id: str | None = None) -> tuple[int, int]:
+def replay_failed(domain: Domain, handler: type, message_id: str | None = None) -> tuple[int, int]:
     """Re-run the handler for its failed positions (or one message); a success removes the row.
 
     Returns (replayed, still failing).

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tidings.domain.ports import Lease, Positions
 from tidings.domain.positions import FAILED, RETRYING, LeaseLostError
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 PositionStore = Positions
 
 __all__ = ["FAILED", "RETRYING", "Lease", "LeaseLostError", "PositionStore", "position_store"]
 
 
-def position_store(domain: Any) -> Positions:
+def position_store(domain: Domain) -> Positions:
     """The positions of the domain's default database (where the outbox and inbox live too)."""
     return domain.storage.positions

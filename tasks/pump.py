@@ -11,12 +11,17 @@ period.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from celery import Celery, Task
 
 from tidings.domain.brokers import BrokerCapability
 from tidings.tasks.naming import queue_name, task_name
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
+    from tidings.domain.elements import ElementClass
 
 log = logging.getLogger("tidings.pump")
 
@@ -24,11 +29,11 @@ log = logging.getLogger("tidings.pump")
 WAKEUP_EXPIRES = 60.0  # seconds: a wake-up not run by then is dropped, and may be sent again
 
 
-def pump_task_name(domain: Any, subscriber: type) -> str:
+def pump_task_name(domain: Domain, subscriber: ElementClass) -> str:
     return f"{task_name(domain, subscriber)}.pump"
 
 
-def pulled_subscribers(domain: Any) -> list[type]:
+def pulled_subscribers(domain: Domain) -> list[ElementClass]:
     """Subscribers whose broker is read through a consumer group (async processing only)."""
     if domain.settings.message_processing != "async":
         return []
@@ -39,7 +44,7 @@ def pulled_subscribers(domain: Any) -> list[type]:
     ]
 
 
-def register_pump_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
+def register_pump_tasks(celery: Celery, domain: Domain) -> dict[str, Task]:
     """One pump task per pulled subscriber, routed to the subscriber's own queue (so a busy
     subscriber is not handed more than it can take)."""
     return {
@@ -50,7 +55,7 @@ def register_pump_tasks(celery: Celery, domain: Any) -> dict[str, Task]:
     }
 
 
-def _pump_body(celery: Celery, domain: Any, subscriber: type):
+def _pump_body(celery: Celery, domain: Domain, subscriber: ElementClass) -> Callable[[Task], int]:
     stream = subscriber.meta_["stream"]
     queue, handler_task = queue_name(domain, subscriber), task_name(domain, subscriber)
     batch = domain.subscription_settings(subscriber).messages_per_tick

@@ -5,13 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidings.domain.errors import IncorrectUsageError
 from tidings.domain.tables import table_name
 from tidings.tasks.naming import task_name
 from tidings.tasks.poller import run_batch
 from tidings.tasks.positions import position_store
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
+    from tidings.domain.elements import ElementClass
 
 Progress = Callable[[int, int | None], None]  # (cursor, last position or None)
 
@@ -24,10 +28,10 @@ class Rebuilt:
     cursor: int
 
 
-def projection_of(domain: Any, projector: type) -> type:
+def projection_of(domain: Domain, projector: ElementClass) -> ElementClass:
     """The projection a projector maintains (its `projector_for`)."""
     target = projector.meta_.get("projector_for")
-    name = target if isinstance(target, str) else getattr(target, "__name__", None)
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
     try:
         return domain.registry["projection"][name]
     except KeyError:
@@ -36,18 +40,18 @@ def projection_of(domain: Any, projector: type) -> type:
         ) from None
 
 
-def truncate(domain: Any, model: type) -> None:
+def truncate(domain: Domain, model: type) -> None:
     """Delete every row of a model's table."""
     domain.database_for(model).truncate(table_name(model))
 
 
-def last_position(domain: Any, categories: list[str]) -> int | None:
+def last_position(domain: Domain, categories: list[str]) -> int | None:
     """The highest global position in these categories (None when the store cannot say)."""
     return domain.storage.event_store.last_position(categories)
 
 
 def rebuild_projection(
-    domain: Any, projector: type, progress: Progress | None = None, wait: float = 30.0
+    domain: Domain, projector: ElementClass, progress: Progress | None = None, wait: float = 30.0
 ) -> Rebuilt:
     """Truncate the projection and replay every event from position 0 through the projector.
 
@@ -77,8 +81,8 @@ def rebuild_projection(
 
 
 def _replay(
-    domain: Any,
-    projector: type,
+    domain: Domain,
+    projector: ElementClass,
     store: Any,
     lease: Any,
     projection: type,

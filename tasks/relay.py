@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 from celery import Celery, Task
 
@@ -14,27 +14,30 @@ from tidings.outbox.relay import Backoff, OutboxStore, relay_pending_messages
 from tidings.tasks.dispatch import publisher
 from tidings.tasks.naming import relay_task_name
 
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
+
 _PURGE_EVERY = 60.0  # seconds between deletions of old published rows and inbox rows, per process
 
 
-def outbox_store(domain: Any) -> OutboxStore:
+def outbox_store(domain: Domain) -> OutboxStore:
     """The domain's outbox (its own rows only), built once by its provider."""
     return domain.storage.outbox
 
 
-def relay_now(celery: Celery, domain: Any) -> int:
+def relay_now(celery: Celery, domain: Domain) -> int:
     """Relay every due outbox row (rounds of `outbox.batch_size`); returns how many."""
     return relay_with(celery, domain, domain.settings.outbox)
 
 
-def relay_with(celery: Celery, domain: Any, outbox: OutboxSettings) -> int:
+def relay_with(celery: Celery, domain: Domain, outbox: OutboxSettings) -> int:
     """`relay_now` with the given `[outbox]` settings (batch size and publish backoff)."""
     backoff = Backoff(outbox.backoff_base, outbox.backoff_max)
     with publisher(celery, domain) as publish:
         return relay_pending_messages(outbox_store(domain), publish, outbox.batch_size, backoff)
 
 
-def purge_bookkeeping(domain: Any, outbox: OutboxSettings, now: datetime | None = None) -> tuple[int, int]:
+def purge_bookkeeping(domain: Domain, outbox: OutboxSettings, now: datetime | None = None) -> tuple[int, int]:
     """Delete the published rows older than `retention` and this domain's inbox rows older than
     `inbox_retention` (which exceeds `audit_window`, checked when the settings are parsed: the
     audit never re-sends a message whose inbox row may be gone). Returns both counts."""
@@ -46,7 +49,9 @@ def purge_bookkeeping(domain: Any, outbox: OutboxSettings, now: datetime | None 
     return published, inbox
 
 
-def register_relay_task(celery: Celery, domain: Any, before_relay: Callable[[], None] | None = None) -> Task:
+def register_relay_task(
+    celery: Celery, domain: Domain, before_relay: Callable[[], None] | None = None
+) -> Task:
     """The relay task; `before_relay` runs before each claim (the app's kick gate)."""
     last_purge = [0.0]
     outbox = domain.settings.outbox

@@ -60,7 +60,7 @@ def _transient_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - redis is a dependency, but a broker-less install
         pass
     try:
-        import psycopg2
+        import psycopg2  # type: ignore[import-untyped]  # no stubs installed; only its error classes are read
 
         # OperationalError: connection refused/closed, server shutting down, serialization
         # failure and deadlock (TransactionRollbackError) - all worth another attempt.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from uuid import uuid4
 
 from kombu import Connection, Exchange, Message, Producer, Queue
@@ -18,6 +18,9 @@ from tidings.app.brokers import UrlOptions, translated
 from tidings.domain.brokers import Broker, BrokerCapability
 from tidings.domain.settings import BrokerOptions, BrokerSettings
 from tidings.tasks.naming import queue_name
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 EXCHANGE = Exchange("tidings.streams", type="direct", durable=True)
 
@@ -39,7 +42,7 @@ class CeleryBroker(Broker):
     capabilities = BrokerCapability.RELIABLE_MESSAGING
     options_model: ClassVar[type[BrokerOptions]] = CeleryOptions
 
-    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
+    def __init__(self, name: str, domain: Domain, settings: BrokerSettings | Mapping[str, Any]) -> None:
         super().__init__(name, domain, settings)
         options = cast(CeleryOptions, self.settings.options)
         self.url = options.url
@@ -91,7 +94,7 @@ class CeleryBroker(Broker):
 
     def _read(self, stream: str, consumer_group: str, n: int) -> list[tuple[str, dict]]:
         self.ensure_group(stream, consumer_group)
-        out = []
+        out: list[tuple[str, dict[str, Any]]] = []
         with self._errors():
             queue = self.group_queue(stream, consumer_group)(self.channel)
             while len(out) < n:

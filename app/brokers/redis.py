@@ -7,7 +7,7 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from uuid import uuid4
 
 import redis
@@ -15,6 +15,9 @@ import redis
 from tidings.app.brokers.redis_base import UNHEALTHY, RedisBroker, RedisOptions
 from tidings.domain.brokers import BrokerCapability
 from tidings.domain.settings import BrokerOptions, BrokerSettings, PositiveInt
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 FIELD = "data"  # one field per entry, holding the JSON message
 
@@ -35,7 +38,7 @@ class RedisStreamBroker(RedisBroker):
     capabilities = BrokerCapability.ORDERED_MESSAGING
     options_model: ClassVar[type[BrokerOptions]] = RedisStreamOptions
 
-    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
+    def __init__(self, name: str, domain: Domain, settings: BrokerSettings | Mapping[str, Any]) -> None:
         super().__init__(name, domain, settings)
         options = cast(RedisStreamOptions, self.settings.options)
         self.claim_idle_ms = options.claim_idle_ms
@@ -44,9 +47,10 @@ class RedisStreamBroker(RedisBroker):
 
     def _publish(self, stream: str, message: dict) -> str:
         with self._errors():
-            return self.client.xadd(
+            identifier = self.client.xadd(
                 self.prefix + stream, {FIELD: json.dumps(message)}, maxlen=self.maxlen, approximate=True
             )
+            return cast(str, identifier)  # decode_responses=True: replies are str
 
     def ensure_group(self, stream: str, consumer_group: str) -> None:
         with self._errors():
@@ -60,14 +64,16 @@ class RedisStreamBroker(RedisBroker):
         self.ensure_group(stream, consumer_group)
         key = self.prefix + stream
         with self._errors():
-            _, claimed, *_ = self.client.xautoclaim(
+            reply = self.client.xautoclaim(
                 key, consumer_group, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=n
             )
+            _, claimed, *_ = reply
             entries = [e for e in claimed if e and e[1]]
             if len(entries) < n:
-                for _, fresh in self.client.xreadgroup(
+                fresh_reply = self.client.xreadgroup(
                     consumer_group, self.consumer, {key: ">"}, count=n - len(entries)
-                ):
+                )
+                for _, fresh in cast(list[Any], fresh_reply):
                     entries += fresh
         return [(identifier, json.loads(fields[FIELD])) for identifier, fields in entries]
 

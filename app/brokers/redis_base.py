@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, cast
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import redis
 
 from tidings.app.brokers import UrlOptions, translated
 from tidings.domain.brokers import Broker
 from tidings.domain.settings import BrokerOptions, BrokerSettings
+
+if TYPE_CHECKING:
+    from tidings.domain.domain import Domain
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 UNHEALTHY = {"healthy": False, "message_counts": {}, "consumer_groups": {}, "dlq_depth": 0}
@@ -27,7 +31,7 @@ class RedisBroker(Broker):
     pulled = True
     options_model: ClassVar[type[BrokerOptions]] = RedisOptions
 
-    def __init__(self, name: str, domain: Any, settings: BrokerSettings | Mapping[str, Any]) -> None:
+    def __init__(self, name: str, domain: Domain, settings: BrokerSettings | Mapping[str, Any]) -> None:
         super().__init__(name, domain, settings)
         options = cast(RedisOptions, self.settings.options)
         self.url = options.url
@@ -42,7 +46,7 @@ class RedisBroker(Broker):
             )
         return self._client
 
-    def _errors(self):
+    def _errors(self) -> AbstractContextManager[None]:
         return translated(self.name, self.url, CONNECTION_ERRORS)
 
     def claim_wakeup(self, stream: str, consumer_group: str, ttl: float) -> bool:

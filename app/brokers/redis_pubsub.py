@@ -4,7 +4,7 @@ no acknowledgement, a message read is done)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from tidings.app.brokers.redis_base import UNHEALTHY, RedisBroker
 from tidings.domain.brokers import BrokerCapability
@@ -49,7 +49,8 @@ class RedisListBroker(RedisBroker):
             return dict(UNHEALTHY)
         counts, groups = {}, {}
         with self._errors():
-            for stream in sorted(self.client.smembers(f"{self.prefix}tidings:lists")):
+            streams = cast(set[str], self.client.smembers(f"{self.prefix}tidings:lists"))  # decoded replies
+            for stream in sorted(streams):
                 counts[stream] = self.client.llen(self.prefix + stream)
                 groups[stream] = sorted(self.client.hkeys(f"{self.prefix}{stream}:groups"))
         return {"healthy": True, "message_counts": counts, "consumer_groups": groups, "dlq_depth": 0}
