@@ -31,12 +31,17 @@ def main(ctx: click.Context, domain_path: str | None) -> None:
     ctx.ensure_object(dict)["domain_path"] = domain_path
 
 
-def _load(domain_path: str | None) -> tuple[Domain, Celery]:
-    """The domain: the subcommand's --domain, else the group's (or TIDINGS_DOMAIN), else found."""
+def _domain_path(domain_path: str | None) -> str | None:
+    """The subcommand's --domain, else the group's (or TIDINGS_DOMAIN); None: discover it."""
     if domain_path is None:
         root = click.get_current_context(silent=True)
         domain_path = (root.find_root().obj or {}).get("domain_path") if root else None
-    domain = load_domain(domain_path)
+    return domain_path
+
+
+def _load(domain_path: str | None) -> tuple[Domain, Celery]:
+    """The domain: the subcommand's --domain, else the group's (or TIDINGS_DOMAIN), else found."""
+    domain = load_domain(_domain_path(domain_path))
     if not domain.initialized:
         domain.init()
     return domain, runtime_for(domain).celery
@@ -48,7 +53,24 @@ def _load(domain_path: str | None) -> tuple[Domain, Celery]:
 @click.option("--test-mode", is_flag=True, help="process everything pending, then exit")
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
 @click.option("--concurrency", type=int, default=None)
-@click.option("--no-beat", is_flag=True, help="do not embed beat (run `celery beat` once elsewhere)")
+@click.option("--no-beat", is_flag=True, help="do not start beat (run `celery beat` once elsewhere)")
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="give up (exit 3) when a child needs more restarts than this within --restart-window",
+)
+@click.option(
+    "--restart-window", type=click.FloatRange(min=0), default=60.0, show_default=True, help="seconds"
+)
+@click.option(
+    "--restart-delay",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="seconds before the first restart; doubles with each restart in the window, up to 30",
+)
 def server(
     domain_path: str | None,
     debug: bool,
@@ -56,21 +78,31 @@ def server(
     pool: str,
     concurrency: int | None,
     no_beat: bool,
+    max_restarts: int,
+    restart_window: float,
+    restart_delay: float,
 ) -> None:
-    """Start a worker on all of the domain's queues (beat embedded unless --no-beat)."""
+    """Run a worker on all of the domain's queues and beat (unless --no-beat) as supervised
+    child processes: restarted when they exit, stopped together on SIGTERM/SIGINT."""
+    from tidings.app import supervisor
     from tidings.app.server import run_until_quiescent, subscription_lines, worker_argv
 
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    domain_path = _domain_path(domain_path)
     domain, celery = _load(domain_path)
-    argv: list[str] = []
+    children: list[supervisor.ChildSpec] = []
     if not test_mode:  # test mode runs its worker in this process: an inline broker reaches it
         try:  # before anything is created: a worker that can consume nothing must not start
-            argv = worker_argv(domain, pool=pool, concurrency=concurrency, beat=not no_beat, debug=debug)
+            argv = worker_argv(domain, pool=pool, concurrency=concurrency, beat=False, debug=debug)
         except ConfigurationError as exc:
             raise click.ClickException(str(exc)) from None
+        env = supervisor.domain_env(domain_path)  # the children load the same domain
+        children = [supervisor.worker_spec(argv, env=env)]
+        if not no_beat:
+            children.append(supervisor.beat_spec(domain.name, debug=debug, env=env))
     domain.create_tables()  # only the missing ones; migrations are yours (domain.metadata)
     click.echo("Registered subscriptions:")
     for line in subscription_lines(domain):
@@ -79,7 +111,14 @@ def server(
         summary = run_until_quiescent(celery, domain, pool="solo" if pool == "prefork" else pool)
         click.echo(json.dumps(summary, indent=2))
         sys.exit(0 if summary["quiescent"] and not summary["dead_lettered"] else 1)
-    celery.worker_main(argv)
+    domain.dispose()  # the children open their own connections; this process only watches them
+    policy = supervisor.RestartPolicy(
+        max_restarts=max_restarts,
+        window=restart_window,
+        initial_delay=restart_delay,
+        max_delay=max(30.0, restart_delay),
+    )
+    sys.exit(supervisor.supervise(children, policy))
 
 
 def _queues(domain: Domain, handler: str | None) -> list[str]:

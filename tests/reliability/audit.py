@@ -81,7 +81,17 @@ def build_audit(name: str) -> Domain:
 def pause(handler: str, label: str) -> None:
     """Crash tests (AUDIT_PAUSE_AT=before): on the entry labelled `AUDIT_PAUSE_LABEL`, handler
     `Apply` writes this process's pid to `AUDIT_PAUSE_FILE` and sleeps, so the test can kill
-    the process there, inside the handler's unit of work (see audit_worker.py)."""
+    the process there, inside the handler's unit of work (see audit_worker.py).
+
+    With AUDIT_BUSY_DIR, the first run of each handler on an entry labelled `busy-...` writes
+    `<dir>/<label>.<handler>` and sleeps: one such entry keeps both pool processes of a
+    worker (concurrency 2) busy, so that it reserves nothing more while the test kills it."""
+    busy = os.environ.get("AUDIT_BUSY_DIR")
+    if busy and label.startswith("busy-"):
+        mark = Path(busy) / f"{label}.{handler}"
+        if not mark.exists():
+            mark.write_text(str(os.getpid()))
+            time.sleep(60)  # killed in here: before the handler's commit
     if os.environ.get("AUDIT_PAUSE_AT") != "before":
         return
     path, wanted = os.environ.get("AUDIT_PAUSE_FILE"), os.environ.get("AUDIT_PAUSE_LABEL")

@@ -11,7 +11,8 @@ Configured from the environment, set by tests/reliability/workers.py:
   label writes its pid to the file and sleeps, `before` its commit (in the handler) or `after`
   it (in `task_postrun`, committed but not acknowledged), so that the test kills it there.
 
-`app` is built on first access (PEP 562).
+`app` is built on first access (PEP 562), and so is `domain`, the same domain for
+`tidings server --domain tests.reliability.audit_worker` (tests/reliability/workers.py).
 """
 
 from __future__ import annotations
@@ -84,13 +85,37 @@ def _build_app() -> Any:
     )
 
 
+def _build_domain() -> Domain:
+    """The audited domain as `tidings server --domain tests.reliability.audit_worker` loads it:
+    the server passes no overrides to the app, so the suite's transport options (the short
+    visibility timeout, the fast restore sweep) go in its `[celery]` table instead."""
+    from tests.reliability.audit import build_audit
+
+    domain = build_audit(os.environ["AUDIT_DOMAIN"])
+    overrides = celery_overrides(
+        os.environ["AUDIT_BROKER_URL"],
+        os.environ.get("AUDIT_KEYPREFIX", ""),
+        float(os.environ.get("AUDIT_VISIBILITY_TIMEOUT", "300")),
+    )
+    domain.config["celery"] = {
+        "broker_transport_options": overrides["broker_transport_options"],
+        "allow_unsafe": overrides["allow_unsafe"],
+    }
+    return configure(domain, os.environ["AUDIT_DATABASE_URL"], os.environ["AUDIT_BROKER_URL"])
+
+
 _app = None
+_domain = None
 
 
 def __getattr__(name: str) -> Any:
-    global _app
+    global _app, _domain
     if name == "app":
         if _app is None:
             _app = _build_app()
         return _app
+    if name == "domain":
+        if _domain is None:
+            _domain = _build_domain()
+        return _domain
     raise AttributeError(name)

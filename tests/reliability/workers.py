@@ -85,3 +85,73 @@ class Worker:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-6000:] if self.log.exists() else ""
+
+
+TIDINGS = str(Path(sys.executable).with_name("tidings"))  # the console script of this venv
+
+
+class Server:
+    """`tidings server --domain tests.reliability.audit_worker` (the supervisor and its worker
+    and beat children), in a process group of its own; `extra` are more `server` options."""
+
+    def __init__(self, log: Path, env: dict[str, str], *extra: str) -> None:
+        self.log = log
+        command = [
+            TIDINGS,
+            "server",
+            "--domain",
+            "tests.reliability.audit_worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "2",
+            *extra,
+        ]
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in CELERY_CLI_ENV and not k.startswith(("CELERY_", "AUDIT_", "TIDINGS_"))
+        }
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                cwd=log.parent,  # beat's schedule file goes to <cwd>/.tidings
+                env={**base, "PYTHONPATH": str(ROOT), **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.seen: set[int] = set()  # every child pid `child` found (for the cleanup)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def child(self, kind: str) -> int | None:
+        """The pid of the server's `celery worker` or `celery beat` child now, if any."""
+        from tests.reliability.processes import children_of, cmdline
+
+        for pid in children_of(self.pid):
+            if f"tidings.app.celery_app {kind} " in cmdline(pid) + " ":
+                self.seen.add(pid)
+                return pid
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL the server only (its children are its business); reaps it."""
+        with suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+
+    def output(self, tail: int | None = 8000) -> str:
+        """The server's log (its own lines and its children's), the last `tail` characters."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return text[-tail:] if tail else text
+
+    def lines(self, logger: str = "tidings.server") -> list[str]:
+        """The server's own log lines (not its children's)."""
+        return [line for line in self.output(tail=None).splitlines() if f" {logger}: " in line]
