@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from tests.engine.ledger import build_ledger
-from tidings.app import cli
+from tidings.app import cli, cli_common
 from tidings.domain.sql import SchemaError
 
 LEGACY_OUTBOX = """CREATE TABLE tidings_outbox (
@@ -42,8 +42,8 @@ def test_create_tables_names_the_missing_owner_column_and_its_fix(legacy_domain)
 def test_db_create_does_not_claim_the_tables_are_in_place_when_a_column_is_missing(
     legacy_domain, monkeypatch
 ):
-    monkeypatch.setattr(cli, "load_domain", lambda path: legacy_domain)
-    monkeypatch.setattr(cli, "runtime_for", lambda domain: SimpleNamespace(celery=None))
+    monkeypatch.setattr(cli_common, "load_domain", lambda path: legacy_domain)
+    monkeypatch.setattr(cli_common, "runtime_for", lambda domain: SimpleNamespace(celery=None))
     result = CliRunner().invoke(cli.main, ["db", "create", "--domain", "ledger"])
     assert result.exit_code == 1
     assert "NOT in place" in result.output and "ADD COLUMN domain" in result.output
