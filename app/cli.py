@@ -65,6 +65,7 @@ def server(
 ) -> None:
     """Run a worker on all of the domain's queues and beat (unless --no-beat) as supervised
     child processes: restarted when they exit, stopped together on SIGTERM/SIGINT."""
+    from tidings.app import children as specs
     from tidings.app import supervisor
     from tidings.app.server import run_until_quiescent, subscription_lines, worker_argv
 
@@ -74,16 +75,16 @@ def server(
     )
     domain_path = domain_path_of(domain_path)
     domain, celery = load(domain_path)
-    children: list[supervisor.ChildSpec] = []
+    children: list[specs.ChildSpec] = []
     if not test_mode:  # test mode runs its worker in this process: an inline broker reaches it
         try:  # before anything is created: a worker that can consume nothing must not start
             argv = worker_argv(domain, pool=pool, concurrency=concurrency, beat=False, debug=debug)
         except ConfigurationError as exc:
             raise click.ClickException(str(exc)) from None
-        env = supervisor.domain_env(domain_path)  # the children load the same domain
-        children = [supervisor.worker_spec(argv, env=env)]
+        env = specs.domain_env(domain_path)  # the children load the same domain
+        children = [specs.worker_spec(argv, env=env)]
         if not no_beat:
-            children.append(supervisor.beat_spec(domain.name, debug=debug, env=env))
+            children.append(specs.beat_spec(domain.name, debug=debug, env=env))
     domain.create_tables()  # only the missing ones; migrations are yours (domain.metadata)
     click.echo("Registered subscriptions:")
     for line in subscription_lines(domain):

@@ -12,22 +12,10 @@ consumes), and
   hand finish, unacknowledged messages go back) and exits 0 once they are all gone; a second
   signal forwards SIGQUIT (Celery's cold shutdown); after `stop_timeout` what is left is
   killed and the exit code is `EXIT_FORCED` (1);
-- leaves no orphan, even when the server itself is SIGKILLed: see "Orphans" below.
+- leaves no orphan, even when the server itself is SIGKILLed (see app/processes.py).
 
 Several workers with their own `-Q` lists (lanes) are just more specs: the supervisor treats
 every child alike.
-
-Orphans. Each child runs in a process group (a session) of its own, so that the server can
-signal it and everything it forked (the prefork pool) at once, and so that a Ctrl+C in the
-terminal reaches only the server, which forwards it once (the worker would take a second
-SIGINT as a cold shutdown). On Linux each child also asks the kernel for SIGKILL when the
-server dies (`prctl(PR_SET_PDEATHSIG)`, set between fork and exec), which covers the one exit
-the server cannot clean up after: its own SIGKILL. The worker's pool processes are the
-worker's children, and Celery's prefork pool sets the same parent-death signal in them, so
-they follow the worker. Elsewhere (macOS, BSD) there is no such call: the server still kills
-each child's process group on every exit it controls (a signal, giving up, an exception), but
-after a SIGKILL of the server its children keep running; there, run it under a process
-manager that stops the whole group (systemd `KillMode=control-group`, a container).
 
 The core (`Supervisor.tick`) is a state machine over `ChildProcess` handles and a clock, so
 the restart policy is tested with fake children; `supervise` runs it on real processes with
@@ -36,78 +24,25 @@ signal handling.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import select
-import shlex
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
+
+from tidings.app.children import ChildSpec
+from tidings.app.processes import Process
 
 log = logging.getLogger("tidings.server")
 
 EXIT_OK = 0  # stopped on SIGTERM/SIGINT; every child exited by itself in time
 EXIT_FORCED = 1  # stopped, but a child had to be killed after `stop_timeout`
 EXIT_GAVE_UP = 3  # a child kept exiting: more than `max_restarts` restarts within `window`
-
-CELERY_APP = "tidings.app.celery_app"  # the module whose `app` is TIDINGS_DOMAIN's Celery app
-
-
-# ---- what to run -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChildSpec:
-    """One supervised process: `name` in logs ("worker", "beat", later one per lane), the
-    full command line, the queues it consumes (empty for beat), and environment variables
-    added to the server's own."""
-
-    name: str
-    argv: tuple[str, ...]
-    queues: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-
-    def command_line(self) -> str:
-        return shlex.join(self.argv)
-
-
-def celery_command(*args: str) -> tuple[str, ...]:
-    """`celery -A tidings.app.celery_app <args>`, run by this Python (the same environment)."""
-    return (sys.executable, "-m", "celery", "-A", CELERY_APP, *args)
-
-
-def worker_spec(
-    worker_args: Sequence[str], name: str = "worker", env: Mapping[str, str] | None = None
-) -> ChildSpec:
-    """A worker child from `celery worker` arguments (`["worker", "-Q", "a,b", ...]`, as
-    `tidings.app.server.worker_argv` builds them); its queues are read from the `-Q` list."""
-    args = tuple(worker_args)
-    queues: tuple[str, ...] = ()
-    if "-Q" in args and args.index("-Q") + 1 < len(args):
-        queues = tuple(q for q in args[args.index("-Q") + 1].split(",") if q)
-    return ChildSpec(name, celery_command(*args), queues, dict(env or {}))
-
-
-def beat_spec(domain_name: str, *, debug: bool, env: Mapping[str, str] | None = None) -> ChildSpec:
-    """Beat, as `celery beat`, with its schedule file where the embedded beat kept it."""
-    schedule = Path(".tidings") / f"celerybeat-schedule-{domain_name}"
-    schedule.parent.mkdir(exist_ok=True)
-    argv = celery_command("beat", "-s", str(schedule), "-l", "DEBUG" if debug else "INFO")
-    return ChildSpec("beat", argv, (), dict(env or {}))
-
-
-def domain_env(domain_path: str | None) -> dict[str, str]:
-    """What a child needs to load the server's domain: `tidings.app.celery_app` reads
-    TIDINGS_DOMAIN (without one it discovers `domain.py` in the same working directory)."""
-    return {"TIDINGS_DOMAIN": domain_path} if domain_path else {}
 
 
 # ---- when to restart ---------------------------------------------------------------------------
@@ -317,83 +252,6 @@ def describe_exit(code: int) -> str:
 
 
 # ---- real processes ----------------------------------------------------------------------------
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    """libc's `prctl`, loaded once in the parent: loading a library between fork and exec
-    could deadlock on a lock another thread held at the fork."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    prctl: Callable[..., int] = libc.prctl
-    return prctl
-
-
-_PRCTL = _load_prctl()
-
-
-def die_with(parent: int) -> Callable[[], None]:
-    """The `preexec_fn` of a child: SIGKILL when `parent` dies (Linux). The kernel sends it
-    when the parent *thread* that forked the child exits, so the supervisor forks from its
-    main thread only. If the parent died before the call, the child exits at once."""
-
-    def preexec() -> None:
-        if _PRCTL is not None:
-            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)  # orphaned between fork and prctl: never exec
-
-    return preexec
-
-
-class Process:
-    """A real child: `subprocess.Popen` in a new session, dying with the server on Linux."""
-
-    def __init__(self, spec: ChildSpec, base_env: Mapping[str, str] | None = None) -> None:
-        env = {**(os.environ if base_env is None else base_env), **spec.env}
-        self.popen = subprocess.Popen(
-            list(spec.argv),
-            env=env,
-            start_new_session=True,  # its own process group: see the module docstring
-            preexec_fn=die_with(os.getpid()),
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def exited(self) -> int | None:
-        if self.popen.returncode is not None:
-            return self.popen.returncode
-        if hasattr(os, "waitid"):
-            # Look without reaping: while the exited leader is a zombie its pid (the group's
-            # id) cannot be reused, so the group kill below cannot hit a stranger.
-            try:
-                if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-                    return None
-            except ChildProcessError:
-                pass  # reaped elsewhere already: Popen.wait below tells the code
-        elif self.popen.poll() is None:
-            return None
-        self._kill_group()  # what the child forked and left behind (a pool process)
-        return self.popen.wait()
-
-    def send(self, signum: int) -> None:
-        if self.popen.returncode is None:
-            with suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
-
-    def kill(self) -> None:
-        self._kill_group()
-        self.popen.wait()
-
-    def _kill_group(self) -> None:
-        with suppress(ProcessLookupError, PermissionError):  # the group is empty already
-            os.killpg(self.pid, signal.SIGKILL)
 
 
 def supervise(

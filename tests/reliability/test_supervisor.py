@@ -21,7 +21,8 @@ import pytest
 from tests.reliability.processes import alive, children_of, require_proc
 from tests.waiting import wait_until
 from tidings.app import supervisor as sv
-from tidings.app.supervisor import ChildSpec, RestartPolicy, State, Supervisor
+from tidings.app.children import ChildSpec, worker_spec
+from tidings.app.supervisor import RestartPolicy, State, Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,7 +75,7 @@ class Launcher:
         return [p for n, p in self.launched if n == name][-1]
 
 
-WORKER = sv.worker_spec(["worker", "-Q", "d.outbox,d.apply", "--pool", "prefork"])
+WORKER = worker_spec(["worker", "-Q", "d.outbox,d.apply", "--pool", "prefork"])
 BEAT = ChildSpec("beat", ("celery", "beat"))
 
 
@@ -95,7 +96,7 @@ def test_a_worker_spec_is_a_celery_command_with_its_queue_list():
     assert WORKER.queues == ("d.outbox", "d.apply")
     assert WORKER.argv[:5] == (sys.executable, "-m", "celery", "-A", "tidings.app.celery_app")
     assert WORKER.argv[5:] == ("worker", "-Q", "d.outbox,d.apply", "--pool", "prefork")
-    lane = sv.worker_spec(["worker", "-Q", "d.slow", "-n", "slow@%h"], name="lane-slow")
+    lane = worker_spec(["worker", "-Q", "d.slow", "-n", "slow@%h"], name="lane-slow")
     assert (lane.name, lane.queues) == ("lane-slow", ("d.slow",))
 
 
@@ -233,7 +234,8 @@ def python(code: str) -> tuple[str, ...]:
 SUPERVISE = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-from tidings.app.supervisor import ChildSpec, RestartPolicy, supervise
+from tidings.app.children import ChildSpec, worker_spec
+from tidings.app.supervisor import RestartPolicy, supervise
 specs = [ChildSpec(name, (sys.executable, "-c", code)) for name, code in {children!r}]
 sys.exit(supervise(specs, RestartPolicy(max_restarts={max_restarts}, initial_delay=0.05, stop_timeout=10)))
 """
