@@ -194,7 +194,7 @@ def test_one_undecodable_dlq_entry_does_not_break_dlq_list_show_or_replay(poison
     shows all four (the mirror's raw item too: the Redis transport records a raw list item
     there only), `show` finds the good one, `replay` replays it and skips the other three,
     saying why."""
-    from tidings.app import cli, cli_common
+    from tidings.app import cli, cli_dlq
 
     run = poison_run
     queue = handler_queue(run.domain, "Apply")
@@ -225,7 +225,7 @@ def test_one_undecodable_dlq_entry_does_not_break_dlq_list_show_or_replay(poison
         error=ValueError("handler bug"),
         attempts=4,
     )
-    monkeypatch.setattr(cli_common, "load", lambda _path: (run.domain, run.celery))
+    monkeypatch.setattr(cli_dlq, "load", lambda _path: (run.domain, run.celery))
     runner = CliRunner()
 
     listed = runner.invoke(cli.main, ["dlq", "list", "--domain", "x", "--handler", "Apply"])
