@@ -31,14 +31,15 @@ def dlq_list(domain_path: str | None, handler: str | None, limit: int) -> None:
                 f"attempts={entry.get('attempts')}  {entry.get('failed_at')}  "
                 f"{entry.get('error_type')}: {entry.get('error_message')}"
             )
-    for row in failed_positions(domain, handler)[:limit]:
+    # a position given up on is in the table above; what is listed here still retries
+    for row in [r for r in failed_positions(domain, handler) if r["status"] != "failed"][:limit]:
         total += 1
         click.echo(
             f"{row['handler']}@{row['global_position']}  {row['message_id']}  "
             f"attempts={row['attempts']}  {row['status']}  {row['failed_at']}  "
             f"{row['error_type']}: {row['error_message']}"
         )
-    click.echo(f"{total} dead-lettered message(s) and failed position(s)")
+    click.echo(f"{total} dead-lettered message(s) and position(s) still retrying")
 
 
 @dlq.command("show")
@@ -76,10 +77,16 @@ def dlq_replay(domain_path: str | None, handler: str | None, wanted: str | None)
     its re-publish succeeded, and one that cannot be replayed (poison, undecodable, no such
     task) stays, with the reason. Failed positions are re-run here; a success removes the row."""
     from tidings.tasks import dlq as dead
+    from tidings.tasks.naming import queue_name
     from tidings.tasks.poller import replay_failed
 
     domain, celery = load(domain_path)
-    outcomes = [dead.replay_entries(celery, q, wanted) for q in queues(domain, handler)]
+    # event_store handlers have no task to re-queue to: their dead letters replay below, by
+    # re-running the failed position (a success removes both)
+    positional = {queue_name(domain, h) for h in polled(domain, handler)}
+    outcomes = [
+        dead.replay_entries(celery, q, wanted) for q in queues(domain, handler) if q not in positional
+    ]
     click.echo(f"replayed {sum(o.replayed for o in outcomes)} message(s)")
     skipped = [s for o in outcomes for s in o.skipped]
     if skipped:

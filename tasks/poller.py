@@ -15,6 +15,7 @@ SAFETY_NET_SECONDS. An idle poller does not re-schedule itself.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from celery import Celery, Task
 
 from tidings.domain.bus import SKIPPED
 from tidings.domain.envelope import Message
+from tidings.tasks.dead_letter import entry_for
 from tidings.tasks.handlers import NOT_RETRIED
 from tidings.tasks.naming import event_store_handlers, poll_task_name, queue_name, task_name
 from tidings.tasks.positions import FAILED, RETRYING, Lease, LeaseLostError, PositionStore, position_store
@@ -115,6 +117,8 @@ def _apply(
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the poller
         final = isinstance(exc, NOT_RETRIED) or attempts_before >= max_retries
         attempts = store.record_failure(name, record, exc, final)
+        if final:
+            _dead_letter(domain, handler, message, exc, attempts)
         log.log(
             logging.ERROR if final else logging.WARNING,
             "%s: message %s at position %d failed (attempt %d%s): %s: %s",
@@ -238,5 +242,37 @@ def replay_failed(domain: Domain, handler: type, message_id: str | None = None) 
             failing += 1
             continue
         store.resolve(name, row["global_position"])
+        _forget_dead_letter(domain, handler, row["message_id"])
         ok += 1
     return ok, failing
+
+
+def _dead_letter(domain: Domain, handler: type, message: Message, exc: BaseException, attempts: int) -> None:
+    """A position given up on is a dead letter like any other: the same table, the same
+    `tidings dlq` (its replay re-runs the position, see `replay_failed`). The failed position
+    stays too: it is what moves the cursor past the message and what a replay re-reads."""
+    entry = entry_for(
+        queue=queue_name(domain, handler),
+        task=task_name(domain, handler),
+        body=message.to_dict(),
+        error=exc,
+        attempts=attempts,
+        traceback="".join(traceback.format_exception(exc)),
+    )
+    try:
+        domain.storage.dead_letters.record({**entry, "handler": task_name(domain, handler)})
+    except Exception:  # noqa: BLE001 - the failed position holds the failure either way
+        log.exception("%s: could not record the dead letter of %s", task_name(domain, handler), message.id)
+
+
+def _forget_dead_letter(domain: Domain, handler: type, message_id: str) -> None:
+    """A replayed position succeeded: its dead letter goes (the position row already went)."""
+    letters = domain.storage.dead_letters
+    name = task_name(domain, handler)
+    done = [
+        e["entry_id"]
+        for e in letters.entries(queue_name(domain, handler), limit=10_000)
+        if e.get("message_id") == message_id and e.get("handler") in (name, None)
+    ]
+    if done:
+        letters.delete(done)

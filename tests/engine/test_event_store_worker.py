@@ -85,13 +85,21 @@ def test_the_cli_lists_and_replays_failed_positions_and_rebuilds_a_projection(cl
     runner = CliRunner()
     args = ["--domain", "tests.engine.accounts_app"]
 
+    # a position given up on is a dead letter in the one table, listed once, by its entry id
+    letters = domain.storage.dead_letters.entries()
+    assert [(e["handler"], e["attempts"], e["error_type"]) for e in letters] == [
+        ("tidings.accounts.Auditor", 3, "ConnectionError")
+    ]
     listed = runner.invoke(main, ["dlq", "list", *args, "--handler", "Auditor"])
     assert listed.exit_code == 0, listed.output
-    assert "attempts=3  failed" in listed.output and "ConnectionError" in listed.output
+    assert letters[0]["entry_id"] in listed.output and "attempts=3" in listed.output
+    assert listed.output.count("ConnectionError") == 1, listed.output
 
     FAILURES.clear()
     replayed = runner.invoke(main, ["dlq", "replay", *args, "--handler", "Auditor"])
     assert "re-ran 1 failed position(s); 0 still failing" in replayed.output
+    assert "cannot be replayed" not in replayed.output  # no task re-queue was tried for it
+    assert domain.storage.dead_letters.entries() == []  # replayed: its dead letter went too
     assert sorted(r["amount"] for r in rows(domain, "Audit")) == [10, 20, 30]
 
     before = rows(domain, "Statement")
