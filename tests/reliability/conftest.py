@@ -29,7 +29,7 @@ from tidings.app.bootstrap import create_celery_app
 from tidings.tasks import dlq
 
 ROWS: list[str] = []  # the scenario table, printed in the terminal summary
-HEADER = "scenario | events | lost | doubled | dead-lettered | recovery s"
+HEADER = "scenario | events | lost | doubled | dead-lettered | recovery s | commit p99 ms"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -108,7 +108,9 @@ class AuditRun:
         """Every committed message applied or dead-lettered by every handler."""
         return all(a.lost <= 0 for a in self.audit().values())
 
-    def report(self, scenario: str, recovery: float | None) -> dict[str, HandlerAudit]:
+    def report(
+        self, scenario: str, recovery: float | None, commit_p99: float | None = None
+    ) -> dict[str, HandlerAudit]:
         """Audit, print the scenario's table row and return the audit per handler."""
         result = self.audit()
         row = " | ".join(
@@ -119,6 +121,7 @@ class AuditRun:
                 str(sum(a.doubled for a in result.values())),
                 str(sum(a.dead_lettered for a in result.values())),
                 "-" if recovery is None else f"{recovery:.1f}",
+                "-" if commit_p99 is None else f"{commit_p99 * 1000:.0f}",
             ]
         )
         ROWS.append(row)

@@ -45,16 +45,19 @@ class Producer:
         self.run, self.count, self.prefix, self.pace = run, count, prefix, pace
         self.committed = 0
         self.failures = 0
+        self.latencies: list[float] = []  # seconds per successful commit, faults included
         self.thread = threading.Thread(target=self._produce, daemon=True)
 
     def _produce(self) -> None:
         while self.committed < self.count:
+            begun = time.monotonic()
             try:
                 make_entries(self.run.domain, [f"{self.prefix}-{self.committed}"])
             except Exception:  # noqa: BLE001 - the database is down: try again
                 self.failures += 1
                 time.sleep(0.05)  # not waiting on a result: pacing the retries of a producer
                 continue
+            self.latencies.append(time.monotonic() - begun)
             self.committed += 1
             time.sleep(self.pace)  # a steady load of about 1/pace commits per second
 
@@ -64,6 +67,10 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.thread.join(timeout=120)
+
+    def p99(self) -> float | None:
+        """The 99th percentile commit time over the run (a fault's commits included)."""
+        return p99(self.latencies) if self.latencies else None
 
     def join(self) -> None:
         self.thread.join(timeout=120)
@@ -109,7 +116,7 @@ def test_sigterm_of_a_worker_under_load_loses_and_doubles_nothing(fault_run):
         run.worker()
         producer.join()
     drain(run)
-    assert_nothing_lost_or_doubled(run.report("SIGTERM of a worker under load", since(start)))
+    assert_nothing_lost_or_doubled(run.report("SIGTERM of a worker under load", since(start), producer.p99()))
 
 
 def test_postgresql_stopped_immediately_and_restarted_under_load_loses_and_doubles_nothing(
@@ -126,7 +133,7 @@ def test_postgresql_stopped_immediately_and_restarted_under_load_loses_and_doubl
             postgres_cluster.restart()
             producer.join()
         drain(run)
-        result = run.report("PostgreSQL immediate stop + restart", since(start))
+        result = run.report("PostgreSQL immediate stop + restart", since(start), producer.p99())
         assert worker.alive(), worker.output()
     assert_nothing_lost_or_doubled(result)
 
@@ -292,7 +299,7 @@ def test_commits_do_not_wait_while_redis_is_frozen_for_10_seconds(fault_run, red
     assert during, "no commit was attempted while Redis was frozen"
     settled = settle(run, timeout=30)
     timing = f"commit p99 {p99(during) * 1000:.0f} ms, normal {normal * 1000:.0f} ms"
-    run.report(f"Redis frozen {FREEZE_SECONDS} s ({timing})", since(start) if settled else None)
+    run.report(f"Redis frozen {FREEZE_SECONDS} s ({timing})", since(start) if settled else None, p99(during))
     assert settled
     # Within 2x the normal p99 (a 50 ms floor: the normal p99 of a local commit is a few ms).
     assert p99(during) <= max(2 * normal, 0.05), f"commit p99 {p99(during):.3f}s vs normal {normal:.3f}s"

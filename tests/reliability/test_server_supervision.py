@@ -120,7 +120,9 @@ def test_worker_main_process_sigkilled_in_a_loop_under_load_is_restarted_and_los
         assert producer.committed > 50, producer.committed
         drain(run, timeout=90)
         recovery = since(last_kill)
-        result = run.report(f"worker main process SIGKILLed {KILLS}x under tidings server", recovery)
+        result = run.report(
+            f"worker main process SIGKILLed {KILLS}x under tidings server", recovery, producer.p99()
+        )
         assert server.alive(), server.output()
         assert server.child("beat") == beat, "beat was restarted: it never failed"
         assert sum("worker exited unexpectedly" in line for line in server.lines()) == KILLS
