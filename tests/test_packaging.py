@@ -308,3 +308,19 @@ def test_tidings_demo_ships_with_the_wheel(venv: Path, tmp_path: Path) -> None:
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == ["sqla+sqlite:///.tidings/broker.db", "True"]
+
+
+def test_tidings_demo_runs_from_the_installed_wheel(venv: Path, tmp_path: Path) -> None:
+    # the main job, from an empty folder with only the wheel installed: its exit code is 0
+    # only on the exact end state (worker, beat and API as real processes)
+    env = {k: v for k, v in env_for(venv).items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")}
+    result = subprocess.run(
+        [str(venv / "bin" / "tidings"), "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "end state is exactly as expected" in result.stdout
