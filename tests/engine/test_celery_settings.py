@@ -39,8 +39,8 @@ WEAKENING: dict[str, Any] = {
     "task_serializer": "pickle",
     "result_serializer": "yaml",
     "event_serializer": "pickle",
-    "accept_content": ["json", "pickle"],
-    "result_accept_content": ["pickle"],
+    "accept_content": ["json", "application/x-python-serialize"],  # pickle, by its content type
+    "result_accept_content": ["application/x-python-serialize"],
 }
 
 
