@@ -39,7 +39,7 @@ WEAKENING: dict[str, Any] = {
     "task_serializer": "pickle",
     "result_serializer": "yaml",
     "event_serializer": "pickle",
-    "accept_content": ["json", "application/x-python-serialize"],  # pickle, by its content type
+    "accept_content": ["json", "application/x-python-serialize"],  # Python object serialization
     "result_accept_content": ["application/x-python-serialize"],
 }
 
