@@ -32,8 +32,19 @@ def main(ctx: click.Context, domain_path: str | None) -> None:
 @click.option("--domain", "domain_path", default=None, help=DOMAIN_HELP)
 @click.option("--debug", is_flag=True, help="log every message")
 @click.option("--test-mode", is_flag=True, help="process everything pending, then exit")
-@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
-@click.option("--concurrency", type=int, default=None)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default=None,
+    help="pool of the lanes that set none ([server] lane_pool, threads); prefork with --no-lanes",
+)
+@click.option(
+    "--concurrency", type=int, default=None, help="per lane that sets none ([server] lane_concurrency, 2)"
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="worker children per lane"
+)
+@click.option("--no-lanes", is_flag=True, help="one worker on every queue (the topology before lanes)")
 @click.option("--no-beat", is_flag=True, help="do not start beat (run `celery beat` once elsewhere)")
 @click.option(
     "--max-restarts",
@@ -56,17 +67,21 @@ def server(
     domain_path: str | None,
     debug: bool,
     test_mode: bool,
-    pool: str,
+    pool: str | None,
     concurrency: int | None,
+    workers: int,
+    no_lanes: bool,
     no_beat: bool,
     max_restarts: int,
     restart_window: float,
     restart_delay: float,
 ) -> None:
-    """Run a worker on all of the domain's queues and beat (unless --no-beat) as supervised
-    child processes: restarted when they exit, stopped together on SIGTERM/SIGINT."""
+    """Run the domain's lanes (a worker child per lane: by default one per handler, see
+    `tidings lanes`) and beat (unless --no-beat) as supervised child processes: restarted
+    when they exit, stopped together on SIGTERM/SIGINT."""
     from tidings.app import children as specs
     from tidings.app import supervisor
+    from tidings.app.lanes import lane_children, lane_lines, plan_lanes
     from tidings.app.server import run_until_quiescent, subscription_lines, worker_argv
 
     logging.basicConfig(
@@ -76,21 +91,32 @@ def server(
     domain_path = domain_path_of(domain_path)
     domain, celery = load(domain_path)
     children: list[specs.ChildSpec] = []
+    lanes = []
     if not test_mode:  # test mode runs its worker in this process: an inline broker reaches it
+        env = specs.domain_env(domain_path)  # the children load the same domain
         try:  # before anything is created: a worker that can consume nothing must not start
-            argv = worker_argv(domain, pool=pool, concurrency=concurrency, beat=False, debug=debug)
+            argv = worker_argv(
+                domain, pool=pool or "prefork", concurrency=concurrency, beat=False, debug=debug
+            )
+            if no_lanes:
+                children = [specs.worker_spec(argv, env=env)]
+            else:
+                lanes = plan_lanes(domain, pool=pool, concurrency=concurrency)
+                children = lane_children(domain, lanes, workers=workers, debug=debug, env=env)
         except ConfigurationError as exc:
             raise click.ClickException(str(exc)) from None
-        env = specs.domain_env(domain_path)  # the children load the same domain
-        children = [specs.worker_spec(argv, env=env)]
         if not no_beat:
             children.append(specs.beat_spec(domain.name, debug=debug, env=env))
     domain.create_tables()  # only the missing ones; migrations are yours (domain.metadata)
     click.echo("Registered subscriptions:")
     for line in subscription_lines(domain):
         click.echo(f"  {line}")
+    if lanes:
+        click.echo("Lanes:")
+        for line in lane_lines(lanes):
+            click.echo(f"  {line}")
     if test_mode:
-        summary = run_until_quiescent(celery, domain, pool="solo" if pool == "prefork" else pool)
+        summary = run_until_quiescent(celery, domain, pool="solo" if pool in (None, "prefork") else pool)
         click.echo(json.dumps(summary, indent=2))
         sys.exit(0 if summary["quiescent"] and not summary["dead_lettered"] else 1)
     domain.dispose()  # the children open their own connections; this process only watches them
@@ -101,6 +127,29 @@ def server(
         max_delay=max(30.0, restart_delay),
     )
     sys.exit(supervisor.supervise(children, policy))
+
+
+@main.command()
+@domain_option
+@click.option("--celery-commands", is_flag=True, help="print the equivalent plain celery commands")
+def lanes(domain_path: str | None, celery_commands: bool) -> None:
+    """The lanes `tidings server` runs: each one `celery worker -Q <queues>` child."""
+    from tidings.app import lanes as planned
+
+    domain, _ = load(domain_path)
+    try:
+        found = planned.plan_lanes(domain)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not celery_commands:
+        for line in planned.lane_lines(found):
+            click.echo(line)
+        return
+    click.echo("# one worker per lane, and beat once (TIDINGS_DOMAIN names the domain):")
+    for line in planned.celery_commands(domain, found):
+        click.echo(line)
+    click.echo("# or every lane at once:")
+    click.echo(planned.celery_multi(domain, found))
 
 
 @main.group()
@@ -127,15 +176,28 @@ def db_create(domain_path: str | None) -> None:
 @main.command()
 @domain_option
 def subscriptions(domain_path: str | None) -> None:
-    """Every handler's resolved subscription settings and where each value came from."""
+    """Every handler's resolved subscription settings and where each value came from, its
+    lane and its circuit breaker's state."""
+    from tidings.app.lanes import plan_lanes
+    from tidings.tasks.breaker import breaker_states
     from tidings.tasks.naming import async_handlers, queue_name
 
     domain, _ = load(domain_path)
+    try:
+        lane_of = {h: lane for lane in plan_lanes(domain) for h in lane.handlers}
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    breakers = breaker_states(domain)
     for handler in async_handlers(domain):
         settings = domain.subscription_settings(handler)
         click.echo(f"{handler.__name__} ({queue_name(domain, handler)})")
+        lane = lane_of[handler.__name__]
+        click.echo(
+            f"  {'lane':<29} {lane.name:<10} <- {', '.join(lane.queues)} ({lane.pool} x{lane.concurrency})"
+        )
+        click.echo(f"  {'circuit_breaker':<29} {breakers.get(handler.__name__, 'off')}")
         for key, value in settings.values.items():
-            click.echo(f"  {key:<26} {value!s:<10} <- {settings.sources[key]}")
+            click.echo(f"  {key:<29} {value!s:<10} <- {settings.sources[key]}")
 
 
 @main.group()

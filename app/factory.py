@@ -23,10 +23,12 @@ from tidings.tasks.handlers import failure_hook, register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
     event_store_handlers,
+    handler_queues,
     poll_task_name,
     queue_name,
     relay_queue,
     relay_task_name,
+    specs,
     task_name,
 )
 from tidings.tasks.poller import SAFETY_NET_SECONDS, pollers_by_category, register_poller_tasks
@@ -71,7 +73,7 @@ def build_celery_app(
     routes.update({poll_task_name(domain, h): queue_name(domain, h) for h in event_store_handlers(domain)})
     derived = dict(
         broker_url=broker_url(domain.settings.brokers["default"]),
-        task_queues=[Queue(q, routing_key=q) for q in routes.values()],
+        task_queues=[Queue(q, routing_key=q) for q in [*routes.values(), *_backfill_queues(domain)]],
         task_routes={name: {"queue": q, "routing_key": q} for name, q in routes.items()},
         task_default_queue=relay_queue(domain),
         broker_transport_options={"polling_interval": _polling_interval(domain)},
@@ -119,6 +121,11 @@ def build_celery_app(
     )
     celery.tidings_domain = domain
     return celery, engine, failure_hook(handler_tasks, stats)
+
+
+def _backfill_queues(domain: Domain) -> list[str]:
+    """With `[server.priority_lanes]`: each handler's backfill queue (tasks/naming.py)."""
+    return [q for spec in specs(domain) for q in handler_queues(domain, spec)[1:]]
 
 
 def _pump_schedule(domain: Domain) -> dict[str, dict]:

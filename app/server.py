@@ -1,4 +1,4 @@
-"""`tidings server`: a Celery worker on all of a domain's queues, with beat, or a test-mode run."""
+"""`tidings server`: the lanes' Celery workers (app/lanes.py) and beat, or a test-mode run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from celery.contrib.testing.worker import start_worker
 from tidings.app.progress import RunProgress
 from tidings.domain.parsing import check_server_broker
 from tidings.tasks import dlq
-from tidings.tasks.naming import async_handlers, queue_name, relay_queue
+from tidings.tasks.naming import async_handlers, handler_queues, queue_name, relay_queue, specs
 from tidings.tasks.poller import poll_all
 from tidings.tasks.relay import relay_now
 
@@ -38,11 +38,14 @@ def subscription_lines(domain: Domain) -> list[str]:
 
 
 def all_queues(domain: Domain) -> list[str]:
-    return [relay_queue(domain)] + [queue_name(domain, h) for h in async_handlers(domain)]
+    """The relay's queue, then every handler's queues (interactive, then backfill)."""
+    queues = [relay_queue(domain)]
+    return queues + [q for spec in specs(domain) for q in handler_queues(domain, spec)]
 
 
 def worker_argv(domain: Domain, *, pool: str, concurrency: int | None, beat: bool, debug: bool) -> list[str]:
-    """The `celery worker` arguments of `tidings server`. Refuses an in-process default broker
+    """The `celery worker` arguments of one worker on every queue (`tidings server --no-lanes`,
+    the topology before lanes). Refuses an in-process default broker
     first: the worker would run on memory:// and consume nothing (see `check_server_broker`)."""
     check_server_broker(domain.settings)
     argv = [

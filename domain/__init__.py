@@ -40,6 +40,7 @@ from tidings.domain.handlers import (
     on,
     read,
 )
+from tidings.domain.priority import Priority, processing_priority
 
 __all__ = [
     "Domain",
@@ -49,6 +50,8 @@ __all__ = [
     "read",
     "Message",
     "MessageKind",
+    "Priority",
+    "processing_priority",
     "BaseAggregate",
     "BaseEntity",
     "BaseValueObject",

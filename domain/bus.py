@@ -20,6 +20,7 @@ from tidings.domain.errors import (
     DuplicateCommandError,
     IncorrectUsageError,
 )
+from tidings.domain.priority import processing_priority
 from tidings.domain.registry import query_targets
 from tidings.domain.running import HandlerRunner, call_handle_error
 from tidings.domain.uow import UnitOfWork
@@ -50,6 +51,7 @@ class MessageBus(HandlerRunner):
         correlation_id: str | None = None,
         deadline: datetime | float | None = None,
         timeout: float | None = None,
+        priority: int | None = None,
     ) -> Any:
         """Handle a command: inline in sync mode (returns the handler's value), else via the
         outbox (returns the command's message id at once).
@@ -60,7 +62,20 @@ class MessageBus(HandlerRunner):
         leaves it free. `correlation_id` replaces the inherited one. `deadline` (a datetime
         or a Unix time) or `timeout` (seconds from now), else the handler's `timeout`, else
         `command_default_timeout`: a command handled later is skipped (sync: CommandExpiredError).
+        `priority` (e.g. `Priority.BULK`) tags the command and what its handler raises; by
+        default the `processing_priority()` block's, else the handled message's (domain/priority.py).
         """
+        if priority is not None:
+            with processing_priority(priority):
+                return self.process(
+                    command,
+                    asynchronous,
+                    idempotency_key,
+                    raise_on_duplicate,
+                    correlation_id=correlation_id,
+                    deadline=deadline,
+                    timeout=timeout,
+                )
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
             raise IncorrectUsageError("idempotency_key must be 1 to 255 characters")
         message = self.envelopes.command(

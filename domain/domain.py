@@ -229,7 +229,8 @@ class Domain:
     def process(self, command: Any, asynchronous: bool | None = None, **options: Any) -> Any:
         """Handle a command: inline in sync mode (returns the handler's value), else via the
         outbox (returns its message id at once). Options as the reference's: `idempotency_key`,
-        `raise_on_duplicate`, `correlation_id`, `deadline`, `timeout` (see `MessageBus.process`)."""
+        `raise_on_duplicate`, `correlation_id`, `deadline`, `timeout`, `priority` (see
+        `MessageBus.process`)."""
         return self.bus.process(command, asynchronous, **options)
 
     def publish(self, events: Any) -> list[Message]:

@@ -11,6 +11,7 @@ from tidings.domain.envelope import Message, MessageKind
 from tidings.domain.errors import IncorrectUsageError
 from tidings.domain.naming import Names, snake
 from tidings.domain.ports import EventStore
+from tidings.domain.priority import PRIORITY_KEY, Priority, current_priority
 
 
 class Envelopes:
@@ -68,6 +69,9 @@ class Envelopes:
                 "causation_id": parent.id,
                 "deadline": parent.deadline,  # deadlines propagate down the chain
             }
+        priority = current_priority(parent)
+        if priority != Priority.NORMAL:  # a NORMAL message carries none (domain/priority.py)
+            extra["metadata"] = {PRIORITY_KEY: priority}
         return Message(
             type=self.names.type_of(type(obj)),
             kind=kind,

@@ -16,6 +16,12 @@ BUILT_IN: dict[str, Any] = {  # the reference's effective defaults for a stream 
     "enable_dlq": True,
     "position_update_interval": 10,
     "batch_delivery": False,  # stream: pack up to messages_per_tick messages into one task
+    # tasks/breaker.py: this many failures in a row open the handler's breaker (its lane stops
+    # consuming its queue) for `circuit_breaker_reset_seconds`, then one probe message runs.
+    # 0: no breaker (the default; the reference's value is 10): a handler that fails every
+    # message because of its own bug then dead-letters them instead of holding them forever.
+    "circuit_breaker_threshold": 0,
+    "circuit_breaker_reset_seconds": 60,
 }
 
 PROFILES: dict[str, dict[str, Any]] = {

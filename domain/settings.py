@@ -173,6 +173,8 @@ class SubscriptionOptions(FrozenModel):
     enable_dlq: Flag | None = None
     position_update_interval: PositiveInt | None = None
     batch_delivery: Flag | None = None
+    circuit_breaker_threshold: NonNegativeInt | None = None
+    circuit_breaker_reset_seconds: PositiveFloat | None = None
 
     def values(self) -> dict[str, object]:
         """The values this section sets, by option name."""
@@ -240,6 +242,29 @@ class VersionRetrySettings(FrozenModel):
     max_delay_seconds: NonNegativeFloat = 1.0
 
 
+WorkerPool = Literal["prefork", "threads", "solo"]
+
+
+class LaneSettings(FrozenModel):
+    """`[server.lanes.<name>]`: handlers (class names; `"*"`: every handler no other lane
+    names) whose queues one `celery worker -Q ...` child consumes, with its own pool and
+    concurrency (unset: `[server] lane_pool` / `lane_concurrency`). See app/lanes.py."""
+
+    handlers: tuple[str, ...] = ()
+    concurrency: PositiveInt | None = None
+    pool: WorkerPool | None = None
+
+
+class PriorityLaneSettings(FrozenModel):
+    """`[server.priority_lanes]` (the reference's names): a message whose priority is below
+    `threshold` goes to `<queue>.<backfill_suffix>`, which the handler's lane consumes after
+    (interleaved with) its own queue, so a bulk backlog never sits in front of interactive work."""
+
+    enabled: Flag = False
+    threshold: int = 0
+    backfill_suffix: str = "backfill"
+
+
 class ServerSettings(FrozenModel):
     """`[server]`: subscription defaults, custom profiles and per-handler subscriptions."""
 
@@ -254,6 +279,15 @@ class ServerSettings(FrozenModel):
     subscriptions: dict[str, HandlerSubscription] = {}
     profiles: dict[str, CustomProfile] = {}
     version_retry: VersionRetrySettings = VersionRetrySettings()
+    # Lanes (app/lanes.py): every handler not named in a `[server.lanes.<name>]` gets a lane
+    # of its own with these; `lane_concurrency` threads (or processes) per worker child.
+    lanes: dict[str, LaneSettings] = {}
+    lane_pool: WorkerPool = "threads"
+    lane_concurrency: PositiveInt = 2
+    priority_lanes: PriorityLaneSettings = PriorityLaneSettings()
+    # Where circuit breakers keep their state, shared by every worker (tasks/breaker.py): a
+    # redis:// URL; unset, the default broker's URL when it is Redis, else each process its own.
+    breaker_store: str | None = None
 
 
 # ---- the tree ----------------------------------------------------------------------------------

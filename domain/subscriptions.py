@@ -19,8 +19,14 @@ if TYPE_CHECKING:
     from tidings.domain.settings import ServerSettings
 
 TYPES = {"stream", "event_store"}
-_POSITIVE = {"messages_per_tick", "blocking_timeout_ms", "position_update_interval", "retry_backoff_max"}
-_NON_NEGATIVE = {"max_retries", "retry_delay_seconds"}
+_POSITIVE = {
+    "messages_per_tick",
+    "blocking_timeout_ms",
+    "position_update_interval",
+    "retry_backoff_max",
+    "circuit_breaker_reset_seconds",
+}
+_NON_NEGATIVE = {"max_retries", "retry_delay_seconds", "circuit_breaker_threshold"}
 _BOOLEAN = {"retry_backoff", "retry_jitter", "enable_dlq", "batch_delivery"}
 
 

@@ -3,15 +3,23 @@ external row (a `published=True` event for `[outbox] external_brokers`) goes to 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
 from tidings.domain.envelope import Message
+from tidings.domain.priority import priority_of
 from tidings.outbox.writer import external_dispatch
-from tidings.tasks.naming import batch_task_name, event_store_handlers, packed_handlers, queue_name, task_name
+from tidings.tasks.naming import (
+    backfill_queue,
+    batch_task_name,
+    event_store_handlers,
+    packed_handlers,
+    queue_name,
+    task_name,
+)
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
@@ -37,7 +45,8 @@ def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
     deferred: list[tuple[str, str, Any]] = []
     polled = set(event_store_handlers(domain))
     packed = packed_handlers(domain)
-    packs: dict[type, list[dict]] = {}
+    packs: dict[tuple[type, str], list[dict]] = {}  # (handler, queue) -> its pack being filled
+    route = priority_router(domain)
     with celery.producer_or_acquire() as producer, _batched(producer, eager) as batch:
 
         def send(name: str, queue: str, arg: Any, task_id: str, label: str) -> None:
@@ -56,14 +65,15 @@ def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
                     argsrepr=label,
                 )
 
-        def send_pack(handler: type) -> None:
-            pack = packs.pop(handler, [])
+        def send_pack(key: tuple[type, str]) -> None:
+            pack = packs.pop(key, [])
             if pack:
+                handler, queue = key
                 send(
                     batch_task_name(domain, handler),
-                    queue_name(domain, handler),
+                    queue,
                     pack,
-                    f"{pack[0]['id']}:{queue_name(domain, handler)}:pack{len(pack)}",
+                    f"{pack[0]['id']}:{queue}:pack{len(pack)}",
                     f"({len(pack)} messages)",
                 )
 
@@ -77,12 +87,13 @@ def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
             message = Message.from_dict(envelope)
             payload = message.to_dict()
             for handler in queued_handlers(domain, message, polled):
+                queue = route(queue_name(domain, handler), message)
                 if handler in packed:
-                    packs.setdefault(handler, []).append(payload)
-                    if len(packs[handler]) >= packed[handler]:
-                        send_pack(handler)
+                    key = (handler, queue)
+                    packs.setdefault(key, []).append(payload)
+                    if len(packs[key]) >= packed[handler]:
+                        send_pack(key)
                     continue
-                queue = queue_name(domain, handler)
                 send(
                     task_name(domain, handler),
                     queue,
@@ -93,8 +104,8 @@ def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
 
         def flush() -> None:
             """Send the partial packs, then what the Redis pipeline buffered."""
-            for handler in list(packs):
-                send_pack(handler)
+            for key in list(packs):
+                send_pack(key)
             if batch is not None:
                 batch.flush()
 
@@ -102,6 +113,19 @@ def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
         yield publish
     for name, queue, arg in deferred:
         celery.tasks[name].apply_async(args=[arg], queue=queue)
+
+
+def priority_router(domain: Domain) -> Callable[[str, Message], str]:
+    """`route(queue, message)`: the handler's queue, or with `[server.priority_lanes]` enabled
+    its backfill queue for a message below the threshold (domain/priority.py)."""
+    lanes = domain.settings.server.priority_lanes
+    if not lanes.enabled:
+        return lambda queue, message: queue
+
+    def route(queue: str, message: Message) -> str:
+        return backfill_queue(domain, queue) if priority_of(message) < lanes.threshold else queue
+
+    return route
 
 
 RELAY_PIPELINE = 1000  # Redis commands buffered before kombu flushes on its own

@@ -21,6 +21,8 @@ from tidings.domain.bus import SKIPPED
 from tidings.domain.envelope import Message
 from tidings.domain.errors import InvalidMessageError
 from tidings.domain.specs import HandlerKind, HandlerSpec
+from tidings.tasks.breaker import build_breakers, keyprefix_of, with_breaker
+from tidings.tasks.breaker import install as install_breakers
 from tidings.tasks.dead_letter import dead_letter
 from tidings.tasks.naming import batch_task_name, specs
 from tidings.tasks.retrying import NOT_RETRIED, TransientPolicy, final_errors, with_transient_retry
@@ -47,6 +49,8 @@ def register_handler_tasks(celery: Celery, domain: Domain, stats: Counter[str]) 
     hook needs to know of each, by task name. `stats` counts outcomes for this runtime."""
     created: dict[str, HandlerTask] = {}
     transient = TransientPolicy.from_settings(domain.settings.server.transient_retry)
+    breakers = build_breakers(domain, keyprefix_of(celery))  # tasks/breaker.py
+    install_breakers(celery, domain, breakers)
     for spec in specs(domain):
         if spec.polled:
             continue  # it reads the event store itself: see tasks/poller.py
@@ -67,6 +71,8 @@ def register_handler_tasks(celery: Celery, domain: Domain, stats: Counter[str]) 
         body = _subscriber_body if spec.kind is HandlerKind.SUBSCRIBER else _handler_body
         final = final_errors(spec.cls)
         run = with_transient_retry(body(domain, spec, stats), transient, final)
+        if breakers.guards(spec.name):
+            run = with_breaker(run, breakers, spec.name, final)
         celery.task(**options)(run)
         created[name] = HandlerTask(celery, queue, settings.enable_dlq)
         if settings.batch_delivery and spec.kind is not HandlerKind.SUBSCRIBER:

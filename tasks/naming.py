@@ -30,6 +30,20 @@ def queue_name(domain: Domain, handler: ElementClass) -> str:
     return spec_of(domain, handler).queue
 
 
+def backfill_queue(domain: Domain, queue: str) -> str:
+    """`<queue>.backfill` (`[server.priority_lanes] backfill_suffix`): where a handler's
+    messages below the priority threshold wait, consumed after its own queue."""
+    return f"{queue}.{domain.settings.server.priority_lanes.backfill_suffix}"
+
+
+def handler_queues(domain: Domain, spec: HandlerSpec) -> tuple[str, ...]:
+    """A handler's queues in consumption order: its own, then (with `[server.priority_lanes]`
+    enabled) its backfill queue."""
+    if not domain.settings.server.priority_lanes.enabled:
+        return (spec.queue,)
+    return (spec.queue, backfill_queue(domain, spec.queue))
+
+
 DLQ_SUFFIX = ".dlq"
 
 

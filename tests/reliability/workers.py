@@ -101,6 +101,7 @@ class Server:
             "server",
             "--domain",
             "tests.reliability.audit_worker",
+            "--no-lanes",  # one worker child on every queue: what these tests kill
             "--pool",
             "prefork",
             "--concurrency",

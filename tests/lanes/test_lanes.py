@@ -1,0 +1,55 @@
+"""Lanes (issue 12 item 1): each handler's queue has worker capacity of its own, so a handler
+whose lane is saturated by slow messages does not hold up another handler's messages.
+
+Real processes: `tidings server` with its lane children on Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.lanes.conftest import lanes_run, served
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+SLOW = 8  # more than the slow lane's 2 threads: some wait in its queue
+
+
+def test_a_fast_handlers_messages_are_handled_while_a_slow_handlers_lane_is_saturated(tmp_path):
+    """The slow handler's runs are held (gate file) until the fast messages are applied: with
+    one worker on every queue (`--no-lanes`, prefork 2) both processes would sit in slow
+    runs and this would time out."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    with lanes_run(tmp_path, "redis", LANES_GATE_FILE=str(gate)) as run, served(run) as server:
+        run.post("SlowPosted", SLOW)
+        run.wait(lambda: server.output().count("SlowReport[") >= 2, "the slow lane's threads to be busy")
+        fast = run.post("FastPosted", 5)
+        run.wait(lambda: {e.message_id for e in run.effects("FastNotice")} >= set(fast), "fast messages")
+        assert run.effects("SlowReport") == [], "a slow run finished: its lane was not saturated"
+        gate.unlink()
+        run.wait(lambda: len(run.effects("SlowReport")) == SLOW, "the slow backlog")
+        applied = [e.message_id for e in run.effects("FastNotice") if e.kind == "interactive"]
+        assert sorted(applied) == sorted(fast), "a fast message was lost or applied twice"
+        assert "Lanes:" in server.output() and "slow_report: lanes_" in server.output()
+
+
+def test_lanes_from_domain_toml_group_handlers_and_unknown_names_are_refused(tmp_path):
+    from tests.lanes.lanes_app import build_domain
+    from tidings.app.lanes import plan_lanes
+    from tidings.domain.errors import ConfigurationError
+
+    env = {"LANES_DATABASE_URL": "postgresql://u@h/db", "LANES_BROKER_URL": "redis://h/0"}
+    domain = build_domain(env)
+    domain.config["server"]["lanes"] = {"quick": {"handlers": ["FastNotice", "Charge"], "concurrency": 4}}
+    domain.init()
+    lanes = {lane.name: lane for lane in plan_lanes(domain)}
+    assert lanes["quick"].queues == ("lanes.fast_notice", "lanes.charge")
+    assert (lanes["quick"].concurrency, lanes["quick"].pool) == (4, "threads")
+    assert lanes["slow_report"].queues == ("lanes.slow_report",)
+    assert lanes["outbox"].queues == ("lanes.outbox",)
+
+    domain = build_domain(env)
+    domain.config["server"]["lanes"] = {"quick": {"handlers": ["FastNotise"], "pool": "prefork"}}
+    domain.init()
+    with pytest.raises(ConfigurationError, match="unknown handler 'FastNotise'; did you mean 'FastNotice'"):
+        plan_lanes(domain)
