@@ -66,6 +66,14 @@ class LanesRun:
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 
+    def depth(self, celery: Any, queue: str) -> int:
+        """Messages waiting in `queue` (on Redis: its list under the run's key prefix)."""
+        prefix = self.env.get("LANES_KEYPREFIX")
+        if prefix is not None:
+            return int(redis.Redis.from_url(REDIS_URL).llen(f"{prefix}{queue}"))
+        with celery.connection_for_write() as conn:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+
     def wait(self, condition: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
         return wait_until(condition, timeout=timeout, message=what)
 
