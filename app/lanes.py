@@ -11,7 +11,7 @@ lane (instead of prefork's 1 + N) keeps memory at one interpreter per handler, a
 mostly I/O (database, broker, HTTP) where threads overlap well. A CPU-bound or untrusted handler
 should get `pool = "prefork"`: only prefork enforces the hard `task_time_limit` (a hung thread
 is not killed; its message comes back after the visibility timeout and the inbox absorbs the
-second run). The relay has a lane of its own (`outbox`, solo, 1).
+second run). The relay has a lane of its own (`outbox`, threads x2).
 
 `[server.lanes.<name>]` groups handlers (`handlers = ["A", "B"]`, or `["*"]` for every
 handler no other lane names) with their own `concurrency` and `pool`. Another kind of child
@@ -75,7 +75,10 @@ def plan_lanes(domain: Domain, *, pool: str | None = None, concurrency: int | No
     default_pool, default_concurrency = pool or server.lane_pool, concurrency or server.lane_concurrency
     by_name = {spec.name: spec for spec in specs(domain)}
     claimed = _claimed(server.lanes, list(by_name))
-    lanes = [Lane(OUTBOX_LANE, (relay_queue(domain),), (), 1, "solo")]
+    # The relay's queue also carries the delivery audit (beat, every few seconds): two threads,
+    # so that a long audit round never holds a relay round up (relay rounds claim with
+    # SKIP LOCKED / per-row compare-and-set, so two at once are safe).
+    lanes = [Lane(OUTBOX_LANE, (relay_queue(domain),), (), 2, "threads")]
     for name, lane in server.lanes.items():
         members = [h for h in by_name if claimed.get(h) == name]
         if not members:

@@ -34,7 +34,7 @@ from celery import Celery, Task
 from tidings.domain.envelope import Message
 from tidings.domain.ports import AuditRoutes, AuditWindow
 from tidings.domain.settings import OutboxSettings
-from tidings.tasks.dispatch import queued_handlers
+from tidings.tasks.dispatch import priority_router, queued_handlers
 from tidings.tasks.naming import async_handlers, event_store_handlers, queue_name, relay_queue, task_name
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ def audit_deliveries(
     complete: list[int] = []
     eager = bool(celery.conf.task_always_eager)
     deferred: list[tuple[str, str, Any]] = []
+    route = priority_router(domain)  # a backfill message goes back to its backfill queue
     with celery.producer_or_acquire() as producer:
         for row in rows:
             try:
@@ -123,7 +124,7 @@ def audit_deliveries(
                 continue
             payload = message.to_dict()
             for handler in lacking:
-                name, queue = task_name(domain, handler), queue_name(domain, handler)
+                name, queue = task_name(domain, handler), route(queue_name(domain, handler), message)
                 if eager:
                     deferred.append((name, queue, payload))
                 else:
