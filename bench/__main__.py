@@ -8,7 +8,7 @@ import time
 
 os.environ.setdefault("TIDINGS_TASK_EVENTS", "false")  # before celeryconfig is read; see harness
 
-from bench import scenarios
+from bench import lanes, scenarios
 from bench.harness import DATABASE_URL, REDIS_URL, Report, masked
 
 # name -> (function, default N). Defaults are sized so `make bench` stays well under 15 minutes
@@ -22,6 +22,7 @@ SCENARIOS = {
     "latency": (scenarios.latency, 1000),
     "soak": (scenarios.soak, 10000),
     "sync": (scenarios.sync_mode, 2000),
+    "lanes": (lanes.lanes, 20),  # fast messages per round (bench/lanes.py)
 }
 
 
@@ -72,6 +73,7 @@ def ratios(reports: dict[str, Report]) -> list[str]:
         lines.append(
             f"| worker RSS growth N/2 -> N < 10 % | {growth:.1f} % | {'met' if growth < 10 else 'not met'} |"
         )
+    lines += lanes.ratio_lines(reports.get("lanes"))
     return ["| target | measured | status |", "|---|---:|---|", *lines] if lines else []
 
 
