@@ -15,7 +15,8 @@ second run). The relay has a lane of its own (`outbox`, threads x2).
 
 `[server.lanes.<name>]` groups handlers (`handlers = ["A", "B"]`, or `["*"]` for every
 handler no other lane names) with their own `concurrency` and `pool`. Another kind of child
-(e.g. the consumers of a handler's partition queues) is one more `Lane` with its own queues.
+(e.g. the consumers of a handler's partition queues) is one more `Lane` with its own queues
+(and `options`): `lane_children(domain, [*plan_lanes(domain), *more])` supervises them all.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Lane:
     handlers: tuple[str, ...]
     concurrency: int
     pool: str
+    options: tuple[str, ...] = ()  # more `celery worker` options of this kind of child
 
     def worker_args(self, domain_name: str, *, index: int = 1, debug: bool = False) -> list[str]:
         """The `celery worker` arguments of this lane's `index`-th child."""
@@ -62,6 +64,7 @@ class Lane:
             "DEBUG" if debug else "INFO",
             "-n",
             f"{domain_name}.{self.name}.{index}@%h",
+            *self.options,
         ]
 
 
