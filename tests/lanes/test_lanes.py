@@ -53,3 +53,22 @@ def test_lanes_from_domain_toml_group_handlers_and_unknown_names_are_refused(tmp
     domain.init()
     with pytest.raises(ConfigurationError, match="unknown handler 'FastNotise'; did you mean 'FastNotice'"):
         plan_lanes(domain)
+
+
+def test_each_lane_runs_workers_children_and_a_killed_one_is_restarted(tmp_path):
+    """`--workers 2`: two children per handler lane (one for the relay's); SIGKILL one of the
+    fast lane's and the supervisor starts it again while its twin goes on consuming."""
+    import os
+    import re
+    import signal
+
+    with lanes_run(tmp_path, "redis") as run, served(run, "--workers", "2", "--no-beat") as server:
+        started = dict(re.findall(r"started (lane-[\w-]+) \(pid (\d+)\)", server.output()))
+        assert {"lane-outbox", "lane-fast_notice-1", "lane-fast_notice-2", "lane-charge-2"} <= set(started)
+        os.kill(int(started["lane-fast_notice-1"]), signal.SIGKILL)
+        fast = run.post("FastPosted", 5)
+        run.wait(lambda: {e.message_id for e in run.effects("FastNotice")} >= set(fast), "fast messages")
+        run.wait(
+            lambda: server.output().count("started lane-fast_notice-1 ") == 2, "the killed child restarted"
+        )
+        assert "lane-fast_notice-1 exited unexpectedly (killed by SIGKILL)" in server.output()
