@@ -72,3 +72,38 @@ def test_each_lane_runs_workers_children_and_a_killed_one_is_restarted(tmp_path)
             lambda: server.output().count("started lane-fast_notice-1 ") == 2, "the killed child restarted"
         )
         assert "lane-fast_notice-1 exited unexpectedly (killed by SIGKILL)" in server.output()
+
+
+def test_subscriptions_show_each_handlers_lane_and_breaker_and_lanes_print_celery_commands(monkeypatch):
+    import uuid
+
+    from click.testing import CliRunner
+
+    from tests.services import REDIS_URL, require_redis
+    from tidings.app.cli import main
+
+    require_redis()  # the breakers' states are read from the broker's Redis (nothing is there)
+
+    monkeypatch.setenv("LANES_DATABASE_URL", "postgresql://u@127.0.0.1:1/none")  # never connected
+    monkeypatch.setenv("LANES_BROKER_URL", REDIS_URL)
+    monkeypatch.setenv("LANES_DOMAIN", f"lanes_cli_{uuid.uuid4().hex[:6]}")
+    import importlib
+
+    import tests.lanes.lanes_app as app
+
+    importlib.reload(app)  # builds `domain` from the environment above
+    monkeypatch.setattr("tidings.app.cli_common.load_domain", lambda path: app.domain)
+    runner = CliRunner()
+    shown = runner.invoke(main, ["subscriptions", "--domain", "tests.lanes.lanes_app"])
+    assert shown.exit_code == 0, shown.output
+    name = app.domain.name
+    assert f"lane                          charge     <- {name}.charge (threads x2)" in shown.output
+    assert "circuit_breaker               closed" in shown.output  # Charge has a threshold
+    assert "circuit_breaker               off" in shown.output  # the others have none
+    commands = runner.invoke(main, ["lanes", "--celery-commands", "--domain", "tests.lanes.lanes_app"])
+    assert commands.exit_code == 0, commands.output
+    assert (
+        f"celery -A tidings.app.celery_app worker -Q {name}.slow_report --pool threads -c 2 -l INFO "
+        f"-n {name}.slow_report.1@%h" in commands.output
+    )
+    assert "celery multi start outbox slow_report fast_notice charge" in commands.output

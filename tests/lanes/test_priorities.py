@@ -99,3 +99,34 @@ def test_priority_is_carried_by_the_envelope_and_inherited(tmp_path):
     assert "priority" not in normal.metadata  # a NORMAL message is as it was
     with pytest.raises(TypeError), processing_priority("bulk"):  # type: ignore[arg-type]
         pass
+
+
+def test_process_with_a_priority_tags_the_command_and_what_its_handler_raises():
+    """`domain.process(cmd, priority=...)` (sync, memory provider): the stored command and the
+    event its handler raised carry the priority; a later command without one is NORMAL."""
+    from tests.shop import build_shop
+    from tidings.domain.priority import priority_of
+
+    shop = build_shop()
+    shop.init()
+    Order, Inventory, ShipOrder = (
+        shop.registry[k][n]
+        for k, n in [("aggregate", "Order"), ("aggregate", "Inventory"), ("command", "ShipOrder")]
+    )
+    with shop.domain_context():
+        first = shop.repository_for(Order).add(Order(book_id="b1", quantity=1))
+        second = shop.repository_for(Order).add(Order(book_id="b1", quantity=1))
+        shop.repository_for(Inventory).add(Inventory(book_id="b1", in_stock=5))
+        shop.process(ShipOrder(order_id=first.id), priority=Priority.LOW)
+        shop.process(ShipOrder(order_id=second.id))
+    store = shop.event_store_database
+    commands = [priority_of(_message(r)) for r in store.read_events("shop::order:command")]
+    events = [priority_of(_message(r)) for r in store.read_events("shop::order")]
+    assert commands == [Priority.LOW, Priority.NORMAL]
+    assert events == [Priority.LOW, Priority.NORMAL]
+
+
+def _message(record):
+    from tidings import Message
+
+    return Message.from_dict({**record["metadata"], "data": record["data"]})
