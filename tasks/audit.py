@@ -34,6 +34,7 @@ from celery import Celery, Task
 from tidings.domain.envelope import Message
 from tidings.domain.ports import AuditRoutes, AuditWindow
 from tidings.domain.settings import OutboxSettings
+from tidings.tasks.breaker import HALF_OPEN, OPEN, breaker_states
 from tidings.tasks.dispatch import priority_router, queued_handlers
 from tidings.tasks.naming import async_handlers, event_store_handlers, queue_name, relay_queue, task_name
 
@@ -109,6 +110,9 @@ def audit_deliveries(
     eager = bool(celery.conf.task_always_eager)
     deferred: list[tuple[str, str, Any]] = []
     route = priority_router(domain)  # a backfill message goes back to its backfill queue
+    # A handler whose circuit breaker is open holds its messages in its queue on purpose
+    # (tasks/breaker.py): re-sending them would only pile copies up behind them.
+    held = {name for name, state in breaker_states(domain).items() if state in (OPEN, HALF_OPEN)}
     with celery.producer_or_acquire() as producer:
         for row in rows:
             try:
@@ -121,6 +125,9 @@ def audit_deliveries(
             lacking = [exact[key] for key in row.missing if key in exact]
             if not lacking:  # a candidate of the superset only: nothing lacks it
                 complete.append(row.id)
+                continue
+            lacking = [h for h in lacking if h.__name__ not in held]
+            if not lacking:  # looked at again next round, once the breaker has closed
                 continue
             payload = message.to_dict()
             for handler in lacking:
