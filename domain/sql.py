@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from tidings.domain import pg_append
 from tidings.domain.errors import ConfigurationError, IncorrectUsageError
 from tidings.domain.sql_session import DuplicateValueError, SqlSession, TransactionSession
 from tidings.domain.tables import define_event_store, define_model_table
@@ -18,6 +20,8 @@ from tidings.outbox.tables import (
     define_outbox,
     define_positions,
 )
+
+Statement = TypeVar("Statement")
 
 
 class SchemaError(ConfigurationError):
@@ -42,10 +46,15 @@ def normalize_uri(uri: str) -> str:
 
 
 def make_engine(uri: str) -> sa.Engine:
-    """An engine; SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` transactions."""
+    """An engine; SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` transactions.
+
+    No pre-ping: it would cost a round trip per checkout. A connection that died in the pool
+    fails its first statement as a disconnect; SQLAlchemy then invalidates the pool and the
+    caller's retry (tasks/retrying.py: a transient fault) runs on a fresh connection.
+    """
     uri = normalize_uri(uri)
     if not uri.startswith("sqlite"):
-        return sa.create_engine(uri, pool_pre_ping=True)
+        return sa.create_engine(uri)
     path = uri.removeprefix("sqlite:///")
     if path and path != uri and not path.startswith(":memory:"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)  # SQLite creates files, not folders
@@ -84,6 +93,14 @@ class SqlDatabase:
         self.positions_table: sa.Table | None = None
         self.failed_positions_table: sa.Table | None = None
         self.dead_letters_table: sa.Table | None = None
+        self.statements: dict[tuple[str, str], Any] = {}  # built once, so compiled once
+
+    def prebuilt(self, key: tuple[str, str], build: Callable[[], Statement]) -> Statement:
+        """The statement `key` names, built on first use: SQLAlchemy then finds its compiled
+        form in the cache instead of rebuilding and cache-keying a new statement per call."""
+        if key not in self.statements:
+            self.statements[key] = build()
+        return self.statements[key]
 
     @property
     def engine(self) -> sa.Engine:
@@ -184,7 +201,9 @@ class SqlDatabase:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def read_categories(self, categories: list[str], from_position: int, limit: int) -> list[dict]:
+    def read_categories(
+        self, categories: list[str], from_position: int, limit: int, settled: bool = False
+    ) -> list[dict]:
         t = self.event_store_table
         if t is None:
             raise IncorrectUsageError(f"database '{self.name}' holds no event store")
@@ -194,6 +213,9 @@ class SqlDatabase:
             .order_by(t.c.global_position)
             .limit(limit)
         )
+        if settled and self.dialect == "postgresql":
+            # only what no transaction still running can precede (see tidings.domain.pg_append)
+            query = query.where(t.c.global_position < sa.literal_column(pg_append.SETTLED_BELOW))
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
