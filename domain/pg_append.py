@@ -2,9 +2,10 @@
 
 A global position is `(transaction id << 20) + the event's rank in its transaction`
 (`pg_current_xact_id()`, 64-bit, never reused). Writers never wait for each other to append;
-instead a reader reads only positions below `pg_snapshot_xmin(pg_current_snapshot()) << 20`:
-every transaction under that id has ended, so that part of the store never changes and a
-cursor moving through it sees each event exactly once, whatever order transactions commit in
+instead a reader reads only positions below `oldest running transaction id << 20` (the
+snapshot's xmin, leaving out transactions of other databases): every transaction under that
+id has ended, so that part of the store never changes and a cursor moving through it sees
+each event exactly once, whatever order transactions commit in
 (Oskar Dudycz, "ordering in Postgres outbox"; the (tx id, position) pair packed in one
 bigint, so a subscription's cursor stays a plain integer).
 
@@ -28,7 +29,18 @@ from typing import Any
 RANK_BITS = 20  # up to 1,048,576 events per transaction
 MAX_RANK = 1 << RANK_BITS
 OWN_POSITION = f"(pg_current_xact_id()::text::bigint << {RANK_BITS})"
-SETTLED_BELOW = f"(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {RANK_BITS})"
+# The oldest transaction that may still append here: of those running when the reader's
+# snapshot was taken, the oldest not seen running in another database (xids are server-wide,
+# but another database's transaction never writes this table: leaving it out means a long
+# transaction elsewhere on the server does not hold subscriptions back). One that ended
+# meanwhile is not seen anywhere, so it counts: the bound only errs low, for one read.
+_OLDEST_HERE = (
+    "(SELECT LEAST(pg_snapshot_xmax(pg_current_snapshot()), min(x)) "
+    "FROM pg_snapshot_xip(pg_current_snapshot()) AS x "
+    "WHERE x::xid NOT IN (SELECT a.backend_xid FROM pg_stat_activity a "
+    "WHERE a.datname <> current_database() AND a.backend_xid IS NOT NULL))"
+)
+SETTLED_BELOW = f"({_OLDEST_HERE}::text::bigint << {RANK_BITS})"
 
 _EVENT_FIELDS = ("rank", "seq", "message_id", "stream", "category", "type", "data", "metadata", "time")
 _OUTBOX_COLUMNS = (
