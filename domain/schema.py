@@ -12,6 +12,7 @@ A user's aggregate and projection tables are theirs: `create_all` makes the miss
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -82,8 +83,9 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     return config
 
 
+@functools.cache
 def head() -> str:
-    """The newest revision Tidings ships."""
+    """The newest revision Tidings ships (read once: the files do not change under a process)."""
     found = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert found is not None  # the baseline revision always exists
     return found
@@ -140,13 +142,14 @@ def drift(engine: sa.Engine, metadata: sa.MetaData) -> list[Difference]:
             },
         )
         changes = compare_metadata(context, metadata)
-        behind = owned & FRAMEWORK_TABLES and context.get_current_revision() != head()
-        if behind:
-            revision = context.get_current_revision() or "none"
-            found = [Difference(VERSION_TABLE, f"at revision {revision}, not {head()}", _UPGRADE, False)]
-        else:
-            found = []
-    return found + [_difference(change, engine.dialect, bool(behind)) for change in _flat(changes)]
+        revision = context.get_current_revision()
+    found = []
+    behind = bool(owned & FRAMEWORK_TABLES) and revision != head()
+    if behind:
+        found.append(
+            Difference(VERSION_TABLE, f"at revision {revision or 'none'}, not {head()}", _UPGRADE, False)
+        )
+    return found + [_difference(change, engine.dialect, behind) for change in _flat(changes)]
 
 
 def _flat(changes: list[Any]) -> list[tuple[Any, ...]]:
@@ -167,14 +170,12 @@ def _difference(change: tuple[Any, ...], dialect: sa.Dialect, behind: bool) -> D
     missing = kind in ("add_table", "add_column")
     if framework and behind:
         fix = _UPGRADE
-    elif kind == "add_table":
-        fix = _UPGRADE if framework else "`tidings db create`"
+    elif kind == "add_table" and not framework:
+        fix = "`tidings db create`"
     elif statement:
-        fix = statement
+        fix = statement  # at the newest revision already: no migration would bring it back
     else:
-        fix = (
-            "restore it as the models define it" if framework else "a migration of your own (domain.metadata)"
-        )
+        fix = "restore it as the models define it" if framework else _YOURS
     return Difference(table, problem, fix, missing)
 
 
@@ -182,9 +183,8 @@ def _describe(change: tuple[Any, ...], dialect: sa.Dialect) -> tuple[str, str | 
     """What differs, and the statement that makes the database match (if one simply does)."""
     kind = change[0]
     if kind == "add_table":
-        return "table missing", None
-    if kind == "remove_table":  # not reached: only tables of `metadata` are reflected
-        return "table not in the models", None
+        # (its indexes come as differences of their own)
+        return "table missing", _one_line(sa.schema.CreateTable(change[1]), dialect)
     if kind in ("add_column", "remove_column"):
         column = change[3]
         if kind == "remove_column":
@@ -194,7 +194,7 @@ def _describe(change: tuple[Any, ...], dialect: sa.Dialect) -> tuple[str, str | 
         index = change[1]
         if kind == "remove_index":
             return f"index {index.name} is not in the models", None
-        return f"index {index.name} missing", str(sa.schema.CreateIndex(index).compile(dialect=dialect))
+        return f"index {index.name} missing", _one_line(sa.schema.CreateIndex(index), dialect)
     if kind in ("add_constraint", "remove_constraint"):
         word = "missing" if kind == "add_constraint" else "is not in the models"
         return f"constraint {change[1].name} {word}", None
@@ -204,6 +204,10 @@ def _describe(change: tuple[Any, ...], dialect: sa.Dialect) -> tuple[str, str | 
         says = "NULL" if change[6] else "NOT NULL"
         return f"column {change[3]} is {'NULL' if change[5] else 'NOT NULL'}, the models say {says}", None
     return f"{kind} {change[2:]}", None
+
+
+def _one_line(statement: sa.schema.ExecutableDDLElement, dialect: sa.Dialect) -> str:
+    return " ".join(str(statement.compile(dialect=dialect)).split())
 
 
 def column_statement(table: str, column: sa.Column, dialect: sa.Dialect) -> str:
@@ -232,5 +236,6 @@ def new_revision(message: str, url: str | None = None) -> Path:
                 )
         finally:
             engine.dispose()
+            head.cache_clear()  # the revision just written is the newest now
     assert made is not None and not isinstance(made, list)
     return Path(made.path)
