@@ -86,7 +86,7 @@ def server(
         children = [specs.worker_spec(argv, env=env)]
         if not no_beat:
             children.append(specs.beat_spec(domain.name, debug=debug, env=env))
-    domain.create_tables()  # only the missing ones; migrations are yours (domain.metadata)
+    domain.create_tables()  # Tidings's migrations, then the models' missing tables
     click.echo("Registered subscriptions:")
     for line in subscription_lines(domain):
         click.echo(f"  {line}")
