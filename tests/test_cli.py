@@ -112,3 +112,16 @@ def test_every_command_and_option_has_help() -> None:
     # and it renders: the root's help names its options
     text = main.get_help(click.Context(main, info_name="tidings"))
     assert "--version" in text and "--debug" in text and "TIDINGS_DOMAIN" in text
+
+
+def test_a_driver_error_is_one_line_naming_the_setting_to_check() -> None:
+    import kombu.exceptions
+    import sqlalchemy as sa
+
+    from tidings.app.cli_errors import one_line
+
+    database = one_line(sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused\nis it up?")))
+    assert "\n" not in database
+    assert database.startswith("OperationalError: (builtins.Exception) connection refused; check the data")
+    broker = one_line(kombu.exceptions.OperationalError("[Errno 111] Connection refused"))
+    assert broker.startswith("OperationalError: [Errno 111] Connection refused; check the broker settings")
