@@ -31,6 +31,7 @@ from tidings.app.bootstrap import create_celery_app
 from tidings.app.progress import RunProgress
 from tidings.app.server import not_quiescent, wait_until_settled
 from tidings.app.testing import DeadLetter, dead_letters, isolated, reset_dlq
+from tidings.tasks.naming import relay_queue, relay_task_name
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
@@ -85,10 +86,25 @@ def embedded_worker(
                 ),
                 domain.domain_context(),
             ):
-                yield EmbeddedWorker(domain, celery, progress)
+                try:
+                    yield EmbeddedWorker(domain, celery, progress)
+                finally:
+                    _wake_to_stop(celery, domain)
         finally:
             progress.disconnect()
             _empty_queues(celery, domain)
+
+
+def _wake_to_stop(celery: Celery, domain: Domain) -> None:
+    """Ask the worker to stop now rather than in up to 4 seconds: Celery's loop notices a stop
+    only after its current 2-second wait for a message, and then waits once more (synloop
+    runs `maybe_shutdown` with one more cycle in a `finally`). So send two messages, relay
+    rounds (harmless), to end both waits."""
+    from celery.worker import state
+
+    state.should_terminate = 0  # what start_worker sets on exit, a little earlier
+    for _ in range(2):
+        celery.send_task(relay_task_name(domain), queue=relay_queue(domain))
 
 
 def _empty_queues(celery: Celery, domain: Domain) -> None:
