@@ -70,7 +70,7 @@ def embedded_worker(
     """`domain` on storage of its own with a real worker on all its queues (see the module
     docstring); the worker is stopped and everything put back afterwards."""
     with isolated(domain, database, broker=IN_PROCESS_BROKER):
-        celery = create_celery_app(domain)
+        celery = create_celery_app(domain, broker_url="memory://")  # whatever celeryconfig says
         _empty_queues(celery, domain)  # the memory broker outlives a test: start empty
         progress = RunProgress(celery, domain)
         progress.connect()
