@@ -15,6 +15,7 @@ from tidings.app.cli_common import (
     load,
 )
 from tidings.app.cli_dlq import dlq
+from tidings.app.cli_metrics import metrics
 from tidings.app.cli_status import status
 from tidings.domain.errors import ConfigurationError
 
@@ -237,3 +238,4 @@ def demo(redis: bool, postgres: bool) -> None:
 
 main.add_command(dlq)
 main.add_command(status)
+main.add_command(metrics)
