@@ -46,7 +46,7 @@ def render(status: SystemStatus) -> Group:
     o, a, w, c = status.outbox, status.audit, status.workers, status.cost
     lines = [
         f"outbox: {o.pending} pending ({o.failing} failing), oldest {o.oldest_pending_age:.1f}s; "
-        f"{o.published} published kept; relay queue {_cell(o.relay_queue_depth)}",
+        f"relay queue {_cell(o.relay_queue_depth)}",
         f"delivery audit: lag {a.lag:.1f}s past its {a.grace:g}s grace",
         f"workers: {', '.join(w.names) or 'none answered'}"
         if w.checked

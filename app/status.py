@@ -1,11 +1,12 @@
 """`tidings status` as data: per handler its queue, lag, dead letters, breaker and workers;
 the outbox; the delivery audit. Rendered by app/cli_status.py, exported by app/metrics.py.
 
-One reading costs, whatever the number of handlers: six SQL statements on four connections
-(the outbox's three counts, the per-handler backlog, the dead letters per queue, the audit's
-lag); one broker round trip on Redis (a pipeline), one per queue on RabbitMQ and
-the SQLAlchemy transport; and with `workers=True` one `inspect active_queues` broadcast,
-which waits its whole timeout for the answers. `SystemStatus.cost` says what it took.
+One reading costs, whatever the number of handlers: four SQL statements (the pending outbox
+rows, the per-handler backlog, the dead letters per queue, the audit's lag), none of which
+reads the published rows kept for `retention` or the confirmed ones; one broker round trip
+on Redis (a pipeline), one per queue on RabbitMQ and the SQLAlchemy transport; and with
+`workers=True` one `inspect active_queues` broadcast, which waits its whole timeout.
+`SystemStatus.cost` says what a reading took.
 
 Lag in messages is what a handler has not handled of what was committed for it: the outbox
 rows of its message types still pending, plus those published and neither applied (its inbox
@@ -66,7 +67,6 @@ class HandlerStatus:
 class OutboxReading:
     pending: int
     failing: int  # pending rows whose last publish failed
-    published: int  # relayed rows kept for `retention`
     oldest_pending_age: float  # seconds
     relay_queue_depth: int | None  # relay kicks and audit rounds waiting
 
@@ -124,7 +124,7 @@ def read_status(
     queues = [*dict.fromkeys(s.queue for s in handlers)]
     with _statements(domain) as counted:
         started = time.perf_counter()
-        outbox = domain.storage.outbox.status()
+        outbox = domain.storage.deliveries.pending_summary()
         window = now - timedelta(seconds=domain.settings.outbox.audit_window)
         backlog = domain.storage.deliveries.backlog(audit_routes(domain), window)
         dead = domain.storage.dead_letters.counts()
@@ -169,8 +169,7 @@ def read_status(
         outbox=OutboxReading(
             pending=outbox.pending,
             failing=outbox.failing,
-            published=outbox.published,
-            oldest_pending_age=round(outbox.oldest_pending_age, 1),
+            oldest_pending_age=_age(outbox.oldest, now),
             relay_queue_depth=readings.get(relay_queue(domain), QueueReading(None)).depth,
         ),
         audit=audit,

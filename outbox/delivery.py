@@ -51,6 +51,16 @@ class Backlog:
 
 
 @dataclass(frozen=True)
+class PendingSummary:
+    """This domain's outbox rows not relayed yet: how many, how many failed a publish, and
+    when the oldest was committed (None: none)."""
+
+    pending: int
+    failing: int
+    oldest: datetime | None
+
+
+@dataclass(frozen=True)
 class DeliverySnapshot:
     published: list[str]  # envelopes (JSON) of this domain's relayed rows
     pending: int  # this domain's rows not relayed yet
@@ -78,6 +88,11 @@ class DeliveryLog(Protocol):
     def mark_audited(self, resent: Mapping[int, datetime], confirmed: Collection[int], now: datetime) -> None:
         """Rows re-sent (id -> when the audit may look again; `resent` counts one more) and
         rows found complete (confirmed)."""
+        ...
+
+    def pending_summary(self) -> PendingSummary:
+        """The pending rows in one read of their own index (the published ones kept for
+        `retention` are not counted: that would scan them all)."""
         ...
 
     def backlog(self, routes: AuditRoutes, after: datetime) -> dict[str, Backlog]:

@@ -21,6 +21,7 @@ from tidings.outbox.delivery import (
     Backlog,
     DeliveryLog,
     DeliverySnapshot,
+    PendingSummary,
     Unconfirmed,
     grouped,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "DeliveryLog",
     "DeliverySnapshot",
     "MemoryDeliveryLog",
+    "PendingSummary",
     "SqlDeliveryLog",
     "Unconfirmed",
 ]
@@ -163,6 +165,16 @@ class SqlDeliveryLog:
                 )
             if confirmed:
                 conn.execute(sa.update(o).where(o.c.id.in_(list(confirmed))).values(confirmed_at=now))
+
+    def pending_summary(self) -> PendingSummary:
+        o = self.outbox
+        failed = sa.func.coalesce(sa.func.sum(sa.case((o.c.attempts > 0, 1), else_=0)), 0)
+        query = sa.select(sa.func.count(), failed, sa.func.min(o.c.created_at)).where(
+            o.c.domain == self.domain, o.c.status == PENDING
+        )
+        with self.source.engine.connect() as conn:
+            pending, failing, oldest = conn.execute(query).one()
+        return PendingSummary(int(pending), int(failing), oldest)
 
     def backlog(self, routes: AuditRoutes, after: datetime) -> dict[str, Backlog]:
         o, r = self.outbox, self._routes(routes)
@@ -294,6 +306,12 @@ class MemoryDeliveryLog:
                     published: datetime = row["published_at"]
                     return published
         return None
+
+    def pending_summary(self) -> PendingSummary:
+        with self.lock:
+            rows = [r for r in self.outbox if r["domain"] == self.domain and r["status"] == PENDING]
+        oldest = min((r["created_at"] for r in rows), default=None)
+        return PendingSummary(len(rows), sum(r["attempts"] > 0 for r in rows), oldest)
 
     def backlog(self, routes: AuditRoutes, after: datetime) -> dict[str, Backlog]:
         found: dict[str, Backlog] = {}
