@@ -69,6 +69,8 @@ class TaskTracer:
         handler = self.handlers.get(str(sender))
         if handler is None or not tracing() or not isinstance(headers, dict):
             return
+        if "traceparent" in headers:  # traced already: the signal names no app, and runtimes
+            return  # of one domain (same task names) in one process all receive it
         envelope = _envelope(body[0] if isinstance(body, list | tuple) and body else None)
         if envelope is None:
             return
