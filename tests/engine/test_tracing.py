@@ -54,9 +54,9 @@ def test_one_command_is_one_trace_from_commit_through_relay_to_each_handler(span
     commit = next(
         s for s in named(spans, "tidings.commit ") if s.attributes["tidings.message_id"] == command_id
     )
-    relay = next(
-        s for s in named(spans, "tidings.relay ") if s.attributes["tidings.message_id"] == command_id
-    )
+    relays = [s for s in named(spans, "tidings.relay ") if s.attributes["tidings.message_id"] == command_id]
+    assert len(relays) == 1  # one publish, one span (whatever other runtimes this process holds)
+    relay = relays[0]
     handled = next(s for s in named(spans, "tidings.handle OrderCommandHandler"))
     # the chain: commit -> relay (the message's metadata) -> handler (the Celery headers)
     assert commit.parent is None
