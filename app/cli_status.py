@@ -6,6 +6,8 @@ import json
 import time
 
 import click
+import sqlalchemy as sa
+from celery import Celery
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -13,6 +15,7 @@ from rich.text import Text
 
 from tidings.app.cli_common import domain_option, load
 from tidings.app.status import INSPECT_TIMEOUT, SystemStatus, read_status
+from tidings.domain import Domain
 
 MISSING = "-"  # not measurable on this transport, or not asked
 
@@ -58,6 +61,18 @@ def render(status: SystemStatus) -> Group:
     return Group(table, *(Text.from_markup(line) for line in [*lines, *errors]))
 
 
+def reading(domain: Domain, celery: Celery, workers: bool, timeout: float) -> SystemStatus:
+    """One reading; a database that cannot be read is one line naming the fix."""
+    try:
+        return read_status(domain, celery, workers, timeout)
+    except sa.exc.SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        hint = (
+            " (are they created? `tidings db create` with the same --domain)" if "table" in str(cause) else ""
+        )
+        raise click.ClickException(f"could not read the tables of '{domain.name}': {cause}{hint}") from None
+
+
 @click.command("status")
 @domain_option
 @click.option("--json", "as_json", is_flag=True, help="print the reading as JSON")
@@ -82,18 +97,18 @@ def status(
     domain, celery = load(domain_path)
     if as_json:
         while True:
-            click.echo(json.dumps(read_status(domain, celery, workers, timeout).to_dict(), indent=2))
+            click.echo(json.dumps(reading(domain, celery, workers, timeout).to_dict(), indent=2))
             if every is None:
                 return
             time.sleep(every)
     console = Console()
     if every is None:
-        console.print(render(read_status(domain, celery, workers, timeout)))
+        console.print(render(reading(domain, celery, workers, timeout)))
         return
-    with Live(render(read_status(domain, celery, workers, timeout)), console=console) as live:
+    with Live(render(reading(domain, celery, workers, timeout)), console=console) as live:
         try:
             while True:
                 time.sleep(every)
-                live.update(render(read_status(domain, celery, workers, timeout)))
+                live.update(render(reading(domain, celery, workers, timeout)))
         except KeyboardInterrupt:
             pass

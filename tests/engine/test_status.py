@@ -117,3 +117,36 @@ def test_status_sees_the_workers_and_the_lag_drain_to_zero(use_provider, redis_a
         status = wait_until(drained, timeout=30, message="every handler caught up, one worker each")
     assert status.workers.checked and len(status.workers.names) == 1
     assert all(h.queue_depth == 0 and h.in_flight == 0 for h in status.handlers)
+
+
+def test_the_command_prints_json_and_names_the_fix_when_the_tables_are_missing(tmp_path):
+    """`tidings status` as a user runs it, on the bookshelf's embedded SQLite default."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tidings = str(Path(sys.executable).with_name("tidings"))
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("TIDINGS_", "DATABASE_URL", "BROKER_URL"))
+    }
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        command = [tidings, *argv, "--domain", "tidings.examples.bookshelf"]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+    missing = run("status")
+    assert missing.returncode == 1
+    assert (
+        "`tidings db create` with the same --domain" in missing.stderr and "Traceback" not in missing.stderr
+    )
+    assert run("db", "create").returncode == 0
+    shown = run("status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    reading = json.loads(shown.stdout)
+    assert reading["transport"] == "sqla" and reading["workers"]["checked"] is False
+    rows = {h["handler"]: h for h in reading["handlers"]}
+    assert rows["BookCommandHandler"]["queue_depth"] == 0 and rows["BookCommandHandler"]["lag_messages"] == 0
+    assert (
+        rows["SupplierRestockSubscriber"]["lag_messages"] is None
+    )  # a subscriber: no outbox rows of its own
