@@ -55,7 +55,7 @@ class HandlerStatus:
     subscription: str  # stream or event_store
     queue: str
     queue_depth: int | None  # messages waiting in its queue (all priorities)
-    in_flight: int | None  # delivered to a worker, not acknowledged (Redis only)
+    in_flight: int | None  # delivered, not acknowledged (Redis); running (RabbitMQ, when asked)
     lag_messages: int | None  # committed for it and not handled yet (None: event_store, subscriber)
     lag_seconds: float | None  # age of the oldest of those, from its commit
     dead_letters: int
@@ -138,7 +138,7 @@ def read_status(
         readings = {}
     broker_ms = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
-    consuming, seen = _workers(celery, workers and not errors, timeout, errors)
+    consuming, seen, running = _workers(celery, workers and not errors, timeout, errors)
     workers_ms = (time.perf_counter() - started) * 1000
     breakers = _breakers(domain, errors)
     rows = []
@@ -153,7 +153,7 @@ def read_status(
                 subscription=str(spec.subscription.subscription_type),
                 queue=spec.queue,
                 queue_depth=reading.depth,
-                in_flight=reading.in_flight,
+                in_flight=reading.in_flight if running is None else running.get(spec.queue, 0),
                 lag_messages=lag.messages if measured else None,
                 lag_seconds=_age(lag.oldest, now) if measured else None,
                 dead_letters=dead.get(spec.queue, 0),
@@ -208,23 +208,43 @@ def _statements(domain: Domain) -> Iterator[Callable[[], int]]:
 
 def _workers(
     celery: Celery, ask: bool, timeout: float, errors: list[str]
-) -> tuple[dict[str, int] | None, WorkersReading]:
+) -> tuple[dict[str, int] | None, WorkersReading, dict[str, int] | None]:
     """Workers per queue from their answers to `inspect active_queues` (Redis and RabbitMQ;
-    the SQLAlchemy transport has no broadcast)."""
+    the SQLAlchemy transport has no broadcast), and on RabbitMQ, where the broker does not say
+    what is unacknowledged, the tasks running per queue (`inspect active`)."""
     transport = transport_of(celery)
     if transport not in (*REDIS_TRANSPORTS, *AMQP_TRANSPORTS) or celery.conf.task_always_eager:
-        return None, WorkersReading(False, note=f"the {transport} transport has no broadcast to ask workers")
+        note = f"the {transport} transport has no broadcast to ask workers"
+        return None, WorkersReading(False, note=note), None
     if not ask:
-        return None, WorkersReading(False, note="not asked")
+        return None, WorkersReading(False, note="not asked"), None
     try:
         answers = celery.control.inspect(timeout=timeout).active_queues() or {}
+        # the workers that answered are all there are: the second broadcast returns as soon as
+        # they answered again, not after its timeout (the two cannot run at once: they share
+        # the app's reply queue)
+        running = (
+            celery.control.inspect(timeout=timeout, limit=len(answers)).active() or {}
+            if transport in AMQP_TRANSPORTS and answers
+            else None
+        )
     except Exception as exc:  # noqa: BLE001 - reported
         errors.append(f"workers: {type(exc).__name__}: {exc}")
-        return None, WorkersReading(False, note="the broadcast failed")
+        return None, WorkersReading(False, note="the broadcast failed"), None
     per_queue: Counter[str] = Counter()
     for queues in answers.values():
         per_queue.update({str(q.get("name")) for q in queues or ()})
-    return dict(per_queue), WorkersReading(True, tuple(sorted(answers)))
+    return dict(per_queue), WorkersReading(True, tuple(sorted(answers))), _per_queue(running)
+
+
+def _per_queue(running: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """`inspect active` answers as tasks running per queue (their delivery routing key)."""
+    if running is None:
+        return None
+    found: Counter[str] = Counter()
+    for tasks in running.values():
+        found.update(str((t.get("delivery_info") or {}).get("routing_key")) for t in tasks or ())
+    return dict(found)
 
 
 def _breakers(domain: Domain, errors: list[str]) -> Mapping[str, str] | None:

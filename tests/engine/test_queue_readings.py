@@ -1,15 +1,25 @@
 """Broker-side queue readings (app/broker_queues.py): depth across kombu's Redis priority
-sub-queues, RabbitMQ's passive declare with its consumer count, a queue not declared yet."""
+sub-queues, RabbitMQ's passive declare with its consumer count, a queue not declared yet;
+and on RabbitMQ the running task as in flight (`inspect active`)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
+import pytest
 from celery import Celery
 from kombu import Exchange, Queue
 
+from tests.engine.conftest import running_worker
 from tests.services import BROKER_URL, REDIS_URL, require_rabbitmq
+from tests.waiting import wait_until
+from tidings import Domain, handle
+from tidings.app.bootstrap import create_celery_app
 from tidings.app.broker_queues import read_queues
+from tidings.app.status import read_status
+from tidings.fields import Identifier
+from tidings.tasks.naming import relay_queue, specs
 
 
 def publish(celery: Celery, queue: str, priorities: list[int]) -> None:
@@ -49,4 +59,58 @@ def test_rabbitmq_reads_a_passive_declare_and_survives_a_missing_queue():
     finally:
         with celery.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
+        celery.close()
+
+
+def build_holding(name: str, release: threading.Event) -> Domain:
+    """One event whose handler holds the worker until the test releases it."""
+    domain = Domain(name)
+    domain.config.update(event_processing="async", command_processing="async", message_processing="async")
+
+    @domain.aggregate
+    class Job:
+        pass
+
+    @domain.event(part_of=Job)
+    class JobQueued:
+        job_id: Identifier(required=True)
+
+    @domain.event_handler(part_of=Job, stream_category="job")
+    class Hold:
+        @handle(JobQueued)
+        def hold(self, event):
+            assert release.wait(30), "the test never released the handler"
+
+    return domain
+
+
+@pytest.mark.parametrize("provider", ["sqlite"], indirect=True)
+def test_status_on_rabbitmq_counts_the_running_task_and_the_consumer(use_provider):
+    require_rabbitmq()
+    release = threading.Event()
+    domain = build_holding(f"hold_{uuid.uuid4().hex[:6]}", release)
+    domain.config["brokers"]["default"] = {"provider": "amqp", "url": BROKER_URL}
+    domain = use_provider(domain)
+    celery = create_celery_app(domain)
+    Job, JobQueued = domain.registry["aggregate"]["Job"], domain.registry["event"]["JobQueued"]
+    try:
+        with running_worker(celery, concurrency=1):
+            with domain.domain_context():
+                job = Job()
+                job.raise_(JobQueued(job_id=job.id))
+                domain.repository_for(Job).add(job)
+
+            def holding():
+                row = read_status(domain, celery, workers=True, timeout=0.5).handlers[0]
+                return row if row.in_flight == 1 else None
+
+            row = wait_until(holding, timeout=30, message="the Hold task running")
+            assert (row.workers, row.queue_depth, row.lag_messages) == (1, 0, 1)
+            release.set()
+            wait_until(lambda: read_status(domain, celery, workers=False).handlers[0].lag_messages == 0)
+    finally:
+        release.set()
+        with celery.connection_for_write() as conn:
+            for queue in (*(s.queue for s in specs(domain)), relay_queue(domain)):
+                conn.default_channel.queue_delete(queue)
         celery.close()
