@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import urllib.request
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -41,6 +43,15 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def waited(worker: Worker, condition: Callable[[], Any], what: str) -> None:
+    """`wait_until` (60 s: the worker starts slowly on a loaded machine), with the worker's
+    log when it times out."""
+    try:
+        wait_until(condition, timeout=60, message=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{worker.output()}") from None
+
+
 def test_a_prefork_worker_serves_what_its_pool_processes_handled(postgres_url, redis_prefix, tmp_path):
     name = f"metrics_{uuid.uuid4().hex[:8]}"
     domain = configure(build_audit(name), postgres_url, REDIS_URL)
@@ -60,7 +71,7 @@ def test_a_prefork_worker_serves_what_its_pool_processes_handled(postgres_url, r
     }
     worker = Worker(tmp_path / "worker.log", name, env, concurrency=2)
     try:
-        wait_until(lambda: scrape(port), timeout=30, message=f"/metrics on :{port}\n{worker.output()}")
+        waited(worker, lambda: scrape(port), f"/metrics on :{port}")
         make_entries(domain, [f"e-{i}" for i in range(6)])
         handled = ("tidings_handler_duration_seconds_count", (("domain", name), ("handler", "Apply")))
 
@@ -68,7 +79,7 @@ def test_a_prefork_worker_serves_what_its_pool_processes_handled(postgres_url, r
             found = scrape(port)
             return found.get((handled[0], (*handled[1], ("outcome", "success"))), 0)
 
-        wait_until(lambda: apply_count() == 6, timeout=30, message=f"6 Apply runs\n{worker.output()}")
+        waited(worker, lambda: apply_count() == 6, "6 Apply runs")
         found = scrape(port)
         labels = (("domain", name), ("handler", "Count"), ("outcome", "success"))
         assert found[("tidings_handler_duration_seconds_count", labels)] == 6

@@ -84,6 +84,7 @@ def build_holding(name: str, release: threading.Event) -> Domain:
     return domain
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("provider", ["sqlite"], indirect=True)
 def test_status_on_rabbitmq_counts_the_running_task_and_the_consumer(use_provider):
     require_rabbitmq()
@@ -100,11 +101,16 @@ def test_status_on_rabbitmq_counts_the_running_task_and_the_consumer(use_provide
                 job.raise_(JobQueued(job_id=job.id))
                 domain.repository_for(Job).add(job)
 
-            def holding():
-                row = read_status(domain, celery, workers=True, timeout=0.5).handlers[0]
-                return row if row.in_flight == 1 else None
+            seen = []
 
-            row = wait_until(holding, timeout=30, message="the Hold task running")
+            def holding():
+                seen[:] = [read_status(domain, celery, workers=True, timeout=2).handlers[0]]
+                return seen[0] if seen[0].in_flight == 1 else None
+
+            try:
+                row = wait_until(holding, timeout=60, message="the Hold task running")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; last reading: {seen}") from None
             assert (row.workers, row.queue_depth, row.lag_messages) == (1, 0, 1)
             release.set()
             wait_until(lambda: read_status(domain, celery, workers=False).handlers[0].lag_messages == 0)
