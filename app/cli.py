@@ -17,6 +17,8 @@ from tidings.app.cli_common import (
 from tidings.app.cli_db import db
 from tidings.app.cli_dlq import dlq
 from tidings.app.cli_errors import DEBUG_ENV, DEBUG_HELP, CleanErrors
+from tidings.app.cli_metrics import metrics
+from tidings.app.cli_status import status
 from tidings.domain.errors import ConfigurationError
 
 
@@ -228,3 +230,5 @@ def demo(redis: bool, postgres: bool) -> None:
 
 main.add_command(db)
 main.add_command(dlq)
+main.add_command(status)
+main.add_command(metrics)
