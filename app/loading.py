@@ -56,8 +56,9 @@ def load_domain(path: str | None = None) -> Domain:
             return domain
     if not imported:
         raise DomainNotFoundError(
-            f"--domain {module_path!r}: no module or file of that name from {os.getcwd()}; give a "
-            "dotted module on the path (e.g. myapp.domain), a file or a folder (e.g. src/myapp)"
+            f"domain {module_path!r} (--domain or TIDINGS_DOMAIN): no module or file of that name "
+            f"from {os.getcwd()}; give a dotted module on the path (e.g. myapp.domain), a file or "
+            "a folder (e.g. src/myapp)"
         )
     raise DomainNotFoundError(
         f"no Domain instance found in {module_name!r} or {module_name + '.domain'!r}: "

@@ -30,7 +30,7 @@ def test_a_wrong_domain_path_is_one_line_naming_the_fix_and_a_non_zero_exit(tmp_
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.splitlines()
-    assert line.startswith("Error: --domain 'src/no_such_app': no module or file of that name")
+    assert line.startswith("Error: domain 'src/no_such_app' (--domain or TIDINGS_DOMAIN): no module or file")
     assert "a file or a folder" in line  # what to give instead
     assert result.stdout == ""
 
@@ -70,7 +70,7 @@ def test_tidings_domain_is_the_default_domain_of_every_command(tmp_path: Path) -
     # an explicit --domain wins over the environment
     shelf = {"TIDINGS_DOMAIN": "tidings.examples.bookshelf"}
     explicit = tidings(tmp_path, "subscriptions", "--domain", "nowhere", **shelf)
-    assert explicit.returncode == 1 and "--domain 'nowhere'" in explicit.stderr
+    assert explicit.returncode == 1 and "domain 'nowhere'" in explicit.stderr
 
 
 def test_a_server_that_cannot_run_exits_non_zero_with_one_line(tmp_path: Path) -> None:
