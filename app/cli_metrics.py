@@ -18,7 +18,7 @@ def metrics() -> None:
 @metrics.command("serve")
 @domain_option
 @click.option(
-    "--port", type=click.IntRange(1, 65535), default=9108, show_default=True, help="port to listen on"
+    "--port", type=click.IntRange(1, 65535), default=9108, show_default=True, help="port to serve /metrics on"
 )
 @click.option("--addr", default="0.0.0.0", show_default=True, help="address to listen on")
 def serve(domain_path: str | None, port: int, addr: str) -> None:
