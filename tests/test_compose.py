@@ -101,14 +101,14 @@ def test_every_long_running_service_has_a_health_check_paced_for_a_loaded_host(s
 
 
 def test_the_migration_command_makes_a_database_match_the_models_and_can_run_again(
-    services, postgres_url, tmp_path
+    services, own_postgres_url, tmp_path
 ):
     # the migrate service's own command and environment, pointed at this test's PostgreSQL
     migrate = services["migrate"]
     env = {
         **os.environ,
         **migrate["environment"],
-        "DATABASE_URL": postgres_url,
+        "DATABASE_URL": own_postgres_url,
         "BROKER_URL": REDIS_URL,
         "REDIS_URL": REDIS_URL,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

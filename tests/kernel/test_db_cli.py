@@ -42,13 +42,14 @@ def drop_column(domain, table: str, column: str) -> None:
 def test_upgrade_makes_the_framework_tables_and_create_the_models_tables(ledger):
     upgraded = db("upgrade")
     assert upgraded.exit_code == 0, upgraded.output
-    assert tables(ledger) == schema.FRAMEWORK_TABLES  # the aggregates' tables are not its business
+    assert tables(ledger) >= schema.FRAMEWORK_TABLES
+    assert not {"entry", "tally"} & tables(ledger)  # the aggregates' tables are not its business
     checked = db("check")
     assert checked.exit_code == 1
     assert "drift in database 'default': entry: table missing; fix: `tidings db create`" in checked.output
     created = db("create")
     assert created.exit_code == 0, created.output
-    assert tables(ledger) == schema.FRAMEWORK_TABLES | {"entry", "tally"}
+    assert schema.FRAMEWORK_TABLES | {"entry", "tally"} <= tables(ledger)
     assert "match the models" in created.output
     assert db("check").exit_code == 0
 

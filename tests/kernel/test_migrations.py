@@ -5,37 +5,24 @@ what the models define: a table changed without a new migration fails here
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import UTC, datetime
-from urllib.parse import urlparse, urlunparse
 
 import pytest
 import sqlalchemy as sa
 
-from tests.services import DATABASE_URL, require_postgres
 from tidings.domain import schema
-from tidings.domain.sql import make_engine, normalize_uri
+from tidings.domain.sql import make_engine
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty(request, tmp_path):
     """An engine on a database with no tables at all (PostgreSQL: one made for this test)."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path}/empty.db")
-        yield engine
-        engine.dispose()
-        return
-    require_postgres()
-    name = f"tidings_migrations_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(normalize_uri(DATABASE_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    engine = make_engine(urlunparse(urlparse(DATABASE_URL)._replace(path=f"/{name}")))
+    url = f"sqlite:///{tmp_path}/empty.db"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("own_postgres_url")
+    engine = make_engine(url)
     yield engine
     engine.dispose()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 def test_upgrading_an_empty_database_builds_exactly_the_tables_the_models_define(empty):
