@@ -13,7 +13,7 @@ from tests.engine.ledger import build_ledger
 from tidings.app import cli, cli_common
 from tidings.domain import schema
 
-pytestmark = pytest.mark.parametrize("provider", ["sqlite", "postgresql"], indirect=True)
+ON_SQL = pytest.mark.parametrize("provider", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
@@ -39,6 +39,7 @@ def drop_column(domain, table: str, column: str) -> None:
         conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
 
 
+@ON_SQL
 def test_upgrade_makes_the_framework_tables_and_create_the_models_tables(ledger):
     upgraded = db("upgrade")
     assert upgraded.exit_code == 0, upgraded.output
@@ -54,6 +55,7 @@ def test_upgrade_makes_the_framework_tables_and_create_the_models_tables(ledger)
     assert db("check").exit_code == 0
 
 
+@ON_SQL
 def test_a_dropped_framework_column_is_reported_by_check_and_create(ledger):
     assert db("create").exit_code == 0
     drop_column(ledger, "tidings_outbox", "last_error")
@@ -69,6 +71,7 @@ def test_a_dropped_framework_column_is_reported_by_check_and_create(ledger):
     assert "NOT in place" in created.output and "tidings_outbox: column last_error missing" in created.output
 
 
+@ON_SQL
 def test_a_dropped_model_column_names_the_statement_that_adds_it(ledger):
     assert db("create").exit_code == 0
     drop_column(ledger, "entry", "label")
@@ -77,6 +80,7 @@ def test_a_dropped_model_column_names_the_statement_that_adds_it(ledger):
     assert "entry: column label missing; fix: ALTER TABLE entry ADD COLUMN label" in checked.output
 
 
+@ON_SQL
 def test_check_on_a_database_created_before_migrations_names_the_upgrade(ledger):
     assert db("create").exit_code == 0
     schema.drop_version_table(ledger.outbox_database.engine)
@@ -87,3 +91,11 @@ def test_check_on_a_database_created_before_migrations_names_the_upgrade(ledger)
     upgraded = db("upgrade")
     assert upgraded.exit_code == 0, upgraded.output
     assert db("check").exit_code == 0
+
+
+@pytest.mark.parametrize("provider", ["memory"], indirect=True)
+def test_a_domain_in_memory_has_nothing_to_migrate(ledger):
+    for command in ("upgrade", "create", "check"):
+        result = db(command)
+        assert result.exit_code == 0, result.output
+        assert "has no SQL database" in result.output

@@ -4,6 +4,7 @@ what the models define: a table changed without a new migration fails here
 
 from __future__ import annotations
 
+import shutil
 import threading
 from datetime import UTC, datetime
 
@@ -102,3 +103,29 @@ def test_processes_upgrading_at_once_all_succeed(empty):
         thread.join(timeout=30)
     assert errors == []
     assert schema.drift(empty, schema.framework_metadata()) == []
+
+
+def test_a_new_revision_written_by_make_migration_migrates_to_the_changed_models(tmp_path, monkeypatch):
+    # the recipe (`make migration` -> new_revision) on a copy of the shipped migrations
+    shutil.copytree(schema.MIGRATIONS, tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(schema, "MIGRATIONS", tmp_path / "migrations")
+    shipped = schema.define_inbox
+
+    def define_inbox(metadata: sa.MetaData) -> sa.Table:  # a model change: one more column
+        table = shipped(metadata)
+        table.append_column(sa.Column("note", sa.String(32)))
+        return table
+
+    monkeypatch.setattr(schema, "define_inbox", define_inbox)
+    schema.head.cache_clear()
+    try:
+        written = schema.new_revision("inbox: a note")
+        assert written.parent == tmp_path / "migrations" / "versions"
+        assert written.name == "0002_inbox_a_note.py"
+        engine = make_engine(f"sqlite:///{tmp_path}/fresh.db")
+        schema.upgrade(engine)
+        assert schema.current(engine) == schema.head() == "0002"
+        assert schema.drift(engine, schema.framework_metadata()) == []
+        engine.dispose()
+    finally:
+        schema.head.cache_clear()  # the shipped revisions again for the tests that follow
