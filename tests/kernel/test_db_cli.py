@@ -99,3 +99,23 @@ def test_a_domain_in_memory_has_nothing_to_migrate(ledger):
         result = db(command)
         assert result.exit_code == 0, result.output
         assert "has no SQL database" in result.output
+
+
+def test_an_event_store_in_a_database_of_its_own_is_migrated_too(tmp_path, monkeypatch):
+    domain = build_ledger(tmp_path)
+    domain.config["databases"]["default"] = {
+        "provider": "sqlite",
+        "database_uri": f"sqlite:///{tmp_path}/a.db",
+    }
+    domain.config["event_store"] = {"provider": "sqlite", "database_uri": f"sqlite:///{tmp_path}/events.db"}
+    domain.init()
+    monkeypatch.setattr(cli_common, "load_domain", lambda path: domain)
+    monkeypatch.setattr(cli_common, "runtime_for", lambda domain: SimpleNamespace(celery=None))
+    upgraded = db("upgrade")
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "database 'event_store': framework tables at revision" in upgraded.output
+    events = domain.storage.event_store.engine
+    assert schema.current(events) == schema.head()
+    assert "tidings_event_store" in sa.inspect(events).get_table_names()
+    assert db("create").exit_code == 0 and db("check").exit_code == 0
+    domain.dispose()
