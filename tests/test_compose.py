@@ -68,6 +68,9 @@ def test_the_compose_file_refuses_to_start_without_the_secrets():
     result = run({}, "config", "-q")
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
+    without_flower = run({"POSTGRES_PASSWORD": SECRETS["POSTGRES_PASSWORD"]}, "config", "-q")
+    assert without_flower.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in without_flower.stderr  # Flower never runs without a password
 
 
 def test_the_worker_beat_and_api_start_after_the_migration_succeeded(services):
