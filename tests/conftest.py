@@ -26,6 +26,20 @@ def postgres_url():
     admin.dispose()
 
 
+@pytest.fixture
+def own_postgres_url():
+    """A PostgreSQL database for this test alone (for tests that need it empty), then dropped."""
+    require_postgres()
+    name = f"tidings_own_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalize_uri(DATABASE_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield urlunparse(urlparse(DATABASE_URL)._replace(path=f"/{name}"))
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def provider(request, tmp_path):
     """Database settings for each provider: the same behaviour must hold on all three."""
