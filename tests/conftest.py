@@ -10,8 +10,6 @@ import sqlalchemy as sa
 from tests.services import DATABASE_URL, require_postgres
 from tidings.domain.sql import normalize_uri
 
-pytest_plugins = ["tidings.app.testing"]
-
 
 @pytest.fixture(scope="session")
 def postgres_url():
