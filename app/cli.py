@@ -14,23 +14,29 @@ from tidings.app.cli_common import (
     domain_path_of,
     load,
 )
+from tidings.app.cli_db import db
 from tidings.app.cli_dlq import dlq
+from tidings.app.cli_errors import DEBUG_ENV, DEBUG_HELP, CleanErrors
+from tidings.app.cli_metrics import metrics
+from tidings.app.cli_status import status
 from tidings.domain.errors import ConfigurationError
 
 
-@click.group()
+@click.group(cls=CleanErrors)
 @click.option("--domain", "domain_path", envvar="TIDINGS_DOMAIN", default=None, help=DOMAIN_HELP)
+@click.option("--debug", "debug", is_flag=True, envvar=DEBUG_ENV, help=DEBUG_HELP)
+@click.version_option(package_name="tidings", prog_name="tidings", message="%(prog)s %(version)s")
 @click.pass_context
-def main(ctx: click.Context, domain_path: str | None) -> None:
+def main(ctx: click.Context, domain_path: str | None, debug: bool) -> None:
     """Tidings: Celery-based orchestration for domain-driven Python.
 
     `tidings --domain X server` and `tidings server --domain X` are the same."""
-    ctx.ensure_object(dict)["domain_path"] = domain_path
+    ctx.ensure_object(dict).update(domain_path=domain_path, debug=debug)
 
 
 @main.command()
 @click.option("--domain", "domain_path", default=None, help=DOMAIN_HELP)
-@click.option("--debug", is_flag=True, help="log every message")
+@click.option("--debug", is_flag=True, help="log every message (and show the traceback of an error)")
 @click.option("--test-mode", is_flag=True, help="process everything pending, then exit")
 @click.option(
     "--pool",
@@ -84,6 +90,8 @@ def server(
     from tidings.app.lanes import lane_children, lane_lines, plan_lanes
     from tidings.app.server import run_until_quiescent, subscription_lines, worker_argv
 
+    if debug:
+        click.get_current_context().find_root().ensure_object(dict)["debug"] = True
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -107,7 +115,7 @@ def server(
             raise click.ClickException(str(exc)) from None
         if not no_beat:
             children.append(specs.beat_spec(domain.name, debug=debug, env=env))
-    domain.create_tables()  # only the missing ones; migrations are yours (domain.metadata)
+    domain.create_tables()  # Tidings's migrations, then the models' missing tables
     click.echo("Registered subscriptions:")
     for line in subscription_lines(domain):
         click.echo(f"  {line}")
@@ -150,27 +158,6 @@ def lanes(domain_path: str | None, celery_commands: bool) -> None:
         click.echo(line)
     click.echo("# or every lane at once:")
     click.echo(planned.celery_multi(domain, found))
-
-
-@main.group()
-def db() -> None:
-    """The domain's tables."""
-
-
-@db.command("create")
-@domain_option
-def db_create(domain_path: str | None) -> None:
-    """Create the missing tables of every database (aggregates, projections, event store,
-    outbox, inbox). For migrations, hand `domain.metadata` to Alembic. A table that exists
-    without a column this version needs is reported with the statement that adds it."""
-    from tidings.domain.sql import SchemaError
-
-    domain, _ = load(domain_path)
-    try:
-        domain.create_tables()
-    except SchemaError as exc:
-        raise click.ClickException(f"tables of '{domain.name}' are NOT in place: {exc}") from None
-    click.echo(f"tables of '{domain.name}' are in place")
 
 
 @main.command()
@@ -244,6 +231,7 @@ def outbox() -> None:
 @outbox.command("status")
 @domain_option
 def outbox_status(domain_path: str | None) -> None:
+    """Outbox rows pending, failing and relayed, as JSON."""
     from dataclasses import asdict
 
     from tidings.tasks.relay import outbox_store
@@ -296,4 +284,7 @@ def demo(redis: bool, postgres: bool) -> None:
     sys.exit(code)
 
 
+main.add_command(db)
 main.add_command(dlq)
+main.add_command(status)
+main.add_command(metrics)

@@ -36,9 +36,14 @@ USER_DOMAIN = '''\
 from __future__ import annotations
 
 from tidings import Domain, current_domain, handle
+from tidings.exceptions import BusinessRuleError
 from tidings.fields import Identifier, String
 
 domain = Domain("notes")
+
+
+class NoteRejected(BusinessRuleError):
+    """Not retried: dead-lettered at once."""
 
 
 @domain.aggregate
@@ -56,6 +61,8 @@ class AddNote:
 class NoteCommands:
     @handle(AddNote)
     def add(self, command: AddNote) -> None:
+        if command.text == "boom":
+            raise NoteRejected("a note may not say boom")
         current_domain.repository_for(Note).add(Note(id=command.note_id, text=command.text))
 '''
 
@@ -191,6 +198,9 @@ def test_the_wheels_only_top_level_name_is_tidings(wheel: Path) -> None:
         "tidings/app/celery_settings.py",
         "tidings/examples/bookshelf/domain.toml",
         "tidings/examples/bookshelf/worker.py",
+        "tidings/domain/migrations/env.py",
+        "tidings/domain/migrations/script.py.mako",
+        "tidings/domain/migrations/versions/0001_framework_tables.py",
     ):
         assert shipped in names and shipped in listed
     assert not [n for n in names if n.startswith(("tidings/tests/", "tidings/bench/"))]
@@ -288,6 +298,27 @@ def test_a_command_goes_through_a_real_worker_in_the_users_project(
     assert rows == [("note-1", "hello from the user project")]
 
 
+def test_the_installed_wheel_migrates_the_framework_tables(venv: Path, user_project: Path) -> None:
+    # the migrations are package data: `db upgrade` must find them in site-packages
+    (user_project / "celeryconfig.py").unlink()  # the weakening one is another test's subject
+
+    def db(*argv: str) -> subprocess.CompletedProcess[str]:
+        tidings = str(venv / "bin" / "tidings")
+        command = [tidings, "--domain", "app.domain", "db", *argv]
+        return subprocess.run(command, cwd=user_project, env=env_for(venv), capture_output=True, text=True)
+
+    upgraded = db("upgrade")
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    with sqlite3.connect(user_project / "notes.db") as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"tidings_outbox", "tidings_event_store", "tidings_alembic_version"} <= names
+    assert "note" not in names  # the user's own table is `db create`'s
+    checked = db("check")
+    assert checked.returncode == 1 and "note: table missing" in checked.stderr
+    assert db("create").returncode == 0
+    assert db("check").returncode == 0
+
+
 def test_tidings_demo_ships_with_the_wheel(venv: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [str(venv / "bin" / "tidings"), "demo", "--help"],
@@ -324,3 +355,64 @@ def test_tidings_demo_runs_from_the_installed_wheel(venv: Path, tmp_path: Path) 
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "end state is exactly as expected" in result.stdout
+
+
+USER_TESTS = """\
+\"\"\"The user's tests: Tidings' fixtures come from the installed plugin, no conftest.py.\"\"\"
+
+import pytest
+
+from app.domain import AddNote, Note, domain
+
+
+@pytest.fixture
+def tidings_domain():
+    return domain
+
+
+def test_a_note_is_added_eagerly(tidings_eager):
+    tidings_eager.process(AddNote(note_id="n1", text="hello"))
+    assert tidings_eager.repository_for(Note).get("n1").text == "hello"
+
+
+def test_a_note_is_added_by_a_real_worker(tidings_worker):
+    tidings_worker.domain.process(AddNote(note_id="n2", text="hi"))
+    tidings_worker.wait_until_quiescent()
+    assert tidings_worker.domain.repository_for(Note).get("n2").text == "hi"
+    assert tidings_worker.dead_letters() == []
+
+
+def test_a_rejected_note_is_dead_lettered(tidings_worker):
+    tidings_worker.domain.process(AddNote(note_id="n3", text="boom"))
+    tidings_worker.wait_until_quiescent()
+    (letter,) = tidings_worker.dead_letters("NoteCommands")
+    assert (letter.error_type, letter.error_message) == ("NoteRejected", "a note may not say boom")
+    assert letter.body["type"] == "Notes.AddNote.v1"
+
+
+def test_wrong_on_purpose(tidings_worker):
+    tidings_worker.domain.process(AddNote(note_id="n4", text="four"))
+    tidings_worker.wait_until_quiescent()
+    assert tidings_worker.domain.repository_for(Note).get("n4").text == "five"
+"""
+
+
+def test_a_user_projects_pytest_gets_the_fixtures_from_the_installed_plugin(
+    venv: Path, user_project: Path
+) -> None:
+    (user_project / "celeryconfig.py").write_text("worker_prefetch_multiplier = 4\n")
+    (user_project / "tests").mkdir()
+    (user_project / "tests" / "test_notes.py").write_text(USER_TESTS)
+    assert not list(user_project.rglob("conftest.py"))
+    argv = ("-m", "pytest", "-p", "no:cacheprovider", "tests/test_notes.py")
+
+    passing = run(venv, user_project, *argv, "-k", "not wrong_on_purpose", timeout=120)
+    assert passing.returncode == 0, passing.stdout[-3000:] + passing.stderr[-2000:]
+    assert "3 passed, 1 deselected" in passing.stdout
+    assert "tidings-" in passing.stdout.split("rootdir:")[1].split("collected")[0]  # plugins: tidings-x.y
+
+    failing = run(venv, user_project, *argv, "-k", "wrong_on_purpose", timeout=120)
+    assert failing.returncode == 1, failing.stdout[-3000:]
+    assert "1 failed, 3 deselected" in failing.stdout
+    assert "assert 'four' == 'five'" in failing.stdout
+    assert not (user_project / "notes.db").exists()  # the fixtures never touched domain.toml's database
