@@ -3,6 +3,7 @@ external row (a `published=True` event for `[outbox] external_brokers`) goes to 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,15 @@ from celery import Celery
 
 from tidings.domain.envelope import Message
 from tidings.outbox.writer import external_dispatch
-from tidings.tasks.naming import batch_task_name, event_store_handlers, packed_handlers, queue_name, task_name
+from tidings.tasks.naming import (
+    batch_task_name,
+    event_store_handlers,
+    packed_handlers,
+    queue_name,
+    spec_of,
+    task_name,
+)
+from tidings.tasks.ordering import OrderedSends, route
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
@@ -38,6 +47,7 @@ def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
     polled = set(event_store_handlers(domain))
     packed = packed_handlers(domain)
     packs: dict[type, list[dict]] = {}
+    ordered = OrderedSends(domain)  # sequential handlers' sends: numbered at flush (tasks/ordering.py)
     with celery.producer_or_acquire() as producer, _batched(producer, eager) as batch:
 
         def send(name: str, queue: str, arg: Any, task_id: str, label: str) -> None:
@@ -82,24 +92,30 @@ def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
                     if len(packs[handler]) >= packed[handler]:
                         send_pack(handler)
                     continue
-                queue = queue_name(domain, handler)
-                send(
-                    task_name(domain, handler),
-                    queue,
-                    payload,
-                    f"{message.id}:{queue}",
-                    f"({message.type} {message.id})",
+                queue, key = route(spec_of(domain, handler), message)
+                name = task_name(domain, handler)
+                label = f"({message.type} {message.id})"
+                if key is None:
+                    send(name, queue, payload, f"{message.id}:{queue}", label)
+                    continue
+                ordered.add(
+                    name,
+                    key,
+                    message.id,
+                    functools.partial(send, name, queue, payload, f"{message.id}:{queue}", label),
                 )
 
         def flush() -> None:
             """Send the partial packs, then what the Redis pipeline buffered."""
             for handler in list(packs):
                 send_pack(handler)
+            ordered.flush()
             if batch is not None:
                 batch.flush()
 
         publish.flush = flush  # type: ignore[attr-defined]
         yield publish
+        ordered.flush()  # a caller that never flushed: still numbered, then sent
     for name, queue, arg in deferred:
         celery.tasks[name].apply_async(args=[arg], queue=queue)
 
