@@ -29,6 +29,7 @@ from tidings.tasks.naming import (
     relay_task_name,
     task_name,
 )
+from tidings.tasks.ordering import PARTITION_QUEUE_ARGUMENTS, partition_queues_of
 from tidings.tasks.poller import SAFETY_NET_SECONDS, pollers_by_category, register_poller_tasks
 from tidings.tasks.pump import pulled_subscribers, pump_task_name, register_pump_tasks
 from tidings.tasks.relay import register_relay_task, relay_now
@@ -71,7 +72,11 @@ def build_celery_app(
     routes.update({poll_task_name(domain, h): queue_name(domain, h) for h in event_store_handlers(domain)})
     derived = dict(
         broker_url=broker_url(domain.settings.brokers["default"]),
-        task_queues=[Queue(q, routing_key=q) for q in routes.values()],
+        task_queues=[Queue(q, routing_key=q) for q in routes.values()]
+        + [
+            Queue(q, routing_key=q, queue_arguments=PARTITION_QUEUE_ARGUMENTS)
+            for q in partition_queues_of(domain)
+        ],
         task_routes={name: {"queue": q, "routing_key": q} for name, q in routes.items()},
         task_default_queue=relay_queue(domain),
         broker_transport_options={"polling_interval": _polling_interval(domain)},

@@ -15,6 +15,7 @@ from tidings.app.progress import RunProgress
 from tidings.domain.parsing import check_server_broker
 from tidings.tasks import dlq
 from tidings.tasks.naming import async_handlers, queue_name, relay_queue
+from tidings.tasks.ordering import partition_queues_of
 from tidings.tasks.poller import poll_all
 from tidings.tasks.relay import relay_now
 
@@ -38,7 +39,8 @@ def subscription_lines(domain: Domain) -> list[str]:
 
 
 def all_queues(domain: Domain) -> list[str]:
-    return [relay_queue(domain)] + [queue_name(domain, h) for h in async_handlers(domain)]
+    handlers = [queue_name(domain, h) for h in async_handlers(domain)]
+    return [relay_queue(domain), *handlers, *partition_queues_of(domain)]  # tasks/ordering.py
 
 
 def worker_argv(domain: Domain, *, pool: str, concurrency: int | None, beat: bool, debug: bool) -> list[str]:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Reject, Retry
 
-from tidings.domain.ordering import key_of, partition_of, partition_queue
+from tidings.domain.ordering import key_of, partition_of, partition_queue, partition_queues
 from tidings.outbox.ordering import HEADS, SEQUENCES, Sequenced, SqlKeyOrder
 
 if TYPE_CHECKING:
@@ -43,6 +44,19 @@ def key_order(domain: Domain) -> SqlKeyOrder | None:
     if tables is None or HEADS not in tables.tables:
         return None
     return SqlKeyOrder(default, tables.tables[HEADS], tables.tables[SEQUENCES])  # type: ignore[arg-type]
+
+
+def partition_queues_of(domain: Domain) -> list[str]:
+    """Every partition queue of the domain's sequential handlers (what workers must consume
+    beside the handlers' own queues: `tidings server` and a plain `celery worker` do)."""
+    from tidings.tasks.naming import specs
+
+    return [q for spec in specs(domain) if spec.sequential for q in partition_queues(spec.queue)]
+
+
+# RabbitMQ delivers a queue declared so to one consumer at a time (the others stand by and
+# take over when it goes): a partition's messages then reach one worker. Redis ignores it.
+PARTITION_QUEUE_ARGUMENTS = {"x-single-active-consumer": True}
 
 
 def route(spec: HandlerSpec, message: Message) -> tuple[str, str | None]:
@@ -115,6 +129,14 @@ def release(domain: Domain, spec: HandlerSpec) -> Callable[[Any], None]:
             )
 
     return release_key
+
+
+def purge_sequences(domain: Domain, older_than: datetime) -> int:
+    """Forget the numbers given before `older_than` (with the inbox rows: a copy of such a
+    message arriving later runs unordered, and the inbox still absorbs it until its own
+    retention). The keys' heads stay."""
+    order = key_order(domain)
+    return order.purge(older_than, prefix=f"tidings.{domain.name}.") if order is not None else 0
 
 
 def wait_for_turn(task: Task, key: str, seq: int, applied: int) -> None:
