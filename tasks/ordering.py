@@ -37,11 +37,13 @@ FIRST_WAIT, LONGEST_WAIT = 0.05, 1.0  # seconds; doubling per wait
 
 
 def key_order(domain: Domain) -> SqlKeyOrder | None:
-    """The sequences of the domain's default database; None on the memory provider (one
-    process: nothing to order across)."""
+    """The sequences of the domain's default database when it is PostgreSQL; else None, and
+    the order rests on the partition queues alone. (Memory: one process. SQLite: the relay's
+    claim transaction holds the database's only write lock while it publishes, so numbers
+    cannot be committed before the sends.)"""
     default = domain.storage.default
     tables = getattr(default, "metadata", None)
-    if tables is None or HEADS not in tables.tables:
+    if tables is None or HEADS not in tables.tables or getattr(default, "provider", None) != "postgresql":
         return None
     return SqlKeyOrder(default, tables.tables[HEADS], tables.tables[SEQUENCES])  # type: ignore[arg-type]
 
@@ -99,7 +101,8 @@ def in_turn(domain: Domain, spec: HandlerSpec, body: Callable[..., Any]) -> Call
     def run(task: Task, envelope: Any, *args: Any, **kwargs: Any) -> Any:
         message_id = envelope.get("id") if isinstance(envelope, dict) else None
         turn = order.turn(name, str(message_id)) if message_id else None
-        if turn is not None and turn.early:
+        if turn is not None and turn.early and not task.request.is_eager:
+            # (eager runs follow the publish order already, and cannot wait: no broker)
             wait_for_turn(task, turn.key, turn.seq, turn.applied)
         result = body(task, envelope, *args, **kwargs)
         if turn is not None and turn.due:

@@ -10,7 +10,8 @@ began. Applied in order, every posting has `prev == n - 1`; two messages of one 
 at once, or out of order, leave a posting with another `prev`; a double leaves two rows.
 
 Configured from the environment (tests/reliability/test_ordering.py): ORDERED_DOMAIN,
-ORDERED_DATABASE_URL, ORDERED_BROKER_URL, ORDERED_KEYPREFIX, ORDERED_VISIBILITY_TIMEOUT;
+ORDERED_DATABASE_URL, ORDERED_BROKER_URL (the domain's Redis), ORDERED_CELERY_BROKER_URL (Celery's
+broker when it is not that Redis: RabbitMQ), ORDERED_KEYPREFIX, ORDERED_VISIBILITY_TIMEOUT;
 ORDERED_FAIL_N: a comma-separated list of `<account>:<n>` whose every run raises (they go to
 the DLQ after the handler's retries); ORDERED_UNORDERED=1: no `sequential_by` (a baseline
 for measuring what the ordering costs).

@@ -30,7 +30,8 @@ import sqlalchemy as sa
 
 from tests.reliability.ordered import POSTINGS, build_ordered, celery_overrides, configure
 from tests.reliability.workers import CELERY_CLI_ENV, ROOT
-from tests.services import REDIS_URL, require_redis
+from tests.services import BROKER_URL as RABBITMQ_URL
+from tests.services import REDIS_URL, require_rabbitmq, require_redis
 from tests.waiting import wait_until
 from tidings.app.bootstrap import create_celery_app
 from tidings.domain.ordering import partition_queues
@@ -135,19 +136,25 @@ class OrderedRun:
 
 
 @contextmanager
-def ordered_run(postgres_url: str, tmp_path: Path, **env: str) -> Iterator[OrderedRun]:
+def ordered_run(postgres_url: str, tmp_path: Path, broker: str = "redis", **env: str) -> Iterator[OrderedRun]:
+    """The ordered domain on `postgres_url`, Celery on Redis (a key prefix of its own) or on
+    RabbitMQ (queues named after the run's own domain, deleted at the end)."""
     require_redis()
+    if broker == "rabbitmq":
+        require_rabbitmq()
+    celery_broker = RABBITMQ_URL if broker == "rabbitmq" else REDIS_URL
     name = f"ordered_{uuid.uuid4().hex[:8]}"
     keyprefix = f"{name}:"
     os.environ.update(env)  # the test process builds the same domain as its workers
     domain = configure(build_ordered(name), postgres_url, REDIS_URL)
     domain.drop_tables()
     domain.create_tables()
-    celery = create_celery_app(domain, **celery_overrides(REDIS_URL, keyprefix, VISIBILITY_TIMEOUT))
+    celery = create_celery_app(domain, **celery_overrides(celery_broker, keyprefix, VISIBILITY_TIMEOUT))
     worker_env = {
         "ORDERED_DOMAIN": name,
         "ORDERED_DATABASE_URL": postgres_url,
         "ORDERED_BROKER_URL": REDIS_URL,
+        "ORDERED_CELERY_BROKER_URL": celery_broker,
         "ORDERED_KEYPREFIX": keyprefix,
         "ORDERED_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
         **env,
@@ -160,6 +167,8 @@ def ordered_run(postgres_url: str, tmp_path: Path, **env: str) -> Iterator[Order
             worker.kill()
         for key in env:
             os.environ.pop(key, None)
+        if broker == "rabbitmq":
+            delete_queues(celery)
         celery.close()
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(match=f"{keyprefix}*", count=1000):
@@ -167,6 +176,15 @@ def ordered_run(postgres_url: str, tmp_path: Path, **env: str) -> Iterator[Order
         client.close()
         domain.drop_tables()
         domain.dispose()
+
+
+def delete_queues(celery: Any) -> None:
+    """The run's queues on the shared RabbitMQ (each named after the run's domain)."""
+    with celery.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in celery.conf.task_queues:
+            with suppress(Exception):
+                channel.queue_delete(queue.name)
 
 
 def deposit(domain: Any, keys: int, per_key: int) -> list[str]:
@@ -212,10 +230,11 @@ def audit_order(
 
 
 @pytest.mark.timeout(120 + SETTLE_SECONDS)
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_ten_thousand_events_over_a_hundred_keys_keep_each_keys_order_when_a_worker_is_killed(
-    postgres_url, tmp_path
+    postgres_url, tmp_path, broker
 ):
-    with ordered_run(postgres_url, tmp_path) as run:
+    with ordered_run(postgres_url, tmp_path, broker) as run:
         accounts = deposit(run.domain, KEYS, PER_KEY)
         first, _second = run.worker(), run.worker()
         stop = threading.Event()
@@ -235,7 +254,7 @@ def test_ten_thousand_events_over_a_hundred_keys_keep_each_keys_order_when_a_wor
         elapsed = time.monotonic() - started
         result = audit_order(run.postings(), accounts, PER_KEY)
         print(
-            f"\nordering: {KEYS * PER_KEY} events, {KEYS} keys, "
+            f"\nordering on {broker}: {KEYS * PER_KEY} events, {KEYS} keys, "
             f"killed at {killed_at}, {elapsed:.1f}s: {result}"
         )
         assert result == {"lost": 0, "doubled": 0, "out_of_order": 0}
