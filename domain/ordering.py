@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # Partition queues per sequential handler. Fixed, because a key's partition must not move
 # while its messages are queued: changing it is a deploy with drained partition queues.
 PARTITIONS = 8
+LONGEST_KEY = 255
 
 
 def sequential_by(handler: ElementClass) -> str | bool | None:
@@ -35,10 +36,14 @@ def sequential_by(handler: ElementClass) -> str | bool | None:
 
 def key_of(by: str | bool, message: Message) -> str:
     """The ordering key of `message` for a handler `sequential_by=by`: the stream for True,
-    else the field's value as text (a missing or null value is the key "", one order)."""
-    if by is True:
-        return message.stream
-    value = message.data.get(str(by))
+    else the field's value as text (a missing or null value is the key "", one order). A key
+    longer than 255 characters is `#` and its BLAKE2b digest."""
+    key = message.stream if by is True else _text(message.data.get(str(by)))
+    # the numbering stores keys of up to 255 characters: a longer one stands for its digest
+    return key if len(key) <= LONGEST_KEY else "#" + hashlib.blake2b(key.encode(), digest_size=32).hexdigest()
+
+
+def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 

@@ -113,6 +113,12 @@ def test_the_key_is_the_field_value_or_the_stream():
     assert key_of("account_id", message(account_id="a7", amount=1)) == "a7"
     assert key_of(True, message(stream="bank::account-a9", account_id="a7")) == "bank::account-a9"
     assert key_of("account_id", message(amount=1)) == ""  # missing: one order for all of them
+    long = key_of("account_id", message(account_id="x" * 300))
+    assert (
+        long.startswith("#")
+        and len(long) == 65
+        and long == key_of("account_id", message(account_id="x" * 300))
+    )
 
 
 def test_the_same_key_always_goes_to_the_same_partition_and_keys_spread_over_all():
