@@ -123,7 +123,9 @@ def _build_app() -> Any:
     return create_celery_app(
         domain,
         **celery_overrides(
-            broker, os.environ.get("ORDERED_KEYPREFIX", ""), float(os.environ["ORDERED_VISIBILITY_TIMEOUT"])
+            os.environ.get("ORDERED_CELERY_BROKER_URL") or broker,
+            os.environ.get("ORDERED_KEYPREFIX", ""),
+            float(os.environ["ORDERED_VISIBILITY_TIMEOUT"]),
         ),
     )
 
