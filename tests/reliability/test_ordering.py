@@ -1,9 +1,11 @@
-"""Per-key ordering (`sequential_by`) across real worker processes on Redis, one SIGKILLed.
+"""Per-key ordering (`sequential_by`) across real worker processes, one SIGKILLed, on Redis
+and on RabbitMQ.
 
-10,000 `Deposited` events over 100 accounts; two `celery worker` processes (prefork, two
+`Deposited` events over 100 accounts (1,000 by default, ORDERING_PER_KEY=100: 10,000); two `celery worker` processes (prefork, two
 pool processes each) consume the handler's partition queues; one is SIGKILLed (its whole
 process group) mid-run, holding unacknowledged messages that Redis gives back after the
-visibility timeout (3 s here, against 300 s in production: recovery is fast on purpose).
+visibility timeout (3 s here, 45 s by default: recovery is fast on purpose) and RabbitMQ at once
+(its partition queues are single-active-consumer: the other worker takes them over).
 The audit (tests/reliability/ordered.py): every account's postings are applied in order
 (each saw its predecessor committed), none is lost, none doubled.
 """
@@ -185,6 +187,8 @@ def delete_queues(celery: Any) -> None:
         for queue in celery.conf.task_queues:
             with suppress(Exception):
                 channel.queue_delete(queue.name)
+        with suppress(Exception):
+            channel.exchange_delete(celery.conf.task_default_queue)  # `<name>.outbox`, the default
 
 
 def deposit(domain: Any, keys: int, per_key: int) -> list[str]:
