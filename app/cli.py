@@ -14,6 +14,7 @@ from tidings.app.cli_common import (
     domain_path_of,
     load,
 )
+from tidings.app.cli_db import db
 from tidings.app.cli_dlq import dlq
 from tidings.domain.errors import ConfigurationError
 
@@ -85,7 +86,7 @@ def server(
         children = [specs.worker_spec(argv, env=env)]
         if not no_beat:
             children.append(specs.beat_spec(domain.name, debug=debug, env=env))
-    domain.create_tables()  # only the missing ones; migrations are yours (domain.metadata)
+    domain.create_tables()  # Tidings's migrations, then the models' missing tables
     click.echo("Registered subscriptions:")
     for line in subscription_lines(domain):
         click.echo(f"  {line}")
@@ -101,27 +102,6 @@ def server(
         max_delay=max(30.0, restart_delay),
     )
     sys.exit(supervisor.supervise(children, policy))
-
-
-@main.group()
-def db() -> None:
-    """The domain's tables."""
-
-
-@db.command("create")
-@domain_option
-def db_create(domain_path: str | None) -> None:
-    """Create the missing tables of every database (aggregates, projections, event store,
-    outbox, inbox). For migrations, hand `domain.metadata` to Alembic. A table that exists
-    without a column this version needs is reported with the statement that adds it."""
-    from tidings.domain.sql import SchemaError
-
-    domain, _ = load(domain_path)
-    try:
-        domain.create_tables()
-    except SchemaError as exc:
-        raise click.ClickException(f"tables of '{domain.name}' are NOT in place: {exc}") from None
-    click.echo(f"tables of '{domain.name}' are in place")
 
 
 @main.command()
@@ -234,4 +214,5 @@ def demo(redis: bool, postgres: bool) -> None:
     sys.exit(code)
 
 
+main.add_command(db)
 main.add_command(dlq)

@@ -8,7 +8,7 @@ import time
 
 os.environ.setdefault("TIDINGS_TASK_EVENTS", "false")  # before celeryconfig is read; see harness
 
-from bench import scenarios
+from bench import producer, scenarios
 from bench.harness import DATABASE_URL, REDIS_URL, Report, masked
 
 # name -> (function, default N). Defaults are sized so `make bench` stays well under 15 minutes
@@ -22,6 +22,8 @@ SCENARIOS = {
     "latency": (scenarios.latency, 1000),
     "soak": (scenarios.soak, 10000),
     "sync": (scenarios.sync_mode, 2000),
+    "producer": (producer.producer, 2000),
+    "claim": (producer.claim, 100_000),  # published rows kept; the figure: --n 1000000
 }
 
 
@@ -67,6 +69,7 @@ def ratios(reports: dict[str, Report]) -> list[str]:
                 f"| {label} @100/s p50 <= 10 ms, p99 <= 25 ms | {p50:.1f} / {p99:.1f} ms"
                 f" | {'met' if p50 <= 10 and p99 <= 25 else 'not met'} |"
             )
+    lines += producer.ratios(reports)
     growth = get("soak", "RSS growth N/2 -> N")
     if growth is not None:
         lines.append(

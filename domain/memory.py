@@ -81,7 +81,9 @@ class MemoryDatabase:
         with self.lock:
             return _select_events(self.events, stream_or_category, from_position, limit)
 
-    def read_categories(self, categories: list[str], from_position: int, limit: int) -> list[dict]:
+    def read_categories(
+        self, categories: list[str], from_position: int, limit: int, settled: bool = False
+    ) -> list[dict]:  # positions are given at commit, under the lock: all are settled
         wanted = set(categories)
         with self.lock:
             found = [
@@ -186,6 +188,9 @@ class MemorySession:
     def record_command_result(self, domain: str, key: str, result: str) -> None:
         claimed = self.command_keys[(domain, key)]
         self.command_keys[(domain, key)] = CommandKey(claimed.message_id, result)
+
+    def flush(self) -> None:
+        """Nothing is held back: the commit applies everything."""
 
     def commit(self) -> None:
         db = self.db

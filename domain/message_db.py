@@ -94,8 +94,11 @@ class MessageDbDatabase:
             rows = _run(conn, query, params)
         return [_record(row) for row in rows]
 
-    def read_categories(self, categories: list[str], from_position: int, limit: int) -> list[dict]:
-        """Records of these categories with global_position >= from_position, in global order."""
+    def read_categories(
+        self, categories: list[str], from_position: int, limit: int, settled: bool = False
+    ) -> list[dict]:
+        """Records of these categories with global_position >= from_position, in global order
+        (`settled` is Message DB's own business: it is read as it is)."""
         per_category = [self.read_events(c, from_position, limit) for c in dict.fromkeys(categories)]
         merged = heapq.merge(*per_category, key=lambda r: r["global_position"])
         return list(itertools.islice(merged, limit))

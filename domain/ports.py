@@ -62,6 +62,11 @@ __all__ = [
 
 # ---- in the caller's transaction ---------------------------------------------------------------
 class Transaction(Protocol):
+    def flush(self) -> None:
+        """Send writes held back to save round trips; raise their conflicts (before any of the
+        unit of work's databases commits)."""
+        ...
+
     def commit(self) -> None: ...
     def rollback(self) -> None: ...
 
@@ -169,8 +174,15 @@ class EventStore(Store, Protocol):
         """A stream from its own position, or a category from a global position, in order."""
         ...
 
-    def read_categories(self, categories: list[str], from_position: int, limit: int) -> list[Record]:
-        """Records of these categories with `global_position >= from_position`, in global order."""
+    def read_categories(
+        self, categories: list[str], from_position: int, limit: int, settled: bool = False
+    ) -> list[Record]:
+        """Records of these categories with `global_position >= from_position`, in global order.
+
+        `settled`: only records no transaction still running can come before, so a reader that
+        moves a cursor over them sees every record exactly once (a subscription's read). A store
+        whose positions follow commit order (memory, SQLite) has nothing to hold back.
+        """
         ...
 
     def last_position(self, categories: list[str]) -> int | None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from tidings.domain.errors import ConfigurationError, IncorrectUsageError
+from tidings.domain import pg_append, schema
+from tidings.domain.errors import IncorrectUsageError
+from tidings.domain.schema import Difference, SchemaError
 from tidings.domain.sql_session import DuplicateValueError, SqlSession, TransactionSession
 from tidings.domain.tables import define_event_store, define_model_table
 from tidings.outbox.ordering import define_key_order
@@ -20,18 +23,7 @@ from tidings.outbox.tables import (
     define_positions,
 )
 
-
-class SchemaError(ConfigurationError):
-    """An existing table lacks a column this version of Tidings (or the model) needs."""
-
-
-def _fix(table: sa.Table, column: sa.Column, dialect: sa.Dialect) -> str:
-    """The statement that adds `column` (a NOT NULL column needs a value for existing rows)."""
-    kind = column.type.compile(dialect=dialect)
-    fill = " NOT NULL DEFAULT '<value for existing rows>'" if not column.nullable else ""
-    if table.name == "tidings_outbox" and column.name == "domain":
-        fill = " NOT NULL DEFAULT '<name of the domain that wrote them>'"
-    return f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{fill}"
+Statement = TypeVar("Statement")
 
 
 def normalize_uri(uri: str) -> str:
@@ -43,10 +35,15 @@ def normalize_uri(uri: str) -> str:
 
 
 def make_engine(uri: str) -> sa.Engine:
-    """An engine; SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` transactions."""
+    """An engine; SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` transactions.
+
+    No pre-ping: it would cost a round trip per checkout. A connection that died in the pool
+    fails its first statement as a disconnect; SQLAlchemy then invalidates the pool and the
+    caller's retry (tasks/retrying.py: a transient fault) runs on a fresh connection.
+    """
     uri = normalize_uri(uri)
     if not uri.startswith("sqlite"):
-        return sa.create_engine(uri, pool_pre_ping=True)
+        return sa.create_engine(uri)
     path = uri.removeprefix("sqlite:///")
     if path and path != uri and not path.startswith(":memory:"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)  # SQLite creates files, not folders
@@ -85,6 +82,14 @@ class SqlDatabase:
         self.positions_table: sa.Table | None = None
         self.failed_positions_table: sa.Table | None = None
         self.dead_letters_table: sa.Table | None = None
+        self.statements: dict[tuple[str, str], Any] = {}  # built once, so compiled once
+
+    def prebuilt(self, key: tuple[str, str], build: Callable[[], Statement]) -> Statement:
+        """The statement `key` names, built on first use: SQLAlchemy then finds its compiled
+        form in the cache instead of rebuilding and cache-keying a new statement per call."""
+        if key not in self.statements:
+            self.statements[key] = build()
+        return self.statements[key]
 
     @property
     def engine(self) -> sa.Engine:
@@ -138,35 +143,40 @@ class SqlDatabase:
         return SqlSession(self)
 
     def create_tables(self) -> None:
-        """Create the missing tables and indexes; an existing table that lacks a column is a
-        SchemaError naming the column and the statement that adds it (no data is guessed)."""
-        self.metadata.create_all(self.engine)
-        missing = self.missing_columns()
+        """Migrate the framework tables (if this database holds any), create the missing tables
+        and indexes of the models; a table that lacks a column is a SchemaError naming the
+        column and the statement that adds it (no data is guessed)."""
+        if self.holds_framework_tables:
+            schema.upgrade(self.engine)
+        own = [t for t in self.metadata.sorted_tables if not schema.is_framework_table(t.name)]
+        self.metadata.create_all(self.engine, tables=own)
+        missing = [d for d in self.drift() if d.missing]
         if missing:
             raise SchemaError(
-                f"database '{self.name}' predates columns Tidings needs: "
-                + "; ".join(f"{t}.{c} ({fix})" for t, c, fix in missing)
+                f"database '{self.name}' lacks what Tidings needs: " + "; ".join(map(str, missing))
             )
         with self.engine.begin() as conn:  # create_all adds indexes only with their table
-            for table in self.metadata.sorted_tables:
+            for table in own:
                 for index in table.indexes:
                     index.create(conn, checkfirst=True)
 
-    def missing_columns(self) -> list[tuple[str, str, str]]:
-        """(table, column, the fix) for each column of an existing table the database lacks."""
-        inspector = sa.inspect(self.engine)
-        found = []
-        for table in self.metadata.sorted_tables:
-            if not inspector.has_table(table.name):
-                continue
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in present:
-                    found.append((table.name, column.name, _fix(table, column, self.engine.dialect)))
-        return found
+    @property
+    def holds_framework_tables(self) -> bool:
+        return any(schema.is_framework_table(name) for name in self.metadata.tables)
+
+    def upgrade(self) -> None:
+        """Migrate the framework tables to the newest revision (`tidings db upgrade`)."""
+        schema.upgrade(self.engine)
+
+    def drift(self) -> list[Difference]:
+        """How the database differs from the models (empty when it matches them)."""
+        return schema.drift(self.engine, self.metadata)
 
     def drop_tables(self) -> None:
         self.metadata.drop_all(self.engine)
+        if self.holds_framework_tables:  # and every table the migrations made, with their version
+            schema.framework_metadata().drop_all(self.engine)
+            schema.drop_version_table(self.engine)
 
     def dispose(self) -> None:
         if self._engine is not None:
@@ -186,7 +196,9 @@ class SqlDatabase:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def read_categories(self, categories: list[str], from_position: int, limit: int) -> list[dict]:
+    def read_categories(
+        self, categories: list[str], from_position: int, limit: int, settled: bool = False
+    ) -> list[dict]:
         t = self.event_store_table
         if t is None:
             raise IncorrectUsageError(f"database '{self.name}' holds no event store")
@@ -196,6 +208,9 @@ class SqlDatabase:
             .order_by(t.c.global_position)
             .limit(limit)
         )
+        if settled and self.dialect == "postgresql":
+            # only what no transaction still running can precede (see tidings.domain.pg_append)
+            query = query.where(t.c.global_position < sa.literal_column(pg_append.SETTLED_BELOW))
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -206,4 +221,11 @@ class SqlDatabase:
             raise IncorrectUsageError(f"no table '{name}' in database '{self.name}'") from None
 
 
-__all__ = ["DuplicateValueError", "SchemaError", "SqlDatabase", "SqlSession", "TransactionSession"]
+__all__ = [
+    "Difference",
+    "DuplicateValueError",
+    "SchemaError",
+    "SqlDatabase",
+    "SqlSession",
+    "TransactionSession",
+]

@@ -10,12 +10,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from tidings.domain import pg_append
 from tidings.domain.database import Row
 from tidings.domain.errors import ExpectedVersionError, IncorrectUsageError, TidingsError
 from tidings.domain.ports import CommandKey
-from tidings.domain.tables import VERSION_COLUMN
+from tidings.domain.tables import STREAM_POSITION_KEY, VERSION_COLUMN
 
-_APPEND_LOCK = 0x7469_6469_6E67_7300  # "tidings" + 0: the event-store append lock key
+_IDENTITY, _EXPECTED = "tidings_identity", "tidings_expected"  # bound parameters of prebuilt UPDATEs
 
 
 class DuplicateValueError(TidingsError):
@@ -30,8 +31,12 @@ class TransactionSession:
         self.conn = db.engine.connect()
         self.trans = self.conn.begin()
 
+    def flush(self) -> None:
+        """Send the writes held back for one round trip (none here)."""
+
     def commit(self) -> None:
         try:
+            self.flush()
             self.trans.commit()
         finally:
             self.conn.close()
@@ -44,6 +49,16 @@ class TransactionSession:
 
 
 class SqlSession(TransactionSession):
+    """On PostgreSQL the events and outbox rows of a commit are held back and sent as one
+    statement by `flush` (see `tidings.domain.pg_append`); SQLite writes them at once."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__(db)
+        self.batched = self.conn.dialect.name == "postgresql"
+        self.events: list[dict[str, Any]] = []
+        self.outbox: list[dict[str, Any]] = []
+        self.ranked = 0  # events this transaction appended so far (their rank in it)
+
     @staticmethod
     def _row(mapping: Any) -> Row:
         data = dict(mapping)
@@ -52,8 +67,10 @@ class SqlSession(TransactionSession):
 
     def get(self, table: str, identity: str) -> Row | None:
         t = self.db.table(table)
-        pk = next(iter(t.primary_key.columns))
-        row = self.conn.execute(sa.select(t).where(pk == identity)).first()
+        query = self.db.prebuilt(
+            ("get", table), lambda: sa.select(t).where(_pk(t) == sa.bindparam(_IDENTITY))
+        )
+        row = self.conn.execute(query, {_IDENTITY: identity}).first()
         return self._row(row._mapping) if row else None
 
     def find(self, table: str, filters: dict[str, Any]) -> list[Row]:
@@ -70,21 +87,26 @@ class SqlSession(TransactionSession):
         self, table: str, identity: str, data: dict[str, Any], expected_version: int, versioned: bool
     ) -> int:
         t = self.db.table(table)
-        pk = next(iter(t.primary_key.columns))
+        pk = _pk(t)
         if versioned and expected_version >= 0:
-            result = self.conn.execute(
-                sa.update(t)
-                .where(pk == identity, t.c[VERSION_COLUMN] == expected_version)
-                .values(**data, **{VERSION_COLUMN: expected_version + 1})
+            update = self.db.prebuilt(
+                ("update versioned", table),
+                lambda: sa.update(t).where(
+                    pk == sa.bindparam(_IDENTITY), t.c[VERSION_COLUMN] == sa.bindparam(_EXPECTED)
+                ),
             )
+            params = {**data, VERSION_COLUMN: expected_version + 1}
+            result = self.conn.execute(update, {**params, _IDENTITY: identity, _EXPECTED: expected_version})
             if result.rowcount != 1:
                 raise ExpectedVersionError(
                     f"{table} {identity}: expected version {expected_version} is stale"
                 )
             return expected_version + 1
         if not versioned:
-            result = self.conn.execute(sa.update(t).where(pk == identity).values(**data))
-            if result.rowcount == 1:
+            update = self.db.prebuilt(
+                ("update", table), lambda: sa.update(t).where(pk == sa.bindparam(_IDENTITY))
+            )
+            if self.conn.execute(update, {**data, _IDENTITY: identity}).rowcount == 1:
                 return 0
         values = {**data, **({VERSION_COLUMN: 0} if versioned else {})}
         # ON CONFLICT DO NOTHING instead of a savepoint: one round trip instead of three on the
@@ -99,8 +121,11 @@ class SqlSession(TransactionSession):
         """Insert unless a unique key clashes; returns the number of rows inserted (0 or 1)."""
         insert = _INSERT_IGNORING_CONFLICTS.get(self.conn.dialect.name)
         if insert is not None:
-            statement = insert(t).values(**values).on_conflict_do_nothing()  # type: ignore[attr-defined]
-            return self.conn.execute(statement).rowcount
+            statement = self.db.prebuilt(
+                ("insert new", t.name),
+                lambda: insert(t).on_conflict_do_nothing(),  # type: ignore[attr-defined]
+            )
+            return self.conn.execute(statement, values).rowcount
         try:
             with self.conn.begin_nested():
                 self.conn.execute(sa.insert(t).values(**values))
@@ -114,26 +139,71 @@ class SqlSession(TransactionSession):
         return self.conn.execute(sa.delete(t).where(pk == identity)).rowcount > 0
 
     def append_events(self, records: list[dict[str, Any]]) -> None:
+        if self.batched:
+            self.events.extend(records)  # sent by `flush`, with the outbox rows
+            return
+        # SQLite: one writer at a time (BEGIN IMMEDIATE), so the next position is the last + 1
         t = self.db.event_store_table
-        if records and self.conn.dialect.name == "postgresql":
-            # Writers take turns until commit, so global positions become visible in order and
-            # an event_store subscription never moves its cursor past a position still in flight.
-            self.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_APPEND_LOCK)))
+        last = self.db.prebuilt(
+            ("last position", t.name),
+            lambda: sa.select(sa.func.max(t.c.position)).where(t.c.stream == sa.bindparam("stream")),
+        )
         positions: dict[str, int] = {}
         for record in records:
             stream = record["stream"]
             if stream not in positions:
-                last = self.conn.execute(
-                    sa.select(sa.func.max(t.c.position)).where(t.c.stream == stream)
-                ).scalar()
-                positions[stream] = -1 if last is None else last
+                found = self.conn.execute(last, {"stream": stream}).scalar()
+                positions[stream] = -1 if found is None else found
             positions[stream] += 1
             values = {**record, "position": positions[stream], "time": _as_datetime(record["time"])}
-            self.conn.execute(sa.insert(t).values(**values))
+            self.conn.execute(self.db.prebuilt(("append", t.name), lambda: sa.insert(t)), values)
 
     def write_outbox(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
+        if self.batched:
+            self.outbox.extend(rows)
+        elif rows:
             self.conn.execute(sa.insert(self.db.outbox_table), rows)
+
+    def flush(self) -> None:
+        """PostgreSQL: append the held-back events and insert the outbox rows in one statement.
+
+        Raises ExpectedVersionError when an event would land out of its stream's order (see
+        `tidings.domain.pg_append`) or a concurrent transaction took its stream position.
+        """
+        events, rows = self.events, self.outbox
+        if not events and not rows:
+            return
+        self.events, self.outbox = [], []
+        first = self.ranked
+        self.ranked += len(events)
+        if self.ranked > pg_append.MAX_RANK:
+            raise IncorrectUsageError(
+                f"one transaction may append at most {pg_append.MAX_RANK} events; split the work"
+            )
+        statement = pg_append.append_statement(
+            self._name(self.db.event_store_table) if events else "",
+            self._name(self.db.outbox_table) if rows else "",
+            len(events),
+            len(rows),
+        )
+        try:
+            appended = self.conn.exec_driver_sql(
+                statement, pg_append.append_parameters(events, first, rows)
+            ).scalar_one()
+        except IntegrityError as exc:
+            if _constraint(exc) == STREAM_POSITION_KEY:
+                raise ExpectedVersionError(
+                    "a concurrent transaction appended to the same stream; run again"
+                ) from exc
+            raise
+        if appended != len(events):
+            raise ExpectedVersionError(
+                "a newer transaction appended to the same stream first; run again in a new one"
+            )
+
+    def _name(self, table: sa.Table | None) -> str:
+        assert table is not None
+        return self.conn.dialect.identifier_preparer.format_table(table)
 
     def mark_processed(self, handler: str, message_id: str) -> bool:
         return (
@@ -164,6 +234,15 @@ class SqlSession(TransactionSession):
 
 
 _INSERT_IGNORING_CONFLICTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def _pk(table: sa.Table) -> sa.Column:
+    return next(iter(table.primary_key.columns))
+
+
+def _constraint(exc: IntegrityError) -> str | None:
+    """The name of the constraint a PostgreSQL integrity error broke (psycopg2's diagnostics)."""
+    return getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
 
 
 def _as_datetime(value: Any) -> datetime:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tidings.domain.elements import StoredModel
 
 VERSION_COLUMN = "_version"
+STREAM_POSITION_KEY = "uq_tidings_event_stream_position"  # one event per (stream, position)
 
 _SQL_TYPES: dict[str, Any] = {
     "string": lambda spec: sa.String(getattr(spec, "max_length", 255) or 255),
@@ -93,5 +94,5 @@ def define_event_store(metadata: sa.MetaData) -> sa.Table:
         sa.Column("data", sa.JSON, nullable=False),
         sa.Column("metadata", sa.JSON, nullable=False),
         sa.Column("time", sa.DateTime(timezone=True), nullable=False),
-        sa.UniqueConstraint("stream", "position", name="uq_tidings_event_stream_position"),
+        sa.UniqueConstraint("stream", "position", name=STREAM_POSITION_KEY),
     )

@@ -121,7 +121,10 @@ class UnitOfWork:
             # locks, so a version conflict aborted everything above, and a failed business
             # commit rolls the events back instead of leaving events that never happened.
             outbox_name, store_name = stores.outbox.name, stores.event_store.name
-            for name in sorted(self.sessions, key=lambda n: (n != outbox_name, n == store_name)):
+            order = sorted(self.sessions, key=lambda n: (n != outbox_name, n == store_name))
+            for name in order:  # every held-back write is sent (and may conflict) before a commit
+                self.sessions[name].flush()
+            for name in order:
                 self.sessions[name].commit()
         except BaseException:
             self.rollback()

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidings.poller")
 SAFETY_NET_SECONDS = 5.0  # beat period: catches kicks lost to a crash or a busy owner
+SETTLE_DELAY_SECONDS = 0.02  # records committed but not yet settled: poll again this soon
 
 
 @dataclass
@@ -67,7 +68,7 @@ def run_batch(domain: Domain, handler: type, store: PositionStore, lease: Lease)
     settings = domain.subscription_settings(handler)
     cursor = lease.position()
     records = domain.event_store_database.read_categories(
-        domain.names.handler_categories(handler), cursor + 1, settings.messages_per_tick
+        domain.names.handler_categories(handler), cursor + 1, settings.messages_per_tick, settled=True
     )
     retrying = {r["global_position"]: r["attempts"] for r in store.failures(lease.name, RETRYING)}
     batch = Batch(read=len(records), full=len(records) >= settings.messages_per_tick)
@@ -148,10 +149,12 @@ def next_poll_in(domain: Domain, handler: type, batch: Batch) -> float | None:
         return batch.retry_in
     if batch.full:
         return 0.0
-    more = domain.event_store_database.read_categories(
-        domain.names.handler_categories(handler), batch.cursor + 1, 1
-    )
-    return 0.0 if more else None
+    store, categories = domain.event_store_database, domain.names.handler_categories(handler)
+    if store.read_categories(categories, batch.cursor + 1, 1, settled=True):
+        return 0.0
+    # records of a transaction that committed while an older one still runs: they become
+    # readable when it ends (see tidings.domain.pg_append), so look again shortly
+    return SETTLE_DELAY_SECONDS if store.read_categories(categories, batch.cursor + 1, 1) else None
 
 
 def register_poller_tasks(celery: Celery, domain: Domain, stats: Counter[Any]) -> dict[type, Task]:

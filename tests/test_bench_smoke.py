@@ -73,3 +73,18 @@ def test_commit_overhead_soak_and_sync_mode_measure_something():
     assert medians(commit_overhead(n=20, runs=1))["outbox on: commit p50"] > 0
     assert medians(soak(n=80, runs=1))["worker RSS at N"] > 0
     assert medians(sync_mode(n=50, runs=1))["sync: events handled/s"] > 0
+
+
+def test_producer_commits_and_claim_times_are_measured_for_every_variant():
+    from bench.producer import claim, producer
+
+    made = medians(producer(n=40, runs=1))
+    assert set(made) == {
+        "naive: producer commits/s",
+        "tidings: producer commits/s",
+        "tidings, no relay kick: producer commits/s",
+        "tidings, lock-step append (before): producer commits/s",
+    }
+    assert min(made.values()) > 0
+    claimed = medians(claim(n=1000, runs=1))
+    assert claimed["1,000 retained: claim"] > 0 and claimed["1,000 retained, no pending index: claim"] > 0

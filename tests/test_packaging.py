@@ -191,6 +191,9 @@ def test_the_wheels_only_top_level_name_is_tidings(wheel: Path) -> None:
         "tidings/app/celery_settings.py",
         "tidings/examples/bookshelf/domain.toml",
         "tidings/examples/bookshelf/worker.py",
+        "tidings/domain/migrations/env.py",
+        "tidings/domain/migrations/script.py.mako",
+        "tidings/domain/migrations/versions/0001_framework_tables.py",
     ):
         assert shipped in names and shipped in listed
     assert not [n for n in names if n.startswith(("tidings/tests/", "tidings/bench/"))]
@@ -286,6 +289,27 @@ def test_a_command_goes_through_a_real_worker_in_the_users_project(
 
     rows = wait_until(handled, timeout=30, message="the worker to handle AddNote")
     assert rows == [("note-1", "hello from the user project")]
+
+
+def test_the_installed_wheel_migrates_the_framework_tables(venv: Path, user_project: Path) -> None:
+    # the migrations are package data: `db upgrade` must find them in site-packages
+    (user_project / "celeryconfig.py").unlink()  # the weakening one is another test's subject
+
+    def db(*argv: str) -> subprocess.CompletedProcess[str]:
+        tidings = str(venv / "bin" / "tidings")
+        command = [tidings, "--domain", "app.domain", "db", *argv]
+        return subprocess.run(command, cwd=user_project, env=env_for(venv), capture_output=True, text=True)
+
+    upgraded = db("upgrade")
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    with sqlite3.connect(user_project / "notes.db") as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"tidings_outbox", "tidings_event_store", "tidings_alembic_version"} <= names
+    assert "note" not in names  # the user's own table is `db create`'s
+    checked = db("check")
+    assert checked.returncode == 1 and "note: table missing" in checked.stderr
+    assert db("create").returncode == 0
+    assert db("check").returncode == 0
 
 
 def test_tidings_demo_ships_with_the_wheel(venv: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from tests.engine.accounts import CALLS, FAILURES, build_accounts, deposit, open
 from tidings.domain.naming import snake
 from tidings.tasks.dispatch import queued_handlers
 from tidings.tasks.naming import poll_task_name, task_name
-from tidings.tasks.poller import next_poll_in, poll, replay_failed, run_batch
+from tidings.tasks.poller import SETTLE_DELAY_SECONDS, next_poll_in, poll, replay_failed, run_batch
 from tidings.tasks.positions import FAILED, position_store
 from tidings.tasks.rebuild import rebuild_projection
 
@@ -29,12 +30,16 @@ def handler(domain, name):
     )
 
 
-def poll_until_idle(domain, name) -> int:
+def poll_until_idle(domain, name, timeout: float = 30.0) -> int:
     """Poll like the Celery task would, until it would not re-schedule itself; returns polls."""
-    h = handler(domain, name)
-    for polls in range(1, 1000):
-        if next_poll_in(domain, h, poll(domain, h)) is None:
+    h, deadline = handler(domain, name), time.monotonic() + timeout
+    polls = 0
+    while time.monotonic() < deadline:
+        polls += 1
+        delay = next_poll_in(domain, h, poll(domain, h))
+        if delay is None:
             return polls
+        time.sleep(delay)  # the task's own countdown (records waiting for older transactions)
     raise AssertionError("the poller never became idle")
 
 
@@ -83,6 +88,24 @@ def test_a_projection_subscription_applies_each_event_once_in_stream_order(use_p
     last = domain.event_store_database.read_categories(["accounts::account"], 0, 100)[-1]
     with position_store(domain).owned(task_name(domain, handler(domain, "StatementProjector"))) as lease:
         assert lease.position() == last["global_position"]
+
+
+@pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
+def test_a_commit_waits_for_older_transactions_before_the_poller_reads_it(use_provider):
+    domain = use_provider(build_accounts())
+    account = open_account(domain)
+    poll_until_idle(domain, "StatementProjector")
+    older = domain.databases["default"].engine.connect()
+    older.exec_driver_sql("SELECT pg_current_xact_id()")  # a transaction with an id, still open
+    deposit(domain, account, 10)
+    projector = handler(domain, "StatementProjector")
+    batch = poll(domain, projector)
+    assert batch.read == 0  # committed, but an older transaction could still append before it
+    assert next_poll_in(domain, projector, batch) == SETTLE_DELAY_SECONDS
+    older.rollback()
+    older.close()
+    poll_until_idle(domain, "StatementProjector")
+    assert history(domain) == {account: [1]}
 
 
 class RecordingLease:

@@ -1,11 +1,12 @@
 """Per-key ordering (`sequential_by`) across real worker processes, one SIGKILLed, on Redis
 and on RabbitMQ.
 
-`Deposited` events over 100 accounts (1,000 by default, ORDERING_PER_KEY=100: 10,000); two `celery worker` processes (prefork, two
-pool processes each) consume the handler's partition queues; one is SIGKILLed (its whole
-process group) mid-run, holding unacknowledged messages that Redis gives back after the
-visibility timeout (3 s here, 45 s by default: recovery is fast on purpose) and RabbitMQ at once
-(its partition queues are single-active-consumer: the other worker takes them over).
+`Deposited` events over 100 accounts (1,000 by default, ORDERING_PER_KEY=100: 10,000); two
+`celery worker` processes (prefork, two pool processes each) consume the partition queues;
+one is SIGKILLed (its whole process group) mid-run, holding unacknowledged messages that
+Redis gives back after the visibility timeout (3 s here, 45 s by default: recovery is fast
+on purpose) and RabbitMQ at once (its partition queues are single-active-consumer: the other
+worker takes them over).
 The audit (tests/reliability/ordered.py): every account's postings are applied in order
 (each saw its predecessor committed), none is lost, none doubled.
 """

@@ -1,0 +1,208 @@
+"""The write side: producer commits/s against the naive pipeline, and the relay's claim time
+against the published rows kept for retention. Both interleave their variants round by round
+on one database, so a ratio compares figures measured side by side."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+
+from bench import naive
+from bench.harness import REDIS_URL, Report, engine_for, percentile, redis_prefix, scratch_database
+from bench.tidings_app import build_domain, celery_app, place_order
+from tidings.domain import sql_session
+from tidings.outbox.relay import Backoff, SqlOutbox
+from tidings.outbox.tables import define_outbox
+
+PRODUCERS = 4  # threads committing one aggregate + one event per transaction
+CLAIM_BATCH = 500  # rows per claim (the relay's default batch size)
+
+
+# ---- producer commits/s --------------------------------------------------------------------
+def producer(n: int, runs: int) -> Report:
+    """N commits from PRODUCERS threads, no worker: the naive pipeline's (order row + outbox
+    row) and Tidings' (aggregate row, event store, outbox row, relay kick), in alternate
+    rounds; and Tidings with the append it had before (an advisory lock held to COMMIT and a
+    `SELECT max(position)` per append, with pool pre-ping) for the before/after figure."""
+    report = Report("producer", {"n": n, "runs": runs, "producers": PRODUCERS})
+    with scratch_database() as url, redis_prefix() as prefix:
+        domain = build_domain(url, 1)
+        celery = celery_app(domain, prefix, REDIS_URL)
+        domain.drop_tables()
+        domain.create_tables()
+        quiet = build_domain(url, 1)  # no Celery app: its commits kick no relay (a diagnosis)
+        quiet.init()
+        eng = engine_for(url)
+        naive.create_schema(eng)
+        variants: dict[str, Callable[[], Any]] = {
+            "naive": lambda: naive.place_order(eng),
+            "tidings": lambda: place_order(domain),
+            "tidings, no relay kick": lambda: place_order(quiet),
+        }
+        for _ in range(runs):
+            for label, produce in variants.items():
+                report.add(f"{label}: producer commits/s", "commits/s", _commits_per_second(produce, n))
+            with _lock_step_append(domain):
+                rate = _commits_per_second(variants["tidings"], n)
+            report.add("tidings, lock-step append (before): producer commits/s", "commits/s", rate)
+        celery.pool.force_close_all()
+        domain.dispose()
+        quiet.dispose()
+        eng.dispose()
+    return report
+
+
+def _commits_per_second(produce: Callable[[], Any], n: int) -> float:
+    counts = [n // PRODUCERS + (i < n % PRODUCERS) for i in range(PRODUCERS)]
+    threads = [threading.Thread(target=lambda k=k: [produce() for _ in range(k)]) for k in counts]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return n / (time.perf_counter() - start)
+
+
+@contextmanager
+def _lock_step_append(domain: Any) -> Iterator[None]:
+    """Tidings' append before this change, patched in for one round: every writer takes one
+    advisory lock until its COMMIT, reads `max(position)` of the stream, inserts row by row;
+    every checkout pre-pings."""
+    session_cls, engine = sql_session.SqlSession, domain.databases["default"].engine
+
+    def append_events(self: Any, records: list[dict[str, Any]]) -> None:
+        self.batched = False  # the outbox rows then follow in a statement of their own, as they did
+        t = self.db.event_store_table
+        self.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x7469_6469_6E67_7300)))
+        for record in records:
+            last = sa.select(sa.func.max(t.c.position)).where(t.c.stream == record["stream"])
+            found = self.conn.execute(last).scalar()
+            position = 0 if found is None else found + 1
+            time_ = sql_session._as_datetime(record["time"])
+            self.conn.execute(sa.insert(t).values(**{**record, "position": position, "time": time_}))
+
+    original, pre_ping = session_cls.append_events, engine.pool._pre_ping
+    session_cls.append_events = append_events  # type: ignore[method-assign]
+    engine.pool._pre_ping = True
+    try:
+        yield
+    finally:
+        session_cls.append_events = original  # type: ignore[method-assign]
+        engine.pool._pre_ping = pre_ping
+
+
+# ---- claim time vs retained rows -----------------------------------------------------------
+def claim(n: int, runs: int) -> Report:
+    """One claim of CLAIM_BATCH due rows (the statement the relay sends, rolled back), timed
+    with 0 and N published rows kept for retention; with the table's indexes, and without the
+    pending-rows indexes (what the claim cost before them)."""
+    report = Report("claim", {"n": n, "runs": runs, "batch": CLAIM_BATCH})
+    with scratch_database() as url:
+        eng = engine_for(url)
+        metadata = sa.MetaData()
+        table = define_outbox(metadata)
+        indexes = [
+            i for i in table.indexes if i.name in ("ix_tidings_outbox_pending", "ix_tidings_outbox_due")
+        ]
+        for retained in (0, n):
+            metadata.drop_all(eng)
+            metadata.create_all(eng)
+            with eng.begin() as conn:
+                _fill(conn, retained, CLAIM_BATCH * 4)
+                conn.exec_driver_sql("ANALYZE tidings_outbox")
+            statement, params = _claim_statement(eng, table)
+            for _ in range(runs):  # interleaved: with the indexes, then without
+                report.add(f"{retained:,} retained: claim", "ms", _claim_ms(eng, statement, params))
+                with eng.begin() as conn:
+                    for index in indexes:
+                        index.drop(conn)
+                    conn.exec_driver_sql("ANALYZE tidings_outbox")
+                report.add(
+                    f"{retained:,} retained, no pending index: claim", "ms", _claim_ms(eng, statement, params)
+                )
+                with eng.begin() as conn:
+                    for index in indexes:
+                        index.create(conn)
+                    conn.exec_driver_sql("ANALYZE tidings_outbox")
+        metadata.drop_all(eng)
+        eng.dispose()
+    return report
+
+
+def _fill(conn: sa.Connection, published: int, pending: int) -> None:
+    conn.exec_driver_sql(
+        "INSERT INTO tidings_outbox (message_id, domain, stream, type, envelope, status, attempts, "
+        "next_attempt_at, created_at, published_at) "
+        "SELECT 'm-' || n, 'bench', 'bench::order-' || n, 'OrderPlaced', '{}', "
+        "CASE WHEN n <= %(published)s THEN 'published' ELSE 'pending' END, 0, now(), now(), "
+        "CASE WHEN n <= %(published)s THEN now() END FROM generate_series(1, %(total)s) AS n",
+        {"published": published, "total": published + pending},
+    )
+
+
+def _claim_statement(eng: sa.Engine, table: sa.Table) -> tuple[str, Any]:
+    """The relay's own claim statement and parameters, captured from one relay round that is
+    rolled back (so the pending rows stay pending)."""
+    sent: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        if "FOR UPDATE" in statement.upper() and not sent:
+            sent.append((statement, params))
+            raise _Captured
+
+    sa.event.listen(eng, "before_cursor_execute", capture)
+    try:
+        SqlOutbox(eng, table, "bench").relay_batch(lambda envelope: None, CLAIM_BATCH, Backoff())
+    except _Captured:
+        pass
+    finally:
+        sa.event.remove(eng, "before_cursor_execute", capture)
+    return sent[0]
+
+
+class _Captured(Exception):
+    """Stops the relay round once its claim statement is seen."""
+
+
+def _claim_ms(eng: sa.Engine, statement: str, params: Any, repeats: int = 20) -> float:
+    times = []
+    with eng.connect() as conn:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            rows = conn.exec_driver_sql(statement, params).all()
+            times.append((time.perf_counter() - start) * 1000)
+            conn.rollback()
+            assert len(rows) == CLAIM_BATCH, f"claimed {len(rows)} of {CLAIM_BATCH}"
+    return percentile(times, 50)
+
+
+# ---- targets -------------------------------------------------------------------------------
+def ratios(reports: dict[str, Report]) -> list[str]:
+    """Rows of the targets table: producer commits vs naive (>= 0.8, and before), and a claim
+    with N published rows kept vs with none (the same cost: ~1)."""
+    lines = []
+    made = reports.get("producer")
+    if made is not None:
+        naive_rate = made.median("naive: producer commits/s")
+        for label, target in (("tidings", 0.8), ("tidings, lock-step append (before)", None)):
+            ratio = made.median(f"{label}: producer commits/s") / naive_rate
+            status = "-" if target is None else "met" if ratio >= target else "not met"
+            lines.append(
+                f"| {label}: producer commits / naive{f' >= {target}' if target else ''} "
+                f"| {ratio:.2f} | {status} |"
+            )
+    claimed = reports.get("claim")
+    if claimed is not None:
+        n = claimed.params["n"]
+        for suffix in ("", ", no pending index"):
+            ratio = claimed.median(f"{n:,} retained{suffix}: claim") / claimed.median("0 retained: claim")
+            status = ("met" if ratio <= 2 else "not met") if not suffix else "-"
+            lines.append(
+                f"| claim with {n:,} published rows kept{suffix} / with none <= 2 | {ratio:.2f} | {status} |"
+            )
+    return lines

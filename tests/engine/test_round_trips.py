@@ -1,0 +1,108 @@
+"""Round trips to PostgreSQL per producer commit and per handled message (counts, not times):
+a statement added to the write path shows up here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from tidings import Domain, handle
+from tidings.fields import Integer
+from tidings.tasks.naming import task_name
+
+ran: list[str] = []
+
+
+def build_notes(url: str) -> Domain:
+    domain = Domain("notes")
+    domain.config["event_processing"] = "async"
+    domain.config["databases"]["default"] = {"provider": "postgresql", "database_uri": url}
+    domain.config["event_store"] = {"provider": "postgresql"}
+
+    @domain.event(part_of="Note")
+    class Noted:
+        size: Integer(required=True)
+
+    @domain.aggregate
+    class Note:
+        size: Integer(default=1)
+
+        @classmethod
+        def write(cls) -> Note:
+            note = cls()
+            note.raise_(Noted(size=note.size))
+            return note
+
+    @domain.event_handler(part_of=Note)
+    class CountNotes:
+        @handle(Noted)
+        def count(self, event: Noted) -> None:
+            ran.append(event.size)
+
+    domain.init()
+    return domain
+
+
+class RoundTrips:
+    """What one engine sends: BEGIN (psycopg2 sends it before the first statement), each
+    statement, COMMIT / ROLLBACK, and pool pre-pings."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.sent: list[str] = []
+        sa.event.listen(engine, "begin", lambda conn: self.sent.append("BEGIN"))
+        sa.event.listen(engine, "commit", lambda conn: self.sent.append("COMMIT"))
+        sa.event.listen(engine, "rollback", lambda conn: self.sent.append("ROLLBACK"))
+        sa.event.listen(engine, "before_cursor_execute", self._statement)
+        ping = engine.dialect.do_ping
+
+        def counted_ping(dbapi_connection: object) -> bool:
+            self.sent.append("PING")
+            return ping(dbapi_connection)
+
+        engine.dialect.do_ping = counted_ping  # type: ignore[method-assign]
+
+    def _statement(self, conn, cursor, statement: str, *args: object) -> None:
+        self.sent.append(" ".join(statement.split()[:3]))
+
+    def during(self, action) -> list[str]:
+        self.sent.clear()
+        action()
+        return list(self.sent)
+
+
+@pytest.fixture
+def notes(postgres_url) -> Iterator[tuple[Domain, RoundTrips]]:
+    domain = build_notes(postgres_url)
+    domain.drop_tables()
+    domain.create_tables()
+    yield domain, RoundTrips(domain.databases["default"].engine)
+    domain.drop_tables()
+    domain.dispose()
+
+
+def write_note(domain: Domain) -> str:
+    note_cls = domain.registry["aggregate"]["Note"]
+    with domain.domain_context():
+        return domain.repository_for(note_cls).add(note_cls.write()).id
+
+
+def test_a_producer_commit_of_an_aggregate_and_its_event_is_four_round_trips(notes):
+    domain, trips = notes
+    write_note(domain)  # the first commit connects; the count is for every later one
+    sent = trips.during(lambda: write_note(domain))
+    # the aggregate row; then the event, its stream position and its outbox row in one statement
+    assert sent == ["BEGIN", "INSERT INTO note", "WITH appended AS", "COMMIT"]
+
+
+def test_a_handled_message_is_three_round_trips_around_the_handler(notes):
+    domain, trips = notes
+    note_id = write_note(domain)
+    message = domain.read_messages(f"notes::note-{note_id}")[0]
+    handler = domain.registry["event_handler"]["CountNotes"]
+    ran.clear()
+    inbox_key = task_name(domain, handler)  # what the handler's Celery task runs it with
+    sent = trips.during(lambda: domain.run_handler(handler, message, idempotency_key=inbox_key))
+    assert ran == [1]
+    assert sent == ["BEGIN", "INSERT INTO tidings_inbox", "COMMIT"]
