@@ -68,7 +68,7 @@ class OrderedWorker:
             "-c",
             "2",
             "-l",
-            "WARNING",
+            os.environ.get("ORDERING_WORKER_LOG", "WARNING"),  # DEBUG shows each wait for a turn
             "-n",
             f"{log.stem}-{uuid.uuid4().hex[:6]}@%h",
             "--without-gossip",
