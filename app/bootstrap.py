@@ -19,6 +19,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import task_failure, worker_process_init
 
+from tidings.app import observability
 from tidings.app.engine import CeleryEngine
 from tidings.app.factory import build_celery_app
 from tidings.app.poison import poison_step
@@ -51,6 +52,7 @@ def bootstrap(domain: Domain, **celery_overrides: Any) -> Runtime:
     # Connection pools must never be shared across a fork: each child builds its own.
     worker_process_init.connect(lambda **_: domain.dispose(), weak=False)
     celery.tidings_runtime = runtime
+    observability.install(domain, celery)  # metrics, traces, JSON logs: each when turned on
     domain.attach_engine(engine)
     return runtime
 

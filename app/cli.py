@@ -16,25 +16,36 @@ from tidings.app.cli_common import (
 )
 from tidings.app.cli_db import db
 from tidings.app.cli_dlq import dlq
+from tidings.app.cli_errors import DEBUG_ENV, DEBUG_HELP, CleanErrors
+from tidings.app.cli_metrics import metrics
+from tidings.app.cli_status import status
 from tidings.domain.errors import ConfigurationError
 
 
-@click.group()
+@click.group(cls=CleanErrors)
 @click.option("--domain", "domain_path", envvar="TIDINGS_DOMAIN", default=None, help=DOMAIN_HELP)
+@click.option("--debug", "debug", is_flag=True, envvar=DEBUG_ENV, help=DEBUG_HELP)
+@click.version_option(package_name="tidings", prog_name="tidings", message="%(prog)s %(version)s")
 @click.pass_context
-def main(ctx: click.Context, domain_path: str | None) -> None:
+def main(ctx: click.Context, domain_path: str | None, debug: bool) -> None:
     """Tidings: Celery-based orchestration for domain-driven Python.
 
     `tidings --domain X server` and `tidings server --domain X` are the same."""
-    ctx.ensure_object(dict)["domain_path"] = domain_path
+    ctx.ensure_object(dict).update(domain_path=domain_path, debug=debug)
 
 
 @main.command()
 @click.option("--domain", "domain_path", default=None, help=DOMAIN_HELP)
-@click.option("--debug", is_flag=True, help="log every message")
+@click.option("--debug", is_flag=True, help="log every message (and show the traceback of an error)")
 @click.option("--test-mode", is_flag=True, help="process everything pending, then exit")
-@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
-@click.option("--concurrency", type=int, default=None)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+    help="the worker's execution pool",
+)
+@click.option("--concurrency", type=int, default=None, help="worker processes/threads (default: CPUs)")
 @click.option("--no-beat", is_flag=True, help="do not start beat (run `celery beat` once elsewhere)")
 @click.option(
     "--max-restarts",
@@ -70,6 +81,8 @@ def server(
     from tidings.app import supervisor
     from tidings.app.server import run_until_quiescent, subscription_lines, worker_argv
 
+    if debug:
+        click.get_current_context().find_root().ensure_object(dict)["debug"] = True
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -162,6 +175,7 @@ def outbox() -> None:
 @outbox.command("status")
 @domain_option
 def outbox_status(domain_path: str | None) -> None:
+    """Outbox rows pending, failing and relayed, as JSON."""
     from dataclasses import asdict
 
     from tidings.tasks.relay import outbox_store
@@ -216,3 +230,5 @@ def demo(redis: bool, postgres: bool) -> None:
 
 main.add_command(db)
 main.add_command(dlq)
+main.add_command(status)
+main.add_command(metrics)

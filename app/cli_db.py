@@ -25,6 +25,9 @@ def sql_databases(domain: Domain) -> list[SqlDatabase]:
 
 def report(domain: Domain, framework_only: bool = False) -> None:
     """Print every difference, one line each with its fix, and exit 1 if there is any."""
+    if not sql_databases(domain):
+        click.echo(f"'{domain.name}' has no SQL database: nothing to migrate or compare")
+        return
     found: list[tuple[SqlDatabase, Difference]] = []
     for database in sql_databases(domain):
         found += [

@@ -16,7 +16,7 @@ def dlq() -> None:
 @dlq.command("list")
 @domain_option
 @handler_option
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", default=100, show_default=True, help="at most this many per queue")
 def dlq_list(domain_path: str | None, handler: str | None, limit: int) -> None:
     """One line per dead-lettered message: entry id, queue, message id, attempts, time, error."""
     from tidings.tasks import dlq as dead

@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from tidings.domain import Domain
+from tidings.domain.errors import ConfigurationError
+
+
+class DomainNotFoundError(ConfigurationError):
+    """The domain path names no importable module, or a module without a Domain instance."""
+
 
 DISCOVERED = ("domain.py", "subdomain.py")
 
@@ -29,13 +35,14 @@ def load_domain(path: str | None = None) -> Domain:
     if path in (None, "", "."):
         found = next((f for f in DISCOVERED if Path(f).is_file()), None)
         if found is None:
-            raise SystemExit(
+            raise DomainNotFoundError(
                 "no domain given: pass --domain (before or after the subcommand) or set "
                 f"TIDINGS_DOMAIN, or run where {' or '.join(DISCOVERED)} defines it"
             )
         path = found
     module_path, _, name = path.partition(":")
     module_name = _import_name(module_path)
+    imported = False
     for candidate in (module_name, f"{module_name}.domain"):
         try:
             module = importlib.import_module(candidate)
@@ -43,10 +50,20 @@ def load_domain(path: str | None = None) -> Domain:
             if exc.name and candidate.startswith(exc.name):
                 continue
             raise
+        imported = True
         domain = _by_name(module, name) if name else _find_domain(module)
         if domain is not None:
             return domain
-    raise SystemExit(f"no Domain instance found in {module_name!r} or {module_name + '.domain'!r}")
+    if not imported:
+        raise DomainNotFoundError(
+            f"domain {module_path!r} (--domain or TIDINGS_DOMAIN): no module or file of that name "
+            f"from {os.getcwd()}; give a dotted module on the path (e.g. myapp.domain), a file or "
+            "a folder (e.g. src/myapp)"
+        )
+    raise DomainNotFoundError(
+        f"no Domain instance found in {module_name!r} or {module_name + '.domain'!r}: "
+        f"define one there, or name it with --domain {module_path}:<name>"
+    )
 
 
 def _import_name(path: str) -> str:
@@ -78,16 +95,16 @@ def _by_name(module: Any, name: str) -> Domain:
     try:
         expr = ast.parse(name.strip(), mode="eval").body
     except SyntaxError:
-        raise SystemExit(unreadable) from None
+        raise DomainNotFoundError(unreadable) from None
     if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and not expr.args and not expr.keywords:
         factory = getattr(module, expr.func.id, None)
         found = factory() if callable(factory) else None
     elif isinstance(expr, ast.Name):
         found = getattr(module, expr.id, None)
     else:
-        raise SystemExit(unreadable)
+        raise DomainNotFoundError(unreadable)
     if not isinstance(found, Domain):
-        raise SystemExit(f"{module.__name__}:{name} is not a Domain instance")
+        raise DomainNotFoundError(f"{module.__name__}:{name} is not a Domain instance")
     return found
 
 
@@ -97,7 +114,7 @@ def _find_domain(module: Any) -> Domain | None:
             return getattr(module, attr)
     found = [v for v in vars(module).values() if isinstance(v, Domain)]
     if len(found) > 1:
-        raise SystemExit(
+        raise DomainNotFoundError(
             f"{module.__name__} defines {len(found)} domains: name one, `--domain {module.__name__}:<name>`"
         )
     return found[0] if found else None

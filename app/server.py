@@ -81,6 +81,29 @@ def queued(celery: Celery, queues: list[str]) -> int:
     return total
 
 
+def wait_until_settled(
+    celery: Celery, domain: Domain, progress: RunProgress, *, timeout: float, settle: int = 3
+) -> bool:
+    """Relay what is due until every handler run `progress` knows of is applied or failed for
+    good, with no retry due and no handler queue holding a message, `settle` checks in a row
+    (a message between its queue and its worker is in neither for a moment). False when
+    `timeout` seconds passed first."""
+    started, calm = time.monotonic(), 0
+    handler_queues = all_queues(domain)[1:]
+    while time.monotonic() - started < timeout:
+        relay_now(celery, domain)
+        calm = calm + 1 if progress.settled(queued(celery, handler_queues)) else 0
+        if calm >= settle:
+            return True
+        time.sleep(0.1)  # poll interval while the worker works
+    return False
+
+
+def not_quiescent(progress: RunProgress, timeout: float) -> str:
+    pending, owed = progress.outstanding()
+    return f"not quiescent after {timeout:.0f}s: {pending} outbox rows, {len(owed)} runs owed"
+
+
 def run_until_quiescent(
     celery: Celery,
     domain: Domain,
@@ -96,7 +119,7 @@ def run_until_quiescent(
     checks in a row; see `RunProgress`), then stop. Returns a summary."""
     if domain.storage.is_persistent:
         domain.create_tables()
-    started, calm = time.monotonic(), 0
+    started = time.monotonic()
     stats = celery.tidings_runtime.stats
     handled_before = dict(stats)
     handler_queues = all_queues(domain)[1:]
@@ -112,15 +135,9 @@ def run_until_quiescent(
             shutdown_timeout=30,
         ):
             poll_all(celery, domain)  # event_store handlers catch up with what is already stored
-            while time.monotonic() - started < timeout:
-                relay_now(celery, domain)
-                calm = calm + 1 if progress.settled(queued(celery, handler_queues)) else 0
-                if calm >= settle:
-                    break
-                time.sleep(0.1)  # poll interval while the worker works
-            else:
-                pending, owed = progress.outstanding()
-                report(f"not quiescent after {timeout:.0f}s: {pending} outbox rows, {len(owed)} runs owed")
+            quiescent = wait_until_settled(celery, domain, progress, timeout=timeout, settle=settle)
+            if not quiescent:
+                report(not_quiescent(progress, timeout))
     finally:
         progress.disconnect()
     dead = {q: dlq.depth(celery, q) for q in handler_queues}
@@ -129,6 +146,6 @@ def run_until_quiescent(
         "duplicates": stats["duplicates"] - handled_before.get("duplicates", 0),
         "dead_lettered": {q: n for q, n in dead.items() if n},
         "failed_this_run": len(progress.failed),
-        "quiescent": calm >= settle,
+        "quiescent": quiescent,
         "seconds": round(time.monotonic() - started, 2),
     }

@@ -1,30 +1,16 @@
-"""Testing helpers for users' test suites.
+"""Testing helpers for users' test suites; the fixtures are in app/pytest_plugin.py, which
+pytest loads by itself once tidings is installed (entry point `pytest11`).
 
-    # conftest.py
-    pytest_plugins = ["tidings.app.testing"]
+`isolated_eager(domain)` keeps the domain's async configuration but runs every relayed
+message inline through Celery's eager mode, so the same handler code, retries, DLQ hook and
+inbox run in the test process without a broker. `embedded_worker(domain)`
+(app/embedded_worker.py) runs them on a real Celery worker in a thread instead.
 
-    @pytest.fixture
-    def tidings_domain():
-        return my_project.domain      # your Domain; init() is called for you
-
-    def test_something(tidings_eager):   # the domain, async config, run eagerly in-process
-        tidings_eager.process(PlaceOrder(...))
-
-`tidings_eager` keeps the domain's async configuration but runs every relayed message
-inline through Celery's eager mode, so the same handler code, retries, DLQ hook and inbox
-run in the test process without a broker.
-
-It never touches the databases in the user's domain.toml: every test runs on a temporary
-SQLite database of its own (tables created, dropped afterwards), its dead-letter queues are
-emptied before and after, and the domain's configuration is put back when the test ends. To
-run on a throwaway PostgreSQL instead, override `tidings_database`:
-
-    @pytest.fixture
-    def tidings_database():
-        return {"provider": "postgresql", "database_uri": "postgresql://localhost/myapp_test"}
-
-(its tables are created before each test and dropped after it: never point it at data you
-keep).
+Both never touch the databases in the user's domain.toml: the domain runs on a temporary
+SQLite database of its own (tables created, dropped afterwards), or on the `database` given
+(a throwaway PostgreSQL: its tables are dropped afterwards), its dead-letter queues are
+emptied before and after, and the domain's configuration and engine are put back when the
+test ends. `dead_letters(domain)` reads what was dead-lettered meanwhile.
 """
 
 from __future__ import annotations
@@ -33,10 +19,10 @@ import copy
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
 from celery import Celery
 
 from tidings.app.bootstrap import create_celery_app
@@ -45,6 +31,8 @@ from tidings.tasks.naming import async_handlers, queue_name
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
+
+__all__ = ["DeadLetter", "dead_letters", "eager_app", "isolated", "isolated_eager", "reset_dlq"]
 
 
 def eager_app(domain: Domain) -> Celery:
@@ -77,44 +65,85 @@ def reset_dlq(celery: Celery, domain: Domain) -> None:
 
 
 @contextmanager
-def isolated_eager(domain: Domain, database: Mapping[str, Any] | None = None) -> Iterator[Any]:
-    """`domain` in eager mode on storage of its own (see the module docstring); its
-    configuration and initialisation are put back afterwards."""
-    saved = {key: copy.deepcopy(domain.config.get(key)) for key in ("databases", "event_store")}
+def isolated(
+    domain: Domain, database: Mapping[str, Any] | None = None, broker: Mapping[str, Any] | None = None
+) -> Iterator[Domain]:
+    """`domain` initialised on storage of its own (and on `broker` as its default broker, if
+    given), tables created and dropped afterwards; its configuration, engine and
+    initialisation are put back afterwards."""
+    keys = ("databases", "event_store", "brokers")
+    saved = {key: copy.deepcopy(domain.config[key]) for key in keys if key in domain.config}
+    engine = domain.engine
     was_initialized = bool(getattr(domain, "initialized", False))
     with tempfile.TemporaryDirectory(prefix="tidings-test-") as folder:
         _isolated_config(domain.config, database, Path(folder))
+        if broker is not None:
+            domain.config["brokers"] = {**(domain.config.get("brokers") or {}), "default": dict(broker)}
         try:
             domain.init()
             domain.create_tables()
-            celery = eager_app(domain)
-            reset_dlq(celery, domain)
             try:
-                with domain.domain_context():
-                    yield domain
+                yield domain
             finally:
-                reset_dlq(celery, domain)
                 domain.drop_tables()
                 domain.dispose()
         finally:
+            for key in keys:
+                domain.config.pop(key, None)
             domain.config.update(saved)
+            if domain.initialized:
+                domain.attach_engine(engine)  # not the test's Celery app: it is gone
             if was_initialized:
                 domain.init()  # the user's own configuration again (init opens no connection)
             else:
                 domain.initialized = False  # the next user of the domain initialises it again
 
 
-@pytest.fixture
-def tidings_database() -> Mapping[str, Any] | None:
-    """The database `tidings_eager` runs on: None (the default) is a temporary SQLite per
-    test; override it to return `{"provider": "postgresql", "database_uri": ...}` for a
-    throwaway PostgreSQL."""
-    return None
+@contextmanager
+def isolated_eager(domain: Domain, database: Mapping[str, Any] | None = None) -> Iterator[Any]:
+    """`domain` in eager mode on storage of its own (see the module docstring)."""
+    with isolated(domain, database):
+        celery = eager_app(domain)
+        reset_dlq(celery, domain)
+        try:
+            with domain.domain_context():
+                yield domain
+        finally:
+            reset_dlq(celery, domain)
 
 
-@pytest.fixture
-def tidings_eager(tidings_domain: Any, tidings_database: Mapping[str, Any] | None) -> Any:
-    """The user's domain (from the `tidings_domain` fixture), initialised, in eager mode, on
-    an isolated database."""
-    with isolated_eager(tidings_domain, tidings_database) as domain:
-        yield domain
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered delivery, as a test reads it (`entry`: everything recorded)."""
+
+    queue: str
+    message_id: str | None
+    error_type: str | None
+    error_message: str | None
+    attempts: int | None
+    body: Any
+    entry: dict[str, Any]
+
+
+def dead_letters(domain: Domain, handler: type | str | None = None) -> list[DeadLetter]:
+    """What `domain` dead-lettered, oldest first: every handler's, or one handler's (its
+    class or its name)."""
+    queue = None
+    if handler is not None:
+        found = [h for h in async_handlers(domain) if h is handler or h.__name__ == handler]
+        if not found:
+            known = sorted(h.__name__ for h in async_handlers(domain))
+            raise LookupError(f"no async handler {handler!r} in {domain.name} (known: {known})")
+        queue = queue_name(domain, found[0])
+    return [
+        DeadLetter(
+            queue=e["queue"],
+            message_id=e.get("message_id"),
+            error_type=e.get("error_type"),
+            error_message=e.get("error_message"),
+            attempts=e.get("attempts"),
+            body=e.get("body"),
+            entry=e,
+        )
+        for e in domain.storage.dead_letters.entries(queue, limit=100_000)
+    ]

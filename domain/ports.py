@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import sqlalchemy as sa
 
 from tidings.outbox.dead_letters import DeadLetters
-from tidings.outbox.progress import AuditRoutes, AuditWindow, DeliveryLog, DeliverySnapshot, Unconfirmed
+from tidings.outbox.progress import (
+    AuditRoutes,
+    AuditWindow,
+    Backlog,
+    DeliveryLog,
+    DeliverySnapshot,
+    Unconfirmed,
+)
 from tidings.outbox.relay import Backoff, OutboxStatus, OutboxStore, Publish
 
 if TYPE_CHECKING:
@@ -39,6 +46,7 @@ __all__ = [
     "CommandKeySession",
     "Backoff",
     "Database",
+    "Backlog",
     "DeadLetters",
     "DeliveryLog",
     "DeliverySnapshot",

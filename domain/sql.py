@@ -150,7 +150,7 @@ class SqlDatabase:
             schema.upgrade(self.engine)
         own = [t for t in self.metadata.sorted_tables if not schema.is_framework_table(t.name)]
         self.metadata.create_all(self.engine, tables=own)
-        missing = [d for d in self.drift() if d.missing]
+        missing = schema.missing(self.engine, self.metadata)
         if missing:
             raise SchemaError(
                 f"database '{self.name}' lacks what Tidings needs: " + "; ".join(map(str, missing))

@@ -12,6 +12,7 @@ from tidings.domain.context import current_uow
 from tidings.domain.database import Database, Session, event_record
 from tidings.domain.envelope import Message
 from tidings.domain.ports import CommandKey, EventStore, Store
+from tidings.domain.tracing import commit_span
 from tidings.outbox.writer import outbox_rows
 
 
@@ -105,6 +106,10 @@ class UnitOfWork:
 
     def commit(self) -> list[Message]:
         """Write everything; returns the committed messages (already handed to dispatch)."""
+        with commit_span(self.stores.owner, self.messages) as self.messages:  # trace context
+            return self._commit()
+
+    def _commit(self) -> list[Message]:
         stores, messages = self.stores, self.messages
         try:
             stored = self.stored_only + messages

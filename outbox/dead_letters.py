@@ -13,6 +13,7 @@ decodes comes back as text under `raw_body`, with `body` None and the reason in 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -44,6 +45,10 @@ class DeadLetters(Protocol):
         ...
 
     def count(self, queue: str | None = None) -> int: ...
+
+    def counts(self) -> dict[str, int]:
+        """This domain's dead letters per queue, in one read (`tidings status`)."""
+        ...
 
 
 def _failed_at(entry: Mapping[str, Any]) -> datetime:
@@ -160,6 +165,12 @@ class SqlDeadLetters:
                 or 0
             )
 
+    def counts(self) -> dict[str, int]:
+        t = self.table
+        query = sa.select(t.c.queue, sa.func.count()).where(*self._own(None)).group_by(t.c.queue)
+        with self.source.engine.connect() as conn:
+            return {queue: int(n) for queue, n in conn.execute(query).all()}
+
 
 class MemoryDeadLetters:
     """The dead letters of the memory provider (entry id -> table row), under its lock."""
@@ -202,3 +213,7 @@ class MemoryDeadLetters:
     def count(self, queue: str | None = None) -> int:
         with self.lock:
             return len(self._own(queue))
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return dict(Counter(r["queue"] for r in self._own(None)))

@@ -37,6 +37,30 @@ class Unconfirmed:
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """What one handler has not handled yet: `messages` committed for it (pending in the
+    outbox, or published and neither applied nor dead-lettered by it), the oldest committed
+    at `oldest` (None: nothing)."""
+
+    messages: int = 0
+    oldest: datetime | None = None
+
+    def plus(self, messages: int, oldest: datetime | None) -> Backlog:
+        dates = [d for d in (self.oldest, oldest) if d is not None]
+        return Backlog(self.messages + messages, min(dates) if dates else None)
+
+
+@dataclass(frozen=True)
+class PendingSummary:
+    """This domain's outbox rows not relayed yet: how many, how many failed a publish, and
+    when the oldest was committed (None: none)."""
+
+    pending: int
+    failing: int
+    oldest: datetime | None
+
+
+@dataclass(frozen=True)
 class DeliverySnapshot:
     published: list[str]  # envelopes (JSON) of this domain's relayed rows
     pending: int  # this domain's rows not relayed yet
@@ -64,6 +88,18 @@ class DeliveryLog(Protocol):
     def mark_audited(self, resent: Mapping[int, datetime], confirmed: Collection[int], now: datetime) -> None:
         """Rows re-sent (id -> when the audit may look again; `resent` counts one more) and
         rows found complete (confirmed)."""
+        ...
+
+    def pending_summary(self) -> PendingSummary:
+        """The pending rows in one read of their own index (the published ones kept for
+        `retention` are not counted: that would scan them all)."""
+        ...
+
+    def backlog(self, routes: AuditRoutes, after: datetime) -> dict[str, Backlog]:
+        """Per inbox key of `routes`: the rows of its types still pending, plus the rows
+        published since `after` (the audit window) it has neither applied nor dead-lettered,
+        in one read (`tidings status`). A superset like the audit's: a row of a handler's type
+        that its `source_stream` filters out counts until the audit confirms it."""
         ...
 
     def oldest_unconfirmed(self, routes: AuditRoutes, before: datetime, after: datetime) -> datetime | None:

@@ -18,8 +18,10 @@ import sqlalchemy as sa
 from tidings.outbox.delivery import (
     AuditRoutes,
     AuditWindow,
+    Backlog,
     DeliveryLog,
     DeliverySnapshot,
+    PendingSummary,
     Unconfirmed,
     grouped,
 )
@@ -30,9 +32,11 @@ from tidings.outbox.writer import EXTERNAL_PREFIX, is_external
 __all__ = [
     "AuditRoutes",
     "AuditWindow",
+    "Backlog",
     "DeliveryLog",
     "DeliverySnapshot",
     "MemoryDeliveryLog",
+    "PendingSummary",
     "SqlDeliveryLog",
     "Unconfirmed",
 ]
@@ -162,6 +166,41 @@ class SqlDeliveryLog:
             if confirmed:
                 conn.execute(sa.update(o).where(o.c.id.in_(list(confirmed))).values(confirmed_at=now))
 
+    def pending_summary(self) -> PendingSummary:
+        o = self.outbox
+        failed = sa.func.coalesce(sa.func.sum(sa.case((o.c.attempts > 0, 1), else_=0)), 0)
+        query = sa.select(sa.func.count(), failed, sa.func.min(o.c.created_at)).where(
+            o.c.domain == self.domain, o.c.status == PENDING
+        )
+        with self.source.engine.connect() as conn:
+            pending, failing, oldest = conn.execute(query).one()
+        return PendingSummary(int(pending), int(failing), oldest)
+
+    def backlog(self, routes: AuditRoutes, after: datetime) -> dict[str, Backlog]:
+        o, r = self.outbox, self._routes(routes)
+        own = ~o.c.envelope.startswith(EXTERNAL_PREFIX, autoescape=True)
+        columns = (r.c.handler, sa.func.count().label("n"), sa.func.min(o.c.created_at).label("oldest"))
+        # Pending rows walk ix_tidings_outbox_pending, unhandled ones ix_tidings_outbox_unconfirmed
+        # (each probed in the inbox and dead-letter keys): neither reads the retained rows.
+        pending = (
+            sa.select(*columns)
+            .select_from(o.join(r, r.c.type == o.c.type))
+            .where(o.c.domain == self.domain, o.c.status == PENDING, own)
+            .group_by(r.c.handler)
+        )
+        unhandled = (
+            sa.select(*columns)
+            .select_from(o)
+            .join(r, self._lacking(r))
+            .where(*self._own_published(after), own)
+            .group_by(r.c.handler)
+        )
+        found: dict[str, Backlog] = {}
+        with self.source.engine.connect() as conn:
+            for handler, n, oldest in conn.execute(sa.union_all(pending, unhandled)).all():
+                found[handler] = found.get(handler, Backlog()).plus(int(n), oldest)
+        return found
+
     def oldest_unconfirmed(self, routes: AuditRoutes, before: datetime, after: datetime) -> datetime | None:
         o, r = self.outbox, self._routes(routes)
         query = (
@@ -267,3 +306,25 @@ class MemoryDeliveryLog:
                     published: datetime = row["published_at"]
                     return published
         return None
+
+    def pending_summary(self) -> PendingSummary:
+        with self.lock:
+            rows = [r for r in self.outbox if r["domain"] == self.domain and r["status"] == PENDING]
+        oldest = min((r["created_at"] for r in rows), default=None)
+        return PendingSummary(len(rows), sum(r["attempts"] > 0 for r in rows), oldest)
+
+    def backlog(self, routes: AuditRoutes, after: datetime) -> dict[str, Backlog]:
+        found: dict[str, Backlog] = {}
+        with self.lock:
+            pending = [
+                r
+                for r in self.outbox
+                if r["domain"] == self.domain and r["status"] == PENDING and not is_external(r["envelope"])
+            ]
+            for row in pending:
+                for handler in routes.get(row["type"], ()):
+                    found[handler] = found.get(handler, Backlog()).plus(1, row["created_at"])
+            for row in self._own_published(after):
+                for handler in self._lacking(routes, row):
+                    found[handler] = found.get(handler, Backlog()).plus(1, row["created_at"])
+        return found

@@ -10,8 +10,6 @@ import sqlalchemy as sa
 from tests.services import DATABASE_URL, require_postgres
 from tidings.domain.sql import normalize_uri
 
-pytest_plugins = ["tidings.app.testing"]
-
 
 @pytest.fixture(scope="session")
 def postgres_url():
@@ -23,6 +21,20 @@ def postgres_url():
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     parsed = urlparse(DATABASE_URL)
     yield urlunparse(parsed._replace(path=f"/{name}"))
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def own_postgres_url():
+    """A PostgreSQL database for this test alone (for tests that need it empty), then dropped."""
+    require_postgres()
+    name = f"tidings_own_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalize_uri(DATABASE_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield urlunparse(urlparse(DATABASE_URL)._replace(path=f"/{name}"))
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()

@@ -68,6 +68,9 @@ def test_the_compose_file_refuses_to_start_without_the_secrets():
     result = run({}, "config", "-q")
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
+    without_flower = run({"POSTGRES_PASSWORD": SECRETS["POSTGRES_PASSWORD"]}, "config", "-q")
+    assert without_flower.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in without_flower.stderr  # Flower never runs without a password
 
 
 def test_the_worker_beat_and_api_start_after_the_migration_succeeded(services):
@@ -101,14 +104,14 @@ def test_every_long_running_service_has_a_health_check_paced_for_a_loaded_host(s
 
 
 def test_the_migration_command_makes_a_database_match_the_models_and_can_run_again(
-    services, postgres_url, tmp_path
+    services, own_postgres_url, tmp_path
 ):
     # the migrate service's own command and environment, pointed at this test's PostgreSQL
     migrate = services["migrate"]
     env = {
         **os.environ,
         **migrate["environment"],
-        "DATABASE_URL": postgres_url,
+        "DATABASE_URL": own_postgres_url,
         "BROKER_URL": REDIS_URL,
         "REDIS_URL": REDIS_URL,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

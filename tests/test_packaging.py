@@ -36,9 +36,14 @@ USER_DOMAIN = '''\
 from __future__ import annotations
 
 from tidings import Domain, current_domain, handle
+from tidings.exceptions import BusinessRuleError
 from tidings.fields import Identifier, String
 
 domain = Domain("notes")
+
+
+class NoteRejected(BusinessRuleError):
+    """Not retried: dead-lettered at once."""
 
 
 @domain.aggregate
@@ -56,6 +61,8 @@ class AddNote:
 class NoteCommands:
     @handle(AddNote)
     def add(self, command: AddNote) -> None:
+        if command.text == "boom":
+            raise NoteRejected("a note may not say boom")
         current_domain.repository_for(Note).add(Note(id=command.note_id, text=command.text))
 '''
 
@@ -348,3 +355,64 @@ def test_tidings_demo_runs_from_the_installed_wheel(venv: Path, tmp_path: Path) 
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "end state is exactly as expected" in result.stdout
+
+
+USER_TESTS = """\
+\"\"\"The user's tests: Tidings' fixtures come from the installed plugin, no conftest.py.\"\"\"
+
+import pytest
+
+from app.domain import AddNote, Note, domain
+
+
+@pytest.fixture
+def tidings_domain():
+    return domain
+
+
+def test_a_note_is_added_eagerly(tidings_eager):
+    tidings_eager.process(AddNote(note_id="n1", text="hello"))
+    assert tidings_eager.repository_for(Note).get("n1").text == "hello"
+
+
+def test_a_note_is_added_by_a_real_worker(tidings_worker):
+    tidings_worker.domain.process(AddNote(note_id="n2", text="hi"))
+    tidings_worker.wait_until_quiescent()
+    assert tidings_worker.domain.repository_for(Note).get("n2").text == "hi"
+    assert tidings_worker.dead_letters() == []
+
+
+def test_a_rejected_note_is_dead_lettered(tidings_worker):
+    tidings_worker.domain.process(AddNote(note_id="n3", text="boom"))
+    tidings_worker.wait_until_quiescent()
+    (letter,) = tidings_worker.dead_letters("NoteCommands")
+    assert (letter.error_type, letter.error_message) == ("NoteRejected", "a note may not say boom")
+    assert letter.body["type"] == "Notes.AddNote.v1"
+
+
+def test_wrong_on_purpose(tidings_worker):
+    tidings_worker.domain.process(AddNote(note_id="n4", text="four"))
+    tidings_worker.wait_until_quiescent()
+    assert tidings_worker.domain.repository_for(Note).get("n4").text == "five"
+"""
+
+
+def test_a_user_projects_pytest_gets_the_fixtures_from_the_installed_plugin(
+    venv: Path, user_project: Path
+) -> None:
+    (user_project / "celeryconfig.py").write_text("worker_prefetch_multiplier = 4\n")
+    (user_project / "tests").mkdir()
+    (user_project / "tests" / "test_notes.py").write_text(USER_TESTS)
+    assert not list(user_project.rglob("conftest.py"))
+    argv = ("-m", "pytest", "-p", "no:cacheprovider", "tests/test_notes.py")
+
+    passing = run(venv, user_project, *argv, "-k", "not wrong_on_purpose", timeout=120)
+    assert passing.returncode == 0, passing.stdout[-3000:] + passing.stderr[-2000:]
+    assert "3 passed, 1 deselected" in passing.stdout
+    assert "tidings-" in passing.stdout.split("rootdir:")[1].split("collected")[0]  # plugins: tidings-x.y
+
+    failing = run(venv, user_project, *argv, "-k", "wrong_on_purpose", timeout=120)
+    assert failing.returncode == 1, failing.stdout[-3000:]
+    assert "1 failed, 3 deselected" in failing.stdout
+    assert "assert 'four' == 'five'" in failing.stdout
+    assert not (user_project / "notes.db").exists()  # the fixtures never touched domain.toml's database

@@ -10,8 +10,7 @@ Errors: 422 `{"detail", "errors": {field: [messages]}}` for invalid input, 404 f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,9 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from tidings import Domain, ObjectNotFoundError, ValidationError
-from tidings.app.bootstrap import runtime_for
+from tidings import Domain
 from tidings.app.health import health as check_health
+from tidings.app.web import create_app
 from tidings.domain.sql import DuplicateValueError
 from tidings.examples.bookshelf import domain as bookshelf
 from tidings.examples.bookshelf.domain import (
@@ -85,36 +84,18 @@ def field_errors(errors: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def create_api(domain: Domain = bookshelf.domain, *, create_tables: bool = True) -> FastAPI:
-    """The API over `domain`; at startup the domain is initialised (unless it already is)."""
+    """The API over `domain`; at startup the domain is initialised (unless it already is) and,
+    when it processes anything async, the process's runtime is built, so commits kick the
+    outbox relay at once instead of waiting for the beat tick (tidings.app.web)."""
 
-    engine: dict[str, Any] = {"celery": None}
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if not domain.initialized:
-            domain.init()
-        if create_tables:
-            domain.create_tables()
-        if "async" in (domain.settings.command_processing, domain.settings.event_processing):
-            # commits kick the outbox relay at once instead of waiting for the beat tick
-            engine["celery"] = runtime_for(domain).celery
-        yield
-
-    api = FastAPI(title="Bookshelf", lifespan=lifespan)
+    # ValidationError -> 422 and ObjectNotFoundError -> 404 come with create_app
+    api = create_app(domain, create_tables=create_tables, title="Bookshelf")
 
     @api.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
             {"detail": "invalid request", "errors": field_errors(exc.errors())}, status_code=422
         )
-
-    @api.exception_handler(ValidationError)
-    async def invalid_data(_request: Request, exc: ValidationError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "errors": exc.errors}, status_code=422)
-
-    @api.exception_handler(ObjectNotFoundError)
-    async def not_found(_request: Request, exc: ObjectNotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @api.exception_handler(BusinessRuleError)
     async def conflict(_request: Request, exc: BusinessRuleError) -> JSONResponse:
@@ -205,11 +186,12 @@ def create_api(domain: Domain = bookshelf.domain, *, create_tables: bool = True)
         return submit(command, order_id, lambda: get_order(order_id).to_dict(), False)
 
     @api.get("/health")
-    def health() -> JSONResponse:
+    def health(request: Request) -> JSONResponse:
         """Database, broker and outbox lag; 503 when degraded."""
         if not domain.initialized:
             return JSONResponse({"status": "degraded", "detail": "domain not initialised"}, 503)
-        report = check_health(domain, engine["celery"])
+        runtime = getattr(request.app.state, "tidings_runtime", None)
+        report = check_health(domain, runtime.celery if runtime else None)
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
     return api

@@ -88,3 +88,18 @@ def test_the_eager_fixture_empties_the_dlq_between_tests(tmp_path):
         assert len(dlq.list_entries(celery, queue)) == 1
     with isolated_eager(shop) as test_shop:  # the next test
         assert dlq.list_entries(eager_app(test_shop), queue) == []
+
+
+def test_the_eager_fixtures_dead_letters_are_read_with_dead_letters(tmp_path):
+    from tidings.app.testing import dead_letters, isolated_eager
+
+    shop = build_shop("async", "async")
+    shop.config["server"]["stream_subscription"].update(max_retries=1, retry_delay_seconds=0.01)
+    with isolated_eager(shop) as test_shop:
+        Order = test_shop.registry["aggregate"]["Order"]
+        order = test_shop.repository_for(Order).add(Order(book_id="b", quantity=2))  # no inventory
+        test_shop.process(test_shop.registry["command"]["ShipOrder"](order_id=order.id))
+        (letter,) = dead_letters(test_shop)
+        assert (letter.queue, letter.error_type) == ("shop.manage_inventory", "ObjectNotFoundError")
+        assert dead_letters(test_shop, "OrderCommandHandler") == []
+        assert dead_letters(test_shop, test_shop.registry["event_handler"]["ManageInventory"]) == [letter]

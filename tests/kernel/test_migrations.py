@@ -4,38 +4,26 @@ what the models define: a table changed without a new migration fails here
 
 from __future__ import annotations
 
+import shutil
 import threading
-import uuid
 from datetime import UTC, datetime
-from urllib.parse import urlparse, urlunparse
 
 import pytest
 import sqlalchemy as sa
 
-from tests.services import DATABASE_URL, require_postgres
 from tidings.domain import schema
-from tidings.domain.sql import make_engine, normalize_uri
+from tidings.domain.sql import make_engine
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty(request, tmp_path):
     """An engine on a database with no tables at all (PostgreSQL: one made for this test)."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path}/empty.db")
-        yield engine
-        engine.dispose()
-        return
-    require_postgres()
-    name = f"tidings_migrations_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(normalize_uri(DATABASE_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    engine = make_engine(urlunparse(urlparse(DATABASE_URL)._replace(path=f"/{name}")))
+    url = f"sqlite:///{tmp_path}/empty.db"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("own_postgres_url")
+    engine = make_engine(url)
     yield engine
     engine.dispose()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 def test_upgrading_an_empty_database_builds_exactly_the_tables_the_models_define(empty):
@@ -115,3 +103,29 @@ def test_processes_upgrading_at_once_all_succeed(empty):
         thread.join(timeout=30)
     assert errors == []
     assert schema.drift(empty, schema.framework_metadata()) == []
+
+
+def test_a_new_revision_written_by_make_migration_migrates_to_the_changed_models(tmp_path, monkeypatch):
+    # the recipe (`make migration` -> new_revision) on a copy of the shipped migrations
+    shutil.copytree(schema.MIGRATIONS, tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(schema, "MIGRATIONS", tmp_path / "migrations")
+    shipped = schema.define_inbox
+
+    def define_inbox(metadata: sa.MetaData) -> sa.Table:  # a model change: one more column
+        table = shipped(metadata)
+        table.append_column(sa.Column("note", sa.String(32)))
+        return table
+
+    monkeypatch.setattr(schema, "define_inbox", define_inbox)
+    schema.head.cache_clear()
+    try:
+        written = schema.new_revision("inbox: a note")
+        assert written.parent == tmp_path / "migrations" / "versions"
+        assert written.name == "0002_inbox_a_note.py"
+        engine = make_engine(f"sqlite:///{tmp_path}/fresh.db")
+        schema.upgrade(engine)
+        assert schema.current(engine) == schema.head() == "0002"
+        assert schema.drift(engine, schema.framework_metadata()) == []
+        engine.dispose()
+    finally:
+        schema.head.cache_clear()  # the shipped revisions again for the tests that follow

@@ -100,7 +100,7 @@ def test_a_folder_path_and_a_named_instance(project):
 def test_without_a_domain_anywhere_the_error_says_what_to_do(project):
     result = CliRunner().invoke(main, ["subscriptions"])
     assert result.exit_code != 0
-    assert "pass --domain (before or after the subcommand) or set TIDINGS_DOMAIN" in str(result.exception)
+    assert "pass --domain (before or after the subcommand) or set TIDINGS_DOMAIN" in result.output
 
 
 def test_server_in_test_mode_with_the_documents_global_domain_option(project):
