@@ -22,8 +22,8 @@ from tidings.tasks.audit import audit_schedule, register_audit_task
 from tidings.tasks.handlers import failure_hook, register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
+    backfill_queue,
     event_store_handlers,
-    handler_queues,
     poll_task_name,
     queue_name,
     relay_queue,
@@ -31,6 +31,7 @@ from tidings.tasks.naming import (
     specs,
     task_name,
 )
+from tidings.tasks.ordering import PARTITION_QUEUE_ARGUMENTS, partition_queues_of
 from tidings.tasks.poller import SAFETY_NET_SECONDS, pollers_by_category, register_poller_tasks
 from tidings.tasks.pump import pulled_subscribers, pump_task_name, register_pump_tasks
 from tidings.tasks.relay import register_relay_task, relay_now
@@ -73,7 +74,11 @@ def build_celery_app(
     routes.update({poll_task_name(domain, h): queue_name(domain, h) for h in event_store_handlers(domain)})
     derived = dict(
         broker_url=broker_url(domain.settings.brokers["default"]),
-        task_queues=[Queue(q, routing_key=q) for q in [*routes.values(), *_backfill_queues(domain)]],
+        task_queues=[Queue(q, routing_key=q) for q in [*routes.values(), *_backfill_queues(domain)]]
+        + [
+            Queue(q, routing_key=q, queue_arguments=PARTITION_QUEUE_ARGUMENTS)
+            for q in partition_queues_of(domain)
+        ],
         task_routes={name: {"queue": q, "routing_key": q} for name, q in routes.items()},
         task_default_queue=relay_queue(domain),
         broker_transport_options={"polling_interval": _polling_interval(domain)},
@@ -125,7 +130,9 @@ def build_celery_app(
 
 def _backfill_queues(domain: Domain) -> list[str]:
     """With `[server.priority_lanes]`: each handler's backfill queue (tasks/naming.py)."""
-    return [q for spec in specs(domain) for q in handler_queues(domain, spec)[1:]]
+    if not domain.settings.server.priority_lanes.enabled:
+        return []
+    return [backfill_queue(domain, spec.queue) for spec in specs(domain)]
 
 
 def _pump_schedule(domain: Domain) -> dict[str, dict]:

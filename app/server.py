@@ -38,7 +38,8 @@ def subscription_lines(domain: Domain) -> list[str]:
 
 
 def all_queues(domain: Domain) -> list[str]:
-    """The relay's queue, then every handler's queues (interactive, then backfill)."""
+    """The relay's queue, then every handler's queues (interactive, then backfill), then the
+    sequential handlers' partition queues (tasks/ordering.py)."""
     queues = [relay_queue(domain)]
     return queues + [q for spec in specs(domain) for q in handler_queues(domain, spec)]
 

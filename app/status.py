@@ -38,7 +38,7 @@ from tidings.app.broker_queues import (
 )
 from tidings.domain.ports import Backlog
 from tidings.tasks.audit import audit_lag, audit_routes
-from tidings.tasks.naming import relay_queue, specs
+from tidings.tasks.naming import handler_queues, relay_queue, specs
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
@@ -121,7 +121,9 @@ def read_status(
     now = datetime.now(UTC)
     errors: list[str] = []
     handlers = specs(domain)
-    queues = [*dict.fromkeys(s.queue for s in handlers)]
+    # a handler's queues: its own, its backfill queue, its partition queues (tasks/naming.py)
+    own = {s.name: handler_queues(domain, s) for s in handlers}
+    queues = [*dict.fromkeys(q for s in handlers for q in own[s.name])]
     with _statements(domain) as counted:
         started = time.perf_counter()
         outbox = domain.storage.deliveries.pending_summary()
@@ -143,7 +145,7 @@ def read_status(
     breakers = _breakers(domain, errors)
     rows = []
     for spec in handlers:
-        reading = readings.get(spec.queue, QueueReading(depth=None))
+        reading = _summed([readings.get(q, QueueReading(depth=None)) for q in own[spec.name]])
         lag = backlog.get(spec.task_name, Backlog())
         measured = not spec.polled and spec.kind.value != "subscriber"
         rows.append(
@@ -267,3 +269,18 @@ def _breaker_of(states: Mapping[str, str] | None, *keys: str) -> str | None:
     if states is None:
         return None
     return next((str(states[k]) for k in keys if k in states), None)
+
+
+def _summed(readings: list[QueueReading]) -> QueueReading:
+    """One handler's queues read as one: the sums, None where any part cannot tell."""
+
+    def total(values: list[int | None]) -> int | None:
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    if len(readings) == 1:
+        return readings[0]
+    return QueueReading(
+        depth=total([r.depth for r in readings]),
+        in_flight=total([r.in_flight for r in readings]),
+        consumers=max((r.consumers for r in readings if r.consumers is not None), default=None),
+    )

@@ -42,6 +42,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_profile",
         "subscription_config",
         "throws",
+        "sequential_by",
     },
     "command_handler": {
         "part_of",
@@ -50,6 +51,7 @@ OPTIONS: dict[str, set[str]] = {
         "subscription_profile",
         "subscription_config",
         "throws",
+        "sequential_by",
     },
     "projector": {
         "projector_for",

@@ -1,10 +1,11 @@
 """The framework's tables under Alembic, and the drift between models and a database.
 
 Tidings owns its bookkeeping tables (outbox, inbox, command keys, positions, failed positions,
-dead letters, event store) and ships their migrations in `tidings/domain/migrations/`; its own
-version table (`tidings_alembic_version`) keeps them apart from a user's own Alembic history.
-A user's aggregate and projection tables are theirs: `create_all` makes the missing ones, and
-`domain.metadata` is what they hand to their own Alembic (see `is_framework_table`).
+dead letters, event store, per-key sequences) and ships their migrations in
+`tidings/domain/migrations/`; its own version table (`tidings_alembic_version`) keeps them
+apart from a user's own Alembic history. A user's aggregate and projection tables are theirs:
+`create_all` makes the missing ones, and `domain.metadata` is what they hand to their own
+Alembic (see `is_framework_table`).
 
     upgrade(engine)                  # `tidings db upgrade`: the framework tables to the newest revision
     drift(engine, domain.metadata)   # `tidings db check`: one Difference per mismatch, with its fix
@@ -28,6 +29,7 @@ from alembic.script import ScriptDirectory
 
 from tidings.domain.errors import ConfigurationError
 from tidings.domain.tables import define_event_store
+from tidings.outbox.ordering import define_key_order
 from tidings.outbox.tables import (
     define_command_keys,
     define_dead_letters,
@@ -61,6 +63,7 @@ def framework_metadata() -> sa.MetaData:
         define_failed_positions,
         define_dead_letters,
         define_event_store,
+        define_key_order,
     ):
         define(metadata)
     return metadata

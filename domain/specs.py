@@ -9,8 +9,11 @@ from enum import StrEnum
 
 from tidings.domain.handlers import ElementClass
 from tidings.domain.naming import Names, snake
+from tidings.domain.ordering import sequential_by
 from tidings.domain.settings import ServerSettings
 from tidings.domain.subscriptions import SubscriptionSettings, resolve
+
+SEQUENTIAL_KINDS = ("event_handler", "command_handler")  # the kinds that take `sequential_by`
 
 
 class HandlerKind(StrEnum):
@@ -30,6 +33,7 @@ class HandlerSpec:
     subscription: SubscriptionSettings  # resolved by the priority order (domain/subscriptions.py)
     task_name: str  # `tidings.<domain>.<Handler>`: also its inbox key
     queue: str  # `<domain>.<handler>`: its own queue, its consumer group
+    sequential_by: str | bool | None = None  # per-key ordering (domain/ordering.py)
 
     @property
     def name(self) -> str:
@@ -41,6 +45,12 @@ class HandlerSpec:
         return (
             self.kind is not HandlerKind.SUBSCRIBER and self.subscription.subscription_type == "event_store"
         )
+
+    @property
+    def sequential(self) -> bool:
+        """Handles one key's messages one at a time, in order (`sequential_by`), from its
+        partition queues; an event_store handler is already ordered (one poller, in order)."""
+        return self.sequential_by is not None and not self.polled
 
     @property
     def pack_size(self) -> int | None:
@@ -62,6 +72,7 @@ def handler_specs(names: Names, server: ServerSettings) -> dict[ElementClass, Ha
             subscription=resolve(handler, server),
             task_name=f"tidings.{names.name}.{handler.__name__}",
             queue=f"{names.name}.{snake(handler.__name__)}",
+            sequential_by=sequential_by(handler) if kind.value in SEQUENTIAL_KINDS else None,
         )
         for kind in HandlerKind
         for handler in names.registry[kind.value].values()

@@ -13,6 +13,7 @@ from tidings.domain.errors import IncorrectUsageError
 from tidings.domain.schema import Difference, SchemaError
 from tidings.domain.sql_session import DuplicateValueError, SqlSession, TransactionSession
 from tidings.domain.tables import define_event_store, define_model_table
+from tidings.outbox.ordering import define_key_order
 from tidings.outbox.tables import (
     define_command_keys,
     define_dead_letters,
@@ -136,6 +137,7 @@ class SqlDatabase:
             self.positions_table = define_positions(self.metadata)
             self.failed_positions_table = define_failed_positions(self.metadata)
             self.dead_letters_table = define_dead_letters(self.metadata)
+            define_key_order(self.metadata)  # `sequential_by` handlers' sequences (outbox/ordering.py)
 
     def session(self) -> SqlSession:
         return SqlSession(self)

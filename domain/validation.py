@@ -6,6 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from tidings.domain.errors import ConfigurationError
+from tidings.domain.ordering import check_sequential_by
 from tidings.domain.registry import handler_targets, query_targets
 from tidings.domain.subscriptions import SettingsError, resolve
 
@@ -31,6 +32,7 @@ def check_registry(domain: Names, settings: Settings | None) -> list[str]:
     problems += _check_command_handlers(domain)
     problems += _check_projectors(domain)
     problems += _check_categories(domain)
+    problems += _check_sequential(domain, settings.server if settings is not None else None)
     if settings is not None:
         problems += _check_external_brokers(settings)
     for sub in domain.registry["subscriber"].values():
@@ -184,4 +186,16 @@ def _check_subscriptions(domain: Names, server: ServerSettings) -> list[str]:
                 resolve(handler, server)
             except SettingsError as exc:
                 problems.append(str(exc))
+    return problems
+
+
+def _check_sequential(domain: Names, server: ServerSettings | None) -> list[str]:
+    problems = []
+    for kind in ("event_handler", "command_handler"):
+        for handler in domain.registry[kind].values():
+            try:
+                subscription = resolve(handler, server) if server is not None else None
+            except SettingsError:
+                subscription = None  # reported by _check_subscriptions
+            problems += check_sequential_by(domain, handler, subscription)
     return problems

@@ -3,6 +3,7 @@ external row (a `published=True` event for `[outbox] external_brokers`) goes to 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,11 @@ from tidings.tasks.naming import (
     event_store_handlers,
     packed_handlers,
     queue_name,
+    spec_of,
     task_name,
 )
+from tidings.tasks.ordering import OrderedSends
+from tidings.tasks.ordering import route as partition_route
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
@@ -47,6 +51,7 @@ def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
     packed = packed_handlers(domain)
     packs: dict[tuple[type, str], list[dict]] = {}  # (handler, queue) -> its pack being filled
     route = priority_router(domain)
+    ordered = OrderedSends(domain)  # sequential handlers' sends: numbered at flush (tasks/ordering.py)
     with celery.producer_or_acquire() as producer, _batched(producer, eager) as batch:
 
         def send(name: str, queue: str, arg: Any, task_id: str, label: str) -> None:
@@ -94,23 +99,31 @@ def publisher(celery: Celery, domain: Domain) -> Iterator[Any]:
                     if len(packs[key]) >= packed[handler]:
                         send_pack(key)
                     continue
-                send(
-                    task_name(domain, handler),
-                    queue,
-                    payload,
-                    f"{message.id}:{queue}",
-                    f"({message.type} {message.id})",
+                name = task_name(domain, handler)
+                label = f"({message.type} {message.id})"
+                partition, order_key = partition_route(spec_of(domain, handler), message)
+                if order_key is None:
+                    send(name, queue, payload, f"{message.id}:{queue}", label)
+                    continue
+                # a sequential handler's key decides its queue (its partition), not the priority
+                ordered.add(
+                    name,
+                    order_key,
+                    message.id,
+                    functools.partial(send, name, partition, payload, f"{message.id}:{partition}", label),
                 )
 
         def flush() -> None:
             """Send the partial packs, then what the Redis pipeline buffered."""
             for key in list(packs):
                 send_pack(key)
+            ordered.flush()
             if batch is not None:
                 batch.flush()
 
         publish.flush = flush  # type: ignore[attr-defined]
         yield publish
+        ordered.flush()  # a caller that never flushed: still numbered, then sent
     for name, queue, arg in deferred:
         celery.tasks[name].apply_async(args=[arg], queue=queue)
 

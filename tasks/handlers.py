@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from tidings.tasks.breaker import build_breakers, keyprefix_of, with_breaker
 from tidings.tasks.breaker import install as install_breakers
 from tidings.tasks.dead_letter import dead_letter
 from tidings.tasks.naming import batch_task_name, specs
+from tidings.tasks.ordering import in_turn, release
 from tidings.tasks.retrying import NOT_RETRIED, TransientPolicy, final_errors, with_transient_retry
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ class HandlerTask:
     celery: Celery
     queue: str
     enable_dlq: bool
+    release: Callable[[Any], None] | None = None  # a sequential handler's key moves on (tasks/ordering.py)
 
 
 def register_handler_tasks(celery: Celery, domain: Domain, stats: Counter[str]) -> dict[str, HandlerTask]:
@@ -70,11 +73,15 @@ def register_handler_tasks(celery: Celery, domain: Domain, stats: Counter[str]) 
         )
         body = _subscriber_body if spec.kind is HandlerKind.SUBSCRIBER else _handler_body
         final = final_errors(spec.cls)
-        run = with_transient_retry(body(domain, spec, stats), transient, final)
+        ordered = spec.sequential and spec.kind is not HandlerKind.SUBSCRIBER
+        run = body(domain, spec, stats)
+        run = with_transient_retry(in_turn(domain, spec, run) if ordered else run, transient, final)
         if breakers.guards(spec.name):
             run = with_breaker(run, breakers, spec.name, final)
         celery.task(**options)(run)
-        created[name] = HandlerTask(celery, queue, settings.enable_dlq)
+        created[name] = HandlerTask(
+            celery, queue, settings.enable_dlq, release(domain, spec) if ordered else None
+        )
         if settings.batch_delivery and spec.kind is not HandlerKind.SUBSCRIBER:
             pack_name = batch_task_name(domain, spec.cls)
             celery.task(**{**options, "name": pack_name})(
@@ -234,6 +241,7 @@ def _final_failure(
             attempts,
             exception,
         )
+        _release(spec, envelope)
         return
     stats["dead_lettered"] += 1
     try:
@@ -248,3 +256,14 @@ def _final_failure(
         )
     except Exception:  # noqa: BLE001 - never take the worker down; the error is logged
         log.exception("%s: could not write message %s to the DLQ", sender.name, message_id)
+    _release(spec, envelope)
+
+
+def _release(spec: HandlerTask, envelope: Any) -> None:
+    """A sequential handler's key moves on past its failed message (after the DLQ write)."""
+    if spec.release is None:
+        return
+    try:
+        spec.release(envelope)
+    except Exception:  # noqa: BLE001 - the key waits; the next final failure or a replay retries
+        log.exception("%s: could not move the key of message %r on", spec.queue, envelope)

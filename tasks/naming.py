@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tidings.domain.ordering import partition_queues
+
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
     from tidings.domain.handlers import ElementClass
@@ -38,10 +40,14 @@ def backfill_queue(domain: Domain, queue: str) -> str:
 
 def handler_queues(domain: Domain, spec: HandlerSpec) -> tuple[str, ...]:
     """A handler's queues in consumption order: its own, then (with `[server.priority_lanes]`
-    enabled) its backfill queue."""
-    if not domain.settings.server.priority_lanes.enabled:
-        return (spec.queue,)
-    return (spec.queue, backfill_queue(domain, spec.queue))
+    enabled) its backfill queue, then (with `sequential_by`) its partition queues: the lane that
+    runs the handler consumes them all (replays and audit re-sends arrive on its own queue)."""
+    queues: tuple[str, ...] = (spec.queue,)
+    if domain.settings.server.priority_lanes.enabled:
+        queues += (backfill_queue(domain, spec.queue),)
+    if spec.sequential:
+        queues += tuple(partition_queues(spec.queue))
+    return queues
 
 
 DLQ_SUFFIX = ".dlq"

@@ -13,6 +13,7 @@ from tidings.domain.settings import OutboxSettings
 from tidings.outbox.relay import Backoff, OutboxStore, relay_pending_messages
 from tidings.tasks.dispatch import publisher
 from tidings.tasks.naming import relay_task_name
+from tidings.tasks.ordering import purge_sequences
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
@@ -46,6 +47,7 @@ def purge_bookkeeping(domain: Domain, outbox: OutboxSettings, now: datetime | No
     inbox = domain.storage.inbox.purge(
         now - timedelta(seconds=outbox.inbox_retention), prefix=f"tidings.{domain.name}."
     )
+    purge_sequences(domain, now - timedelta(seconds=outbox.inbox_retention))  # sequential_by numbers
     return published, inbox
 
 
