@@ -14,11 +14,12 @@ from kombu import Queue
 from tidings.app import redis_transport, sqla_transport
 from tidings.app.celery_settings import ALLOW_UNSAFE_KEY, RECOVERY_BOUND_KEY, celery_settings
 from tidings.app.engine import CeleryEngine
-from tidings.app.kick import gate_for
+from tidings.app.kick import wake_for
+from tidings.app.relay_loop import Chore, RelayLoop, audit_turn, relay_loop_step
 from tidings.app.relay_thread import RelayThread
 from tidings.domain.errors import ConfigurationError
 from tidings.domain.settings import IN_PROCESS_BROKERS, BrokerSettings
-from tidings.tasks.audit import audit_schedule, register_audit_task
+from tidings.tasks.audit import register_audit_task
 from tidings.tasks.handlers import failure_hook, register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
@@ -31,7 +32,7 @@ from tidings.tasks.naming import (
 )
 from tidings.tasks.poller import SAFETY_NET_SECONDS, pollers_by_category, register_poller_tasks
 from tidings.tasks.pump import pulled_subscribers, pump_task_name, register_pump_tasks
-from tidings.tasks.relay import register_relay_task, relay_now
+from tidings.tasks.relay import PURGE_EVERY, purge_bookkeeping, register_relay_task, relay_now
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
@@ -83,20 +84,23 @@ def build_celery_app(
     handler_tasks = register_handler_tasks(celery, domain, stats)
     pollers = register_poller_tasks(celery, domain, stats)
     register_pump_tasks(celery, domain)
-    gate = (
+    eager = bool(celery.conf.task_always_eager)
+    outbox = domain.settings.outbox
+    wake = (
         None
-        if celery.conf.task_always_eager
-        else gate_for(str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
+        if eager
+        else wake_for(
+            str(celery.conf.broker_url),
+            celery.conf.broker_transport_options or {},
+            domain.name,
+            poll=min(outbox.interval, _polling_interval(domain)),
+        )
     )
-    relay = register_relay_task(celery, domain, before_relay=gate.relay_starting if gate else None)
-    audit = register_audit_task(celery, domain, stats)  # re-sends what no handler confirmed
-    interval = domain.settings.outbox.interval
+    relay = register_relay_task(celery, domain)
+    register_audit_task(celery, domain, stats)  # a round by hand; the relay loop runs it
+    # No relay or audit entry: the workers' relay loops run both (app/relay_loop.py), so an
+    # idle system sends no task at all. Beat keeps the pollers' and pumps' safety nets.
     celery.conf.beat_schedule = {
-        relay_task_name(domain): {
-            "task": relay.name,
-            "schedule": interval,
-            "options": {"queue": relay_queue(domain), "expires": max(interval * 2, 1.0)},
-        },
         **{
             poller.name: {
                 "task": poller.name,
@@ -106,15 +110,27 @@ def build_celery_app(
             for handler, poller in pollers.items()
         },
         **_pump_schedule(domain),
-        **audit_schedule(domain, audit),
     }
-    in_thread = domain.settings.outbox.after_commit == "thread" and not celery.conf.task_always_eager
+    if wake is not None:
+        loop = RelayLoop(
+            lambda: relay_now(celery, domain),
+            wake,
+            idle=outbox.interval,
+            name=domain.name,
+            chores=[
+                Chore("purge", lambda: purge_bookkeeping(domain, outbox), PURGE_EVERY),
+                Chore("audit", audit_turn(celery, domain, stats, wake), outbox.audit_interval),
+            ],
+        )
+        celery.steps["worker"].add(relay_loop_step(loop))
+        celery.tidings_relay_loop = loop
+    in_thread = outbox.after_commit == "thread" and not eager
     engine = CeleryEngine(
         celery,
         domain,
         relay,
         pollers_by_category(domain, pollers),
-        gate,
+        wake,
         RelayThread(lambda: relay_now(celery, domain), domain.name) if in_thread else None,
     )
     celery.tidings_domain = domain
