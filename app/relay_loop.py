@@ -6,9 +6,11 @@ and stops it at shutdown. The loop:
 
 1. relays everything due, in rounds of `[outbox] batch_size` (claim with `SKIP LOCKED`,
    publish pipelined, mark; see outbox/relay.py), while rounds come back full;
-2. runs its chores when due (purge of old published and inbox rows, the delivery audit);
-3. waits for a wake-up (app/kick.py: a Redis `BLPOP`, or a timed poll on other brokers) for
+2. waits for a wake-up (app/kick.py: a Redis `BLPOP`, or a timed poll on other brokers) for
    at most `[outbox] interval` seconds, then goes back to 1.
+
+Its chores (the purge of old published and inbox rows, the delivery audit) run on a second
+thread, so a slow chore never delays a round.
 
 The timed round at the end of each idle period is the safety net for a lost wake-up (a
 producer that died between its commit and its push, Redis down): no beat task, no Celery
@@ -69,6 +71,7 @@ class RelayLoop:
         self.published = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._chores: threading.Thread | None = None
         self._failing: set[str] = set()  # what is failing now: warned once, until it recovers
 
     def start(self) -> None:
@@ -77,6 +80,11 @@ class RelayLoop:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"tidings-relay-loop-{self.name}")
         self._thread.start()
+        if self.chores:
+            self._chores = threading.Thread(
+                target=self._run_chores, daemon=True, name=f"tidings-relay-chores-{self.name}"
+            )
+            self._chores.start()
         log.debug("relay loop %s started", self.name)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -84,9 +92,10 @@ class RelayLoop:
         interrupt = getattr(self.wake, "interrupt", None)  # else the wait ends within `idle`
         if interrupt is not None:
             interrupt()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for thread in (self._thread, self._chores):
+            if thread is not None:
+                thread.join(timeout)
+        self._thread = self._chores = None
 
     @property
     def running(self) -> bool:
@@ -99,15 +108,20 @@ class RelayLoop:
             if published:
                 self.published += published
                 log.debug("relay loop %s: published %d", self.name, published)
+            if self._stop.is_set():
+                break
+            if self._guarded("wake", lambda: self.wake.wait(self.idle)) is None:
+                self._stop.wait(self.idle)  # Redis unreachable: poll on the idle period
+
+    def _run_chores(self) -> None:
+        tick = min(chore.every for chore in self.chores)
+        while not self._stop.is_set():
             now = time.monotonic()
             for chore in self.chores:
                 if chore.due(now) and not self._stop.is_set():
                     chore.last = now
                     self._guarded(chore.name, chore.run)
-            if self._stop.is_set():
-                break
-            if self._guarded("wake", lambda: self.wake.wait(self.idle)) is None:
-                self._stop.wait(self.idle)  # Redis unreachable: poll on the idle period
+            self._stop.wait(min(tick, self.idle))
 
     def _guarded(self, what: str, step: Callable[[], Any]) -> Any:
         """Run one step; a failure is warned once (then DEBUG until it recovers): the rows

@@ -21,7 +21,6 @@ import pytest
 import redis
 import sqlalchemy as sa
 from kombu import Connection, Exchange, Queue
-from kombu.exceptions import OperationalError
 
 from tests.engine import ledger
 from tests.engine.conftest import running_worker
@@ -325,9 +324,9 @@ def test_commits_succeed_while_the_broker_is_down_and_every_row_is_delivered_onc
         if r.name == "tidings.kick"
         and r.levelname == "WARNING"
         and r.exc_info
-        and isinstance(r.exc_info[1], OperationalError)
+        and isinstance(r.exc_info[1], redis.ConnectionError)
     ]
-    # the relay kicks failed and were logged (wake-ups arriving meanwhile are merged into one)
+    # the relay wake-ups failed and were logged (wake-ups arriving meanwhile are merged into one)
     assert 1 <= len(kick_failures) <= len(entries)
     rows = outbox_rows_of(domain)
     assert [r["status"] for r in rows] == [PENDING] * len(entries)
@@ -352,18 +351,10 @@ def test_commits_succeed_while_the_broker_is_down_and_every_row_is_delivered_onc
     t = domain.outbox_database.outbox_table
     with domain.outbox_database.engine.begin() as conn:
         conn.execute(sa.update(t).values(next_attempt_at=datetime.now(UTC)))
-    with running_worker(live):
-        published: list[int] = []  # one relay tick per poll, as beat would run them
-
-        def relay_tick() -> bool:
-            published.append(relay_now(live, domain))
-            return sum(published) >= len(entries)
-
-        wait_until(relay_tick, timeout=15, message="the relay to publish every pending row")
+    with running_worker(live):  # its relay loop publishes them; no kick needed
         wait_until(
             lambda: all(applied(domain, e) is not None for e in entries), message="every entry applied"
         )
-    assert sum(published) == len(entries)
     assert [applied(domain, e) for e in entries] == [1] * len(entries)
     assert inbox_count(domain) == len(entries)
     rows = outbox_rows_of(domain)
