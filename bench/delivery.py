@@ -192,7 +192,7 @@ def _ratios(report: Report) -> None:
         ("backlog / naive backlog", f"tidings 1 handler: {backlog}", f"naive: {backlog}"),
         ("batch backlog / naive backlog", f"tidings batch profile: {backlog}", f"naive: {backlog}"),
         (
-            f"{TEN} handlers / 1 handler (events/s)",
+            f"{TEN} handlers / 1 handler",
             f"tidings {TEN} handlers: {live}",
             f"tidings 1 handler: {live}",
         ),
