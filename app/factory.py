@@ -24,6 +24,7 @@ from tidings.tasks.handlers import failure_hook, register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
     event_store_handlers,
+    packed_handlers,
     poll_task_name,
     queue_name,
     relay_queue,
@@ -121,6 +122,7 @@ def build_celery_app(
                 Chore("purge", lambda: purge_bookkeeping(domain, outbox), PURGE_EVERY),
                 Chore("audit", audit_turn(celery, domain, stats, wake), outbox.audit_interval),
             ],
+            linger=PACK_LINGER if packed_handlers(domain) else 0.0,
         )
         celery.steps["worker"].add(relay_loop_step(loop))
         celery.tidings_relay_loop = loop
@@ -135,6 +137,9 @@ def build_celery_app(
     )
     celery.tidings_domain = domain
     return celery, engine, failure_hook(handler_tasks, stats)
+
+
+PACK_LINGER = 0.02  # s a live round waits so packs fill (only with `batch_delivery` handlers)
 
 
 def _pump_schedule(domain: Domain) -> dict[str, dict]:

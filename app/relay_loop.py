@@ -64,8 +64,12 @@ class RelayLoop:
         idle: float,
         name: str,
         chores: list[Chore] | None = None,
+        linger: float = 0.0,
     ) -> None:
         self.relay, self.wake, self.idle, self.name = relay, wake, idle, name
+        # Seconds a round waits after a wake-up while traffic is live (the last round
+        # published): more rows are due by then, so rounds and packs fill (packed handlers).
+        self.linger = linger
         self.chores = chores or []
         self.rounds = 0  # rounds run, published or not (for tests and status)
         self.published = 0
@@ -102,8 +106,11 @@ class RelayLoop:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        published = 0
         while not self._stop.is_set():
-            published = self._guarded("relay", self.relay)
+            if published and self.linger:
+                self._stop.wait(self.linger)
+            published = self._guarded("relay", self.relay) or 0
             self.rounds += 1
             if published:
                 self.published += published

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery.signals import before_task_publish, task_prerun
 
@@ -130,3 +131,24 @@ def test_an_idle_worker_sends_no_task_and_logs_nothing_above_debug(use_provider,
     assert set(published) == {
         shop.bus.routes.spec(shop.registry["event_handler"]["ManageInventory"]).task_name
     }
+
+
+def test_while_traffic_is_live_a_lingering_loop_waits_before_its_next_round():
+    starts: list[float] = []
+
+    def relay() -> int:
+        starts.append(time.monotonic())
+        return 1  # every round publishes: traffic is live
+
+    class AlwaysWoken(PollWake):
+        def wait(self, timeout: float) -> bool:
+            return True  # a commit is always pending
+
+    loop = RelayLoop(relay, AlwaysWoken(poll=1.0), idle=1.0, name="test", linger=0.05)
+    loop.start()
+    try:
+        wait_until(lambda: len(starts) >= 4, message="four rounds")
+    finally:
+        loop.stop()
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= 0.05  # a sleep's lower bound: each live round waited for more rows
