@@ -50,7 +50,7 @@ def bootstrap(domain: Domain, **celery_overrides: Any) -> Runtime:
     # What reaches a worker but is not a task it can run goes to the DLQ, not only the log.
     celery.steps["consumer"].add(poison_step(stats))
     # Connection pools must never be shared across a fork: each child builds its own.
-    worker_process_init.connect(lambda **_: domain.dispose(), weak=False)
+    worker_process_init.connect(lambda **_: domain.dispose(after_fork=True), weak=False)
     celery.tidings_runtime = runtime
     observability.install(domain, celery)  # metrics, traces, JSON logs: each when turned on
     domain.attach_engine(engine)

@@ -1,5 +1,5 @@
-"""The Celery engine behind a domain's bus: wakes the relay and the event_store pollers after
-a commit, and hands external messages to their subscribers' queues."""
+"""The Celery engine behind a domain's bus: wakes the relay loop and the event_store pollers
+after a commit, and hands external messages to their subscribers' queues."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
-from tidings.app.kick import Kicker, KickGate
+from tidings.app.kick import Kicker, RelayWake
 from tidings.app.relay_thread import RelayThread
 from tidings.domain.envelope import Message
 from tidings.tasks.naming import queue_name, relay_queue, task_name
@@ -28,10 +28,10 @@ class CeleryEngine:
         domain: Domain,
         relay: Any,
         pollers: Pollers | None = None,
-        gate: KickGate | None = None,
+        wake: RelayWake | None = None,
         relay_thread: RelayThread | None = None,
     ) -> None:
-        self.celery, self.domain, self.relay, self.gate = celery, domain, relay, gate
+        self.celery, self.domain, self.relay, self.wake = celery, domain, relay, wake
         self.pollers = pollers or {}
         self.relay_thread = relay_thread
         # Eager mode runs the relay inline (tests rely on it); otherwise the broker is only
@@ -39,9 +39,9 @@ class CeleryEngine:
         self.kicker = None if celery.conf.task_always_eager else Kicker(self._wake, domain.name)
 
     def committed(self, messages: list[Message]) -> None:
-        """Relay and poll right after a commit, so latency is not bounded by the beat period.
-        The relay runs in this process's relay thread (`outbox.after_commit = "thread"`) or as a
-        relay task, skipped while an earlier kick is still queued (see app/kick.py)."""
+        """Relay and poll right after a commit, so latency is not bounded by the idle period.
+        The relay runs in this process's relay thread (`outbox.after_commit = "thread"`), or
+        the workers' relay loops are woken (app/kick.py); in eager mode it runs inline."""
         categories = {m.stream_category for m in messages}
         if self.kicker is None:
             self._wake(categories)
@@ -51,8 +51,10 @@ class CeleryEngine:
     def _wake(self, categories: set[str]) -> None:
         if self.relay_thread is not None:
             self.relay_thread.committed()
-        elif self.gate is None or self.gate.should_kick():
+        elif self.wake is None:  # eager: the relay task runs inline
             self.relay.apply_async(queue=relay_queue(self.domain), expires=60)
+        else:
+            self.wake.signal()
         kick(self.pollers, categories)
 
     def deliver(

@@ -14,16 +14,19 @@ from kombu import Queue
 from tidings.app import redis_transport, sqla_transport
 from tidings.app.celery_settings import ALLOW_UNSAFE_KEY, RECOVERY_BOUND_KEY, celery_settings
 from tidings.app.engine import CeleryEngine
-from tidings.app.kick import gate_for
+from tidings.app.kick import wake_for
+from tidings.app.metrics import count_relayed
+from tidings.app.relay_loop import Chore, RelayLoop, audit_turn, relay_loop_step
 from tidings.app.relay_thread import RelayThread
 from tidings.domain.errors import ConfigurationError
 from tidings.domain.settings import IN_PROCESS_BROKERS, BrokerSettings
-from tidings.tasks.audit import audit_schedule, register_audit_task
+from tidings.tasks.audit import register_audit_task
 from tidings.tasks.handlers import failure_hook, register_handler_tasks
 from tidings.tasks.naming import (
     async_handlers,
     backfill_queue,
     event_store_handlers,
+    packed_handlers,
     poll_task_name,
     queue_name,
     relay_queue,
@@ -34,7 +37,7 @@ from tidings.tasks.naming import (
 from tidings.tasks.ordering import PARTITION_QUEUE_ARGUMENTS, partition_queues_of
 from tidings.tasks.poller import SAFETY_NET_SECONDS, pollers_by_category, register_poller_tasks
 from tidings.tasks.pump import pulled_subscribers, pump_task_name, register_pump_tasks
-from tidings.tasks.relay import register_relay_task, relay_now
+from tidings.tasks.relay import PURGE_EVERY, purge_bookkeeping, register_relay_task, relay_now
 
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
@@ -90,20 +93,23 @@ def build_celery_app(
     handler_tasks = register_handler_tasks(celery, domain, stats)
     pollers = register_poller_tasks(celery, domain, stats)
     register_pump_tasks(celery, domain)
-    gate = (
+    eager = bool(celery.conf.task_always_eager)
+    outbox = domain.settings.outbox
+    wake = (
         None
-        if celery.conf.task_always_eager
-        else gate_for(str(celery.conf.broker_url), celery.conf.broker_transport_options or {}, domain.name)
+        if eager
+        else wake_for(
+            str(celery.conf.broker_url),
+            celery.conf.broker_transport_options or {},
+            domain.name,
+            poll=min(outbox.interval, _polling_interval(domain)),
+        )
     )
-    relay = register_relay_task(celery, domain, before_relay=gate.relay_starting if gate else None)
-    audit = register_audit_task(celery, domain, stats)  # re-sends what no handler confirmed
-    interval = domain.settings.outbox.interval
+    relay = register_relay_task(celery, domain)
+    register_audit_task(celery, domain, stats)  # a round by hand; the relay loop runs it
+    # No relay or audit entry: the workers' relay loops run both (app/relay_loop.py), so an
+    # idle system sends no task at all. Beat keeps the pollers' and pumps' safety nets.
     celery.conf.beat_schedule = {
-        relay_task_name(domain): {
-            "task": relay.name,
-            "schedule": interval,
-            "options": {"queue": relay_queue(domain), "expires": max(interval * 2, 1.0)},
-        },
         **{
             poller.name: {
                 "task": poller.name,
@@ -113,15 +119,34 @@ def build_celery_app(
             for handler, poller in pollers.items()
         },
         **_pump_schedule(domain),
-        **audit_schedule(domain, audit),
     }
-    in_thread = domain.settings.outbox.after_commit == "thread" and not celery.conf.task_always_eager
+    if wake is not None:
+
+        def relay_round() -> int:
+            published = relay_now(celery, domain)
+            count_relayed(domain.name, published)
+            return published
+
+        loop = RelayLoop(
+            relay_round,
+            wake,
+            idle=outbox.interval,
+            name=domain.name,
+            chores=[
+                Chore("purge", lambda: purge_bookkeeping(domain, outbox), PURGE_EVERY),
+                Chore("audit", audit_turn(celery, domain, stats, wake), outbox.audit_interval),
+            ],
+            linger=PACK_LINGER if packed_handlers(domain) else 0.0,
+        )
+        celery.steps["worker"].add(relay_loop_step(loop, relay_queue(domain)))
+        celery.tidings_relay_loop = loop
+    in_thread = outbox.after_commit == "thread" and not eager
     engine = CeleryEngine(
         celery,
         domain,
         relay,
         pollers_by_category(domain, pollers),
-        gate,
+        wake,
         RelayThread(lambda: relay_now(celery, domain), domain.name) if in_thread else None,
     )
     celery.tidings_domain = domain
@@ -133,6 +158,9 @@ def _backfill_queues(domain: Domain) -> list[str]:
     if not domain.settings.server.priority_lanes.enabled:
         return []
     return [backfill_queue(domain, spec.queue) for spec in specs(domain)]
+
+
+PACK_LINGER = 0.02  # s a live round waits so packs fill (only with `batch_delivery` handlers)
 
 
 def _pump_schedule(domain: Domain) -> dict[str, dict]:

@@ -1,11 +1,17 @@
-"""One pending relay kick at a time: a Redis flag set when a kick is sent, cleared by the relay.
+"""How a commit wakes the relay loop (app/relay_loop.py) without a Celery task.
 
-Kicking the relay after every commit sends one relay task per commit; under load those tasks
-take worker slots from the handlers. The gate lets a commit skip its kick while an earlier
-kick is still queued: the relay clears the flag *before* it claims rows, so that queued relay
-claims after this commit and sees its rows. The flag expires (`ttl`), so a lost kick delays
-rows by at most that long (the beat tick covers the rest); any Redis error falls back to
-kicking, never to dropping.
+On a Redis broker the wake-up is a Redis list, `<global_keyprefix>tidings:<domain>:relay-wake`:
+a commit pushes one item (`LPUSH` + `LTRIM 0 0` in one round trip, so the list never holds
+more than one), and each relay loop blocks on `BLPOP` with the idle period as timeout. The
+loop pops the item *before* it claims, so a commit that lands during a round pushes again
+and is followed by another round: no wake-up is lost, and wake-ups that arrive while a round
+runs are merged into the next one. One push wakes one loop (of however many workers run).
+
+Other brokers (RabbitMQ, the SQLAlchemy transport of the demo, memory) have no wake-up: the
+loop polls the outbox every `poll` seconds (a claim of nothing costs one indexed SELECT).
+
+Any Redis error falls back to the loop's timed poll, never to dropping rows: the rows are
+committed, and the next round sends them.
 """
 
 from __future__ import annotations
@@ -15,46 +21,76 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 import redis
 
 log = logging.getLogger("tidings.kick")
 
 
-class KickGate:
-    def __init__(self, url: str, key: str, ttl: float = 2.0) -> None:
-        self.url, self.key, self.ttl_ms = url, key, int(ttl * 1000)
+class RelayWake(Protocol):
+    """Commits signal it; relay loops wait on it."""
+
+    def signal(self) -> None:
+        """Wake one relay loop (called from the kicker's thread after a commit)."""
+        ...
+
+    def wait(self, timeout: float) -> bool:
+        """Block until signalled or `timeout` seconds passed; True when signalled."""
+        ...
+
+
+class RedisWake:
+    """A one-item Redis list: `LPUSH`/`LTRIM` to signal, `BLPOP` to wait."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url, self.key = url, key
         self._client: redis.Redis | None = None
         self._pid = 0
 
     @property
     def client(self) -> redis.Redis:
         if self._client is None or self._pid != os.getpid():  # never share a pool across a fork
-            self._client, self._pid = redis.Redis.from_url(self.url), os.getpid()
+            self._client, self._pid = redis.Redis.from_url(self.url, health_check_interval=30), os.getpid()
         return self._client
 
-    def should_kick(self) -> bool:
-        """True when no kick is pending (and this caller must send one)."""
-        try:
-            return bool(self.client.set(self.key, b"1", nx=True, px=self.ttl_ms))
-        except redis.RedisError:
-            log.debug("kick gate unavailable; kicking anyway", exc_info=True)
-            return True
+    def signal(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(self.key, b"1")
+        pipe.ltrim(self.key, 0, 0)
+        pipe.execute()
 
-    def relay_starting(self) -> None:
-        """Called by the relay before it claims rows: later commits must kick again."""
-        try:
-            self.client.delete(self.key)
-        except redis.RedisError:
-            log.debug("could not clear the kick gate; it expires in %d ms", self.ttl_ms)
+    def wait(self, timeout: float) -> bool:
+        # BLPOP takes fractional seconds (Redis >= 6); 0 would block for ever
+        return self.client.blpop([self.key], timeout=max(timeout, 0.01)) is not None
 
 
-def gate_for(broker_url: str, transport_options: dict, domain_name: str) -> KickGate | None:
-    """A gate on the Redis broker; None on other brokers (every commit kicks)."""
+class PollWake:
+    """No wake-up on this broker: the loop polls every `poll` seconds."""
+
+    def __init__(self, poll: float) -> None:
+        self.poll = poll
+        self._event = threading.Event()
+
+    def signal(self) -> None:
+        self._event.set()  # wakes a loop of this process only (e.g. a solo worker's own commit)
+
+    def wait(self, timeout: float) -> bool:
+        woken = self._event.wait(min(timeout, self.poll))
+        self._event.clear()
+        return woken
+
+    def interrupt(self) -> None:
+        """End a wait now (the loop is stopping)."""
+        self._event.set()
+
+
+def wake_for(broker_url: str, transport_options: dict, domain_name: str, poll: float) -> RelayWake:
+    """A Redis list on a Redis broker; a timed poll of the outbox on any other."""
     if not broker_url.startswith(("redis://", "rediss://")):
-        return None
+        return PollWake(poll)
     prefix = transport_options.get("global_keyprefix", "")
-    return KickGate(broker_url, f"{prefix}tidings:{domain_name}:relay-kick")
+    return RedisWake(broker_url, f"{prefix}tidings:{domain_name}:relay-wake")
 
 
 EXIT_GRACE_SECONDS = 5.0  # how long an exiting process waits for its last wake-up to be sent
@@ -65,9 +101,9 @@ class Kicker:
     broker: the committing thread only records what to wake and sets an event (microseconds).
 
     With Redis frozen or refusing connections the thread blocks or fails, not the producer;
-    the rows are committed either way and the beat-driven relay sends them. Started on first
-    use in each process (threads do not survive a fork). Wake-ups that arrive while one is
-    being sent are merged into the next.
+    the rows are committed either way and the relay loop's timed poll sends them. Started on
+    first use in each process (threads do not survive a fork). Wake-ups that arrive while one
+    is being sent are merged into the next.
     """
 
     def __init__(self, send: Callable[[set[str]], None], name: str) -> None:
@@ -104,8 +140,8 @@ class Kicker:
                 categories, self._pending, self._sending = self._pending, set(), True
             try:
                 self.send(categories)
-            except Exception:  # noqa: BLE001 - committed rows are relayed by the next beat tick
-                log.warning("could not wake the relay; the next beat tick relays the rows", exc_info=True)
+            except Exception:  # noqa: BLE001 - committed rows are relayed by the loop's next poll
+                log.warning("could not wake the relay; its next timed round relays the rows", exc_info=True)
             finally:
                 with self._lock:
                     self._sending = False

@@ -179,6 +179,12 @@ def count_relayed(domain: str, published: int) -> None:
         made.relayed.labels(domain).inc(published)
 
 
+def count_resent(domain: str, resent: int) -> None:
+    """Count an audit round run outside the audit task (the relay loops' chore)."""
+    if enabled() and resent:
+        instruments().audit_resent.labels(domain).inc(resent)
+
+
 def process_exited(**_: Any) -> None:
     """A pool process exits: its live gauges must not be summed any more."""
     from prometheus_client import multiprocess

@@ -2,10 +2,11 @@
 
 `[outbox] after_commit = "thread"`: instead of sending a relay task to the worker, a commit
 wakes a thread of its own process that runs the relay (claim with SKIP LOCKED, publish,
-mark). The worker then runs only handler tasks, and commits that arrive while a round runs
-are relayed together by the next round. The wake-up is cleared *before* a round claims, so
-a commit is always followed by a round that sees its rows. Rows of a process that dies
-before its round stay pending: the beat-driven relay (every `outbox.interval`) sends them.
+mark), beside the workers' relay loops (app/relay_loop.py); commits that arrive while a
+round runs are relayed together by the next round. The wake-up is cleared *before* a round
+claims, so a commit is always followed by a round that sees its rows. Rows of a process that
+dies before its round stay pending: a worker's relay loop sends them (at the latest after
+its idle period, `outbox.interval`).
 """
 
 from __future__ import annotations
@@ -43,5 +44,5 @@ class RelayThread:
             wake.clear()
             try:
                 self.relay()
-            except Exception:  # noqa: BLE001 - rows stay pending; the beat relay sends them
-                log.warning("after-commit relay failed; the next beat tick retries", exc_info=True)
+            except Exception:  # noqa: BLE001 - rows stay pending; a relay loop sends them
+                log.warning("after-commit relay failed; a worker's relay loop retries", exc_info=True)

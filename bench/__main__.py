@@ -8,7 +8,7 @@ import time
 
 os.environ.setdefault("TIDINGS_TASK_EVENTS", "false")  # before celeryconfig is read; see harness
 
-from bench import lanes, producer, scenarios
+from bench import delivery, lanes, producer, scenarios
 from bench.harness import DATABASE_URL, REDIS_URL, Report, masked
 
 # name -> (function, default N). Defaults are sized so `make bench` stays well under 15 minutes
@@ -25,6 +25,7 @@ SCENARIOS = {
     "lanes": (lanes.lanes, 20),  # fast messages per round (bench/lanes.py)
     "producer": (producer.producer, 2000),
     "claim": (producer.claim, 100_000),  # published rows kept; the figure: --n 1000000
+    "delivery": (delivery.delivery, 2000),  # bench/delivery.py: its own targets table
 }
 
 
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> None:
         report = function(args.n or default_n, args.runs, **extra)
         reports[name] = report
         print(f"\n{report.table()}\n\n({time.monotonic() - started:.0f} s; {report.save()})", flush=True)
+        if name == "delivery":
+            print(
+                "\n### delivery targets (medians of in-round ratios)\n\n"
+                + "\n".join(delivery.targets(report))
+            )
     table = ratios(reports)
     if table:
         print("\n### targets (ratios in this run)\n\n" + "\n".join(table))

@@ -1,5 +1,6 @@
-"""`python -m bench.profile [N]`: py-spy profiles of the worker and the producer during a
-flat-out end-to-end run (default relay kick), as inclusive shares of non-idle samples.
+"""`python -m bench.profile [N] [HANDLERS] [PROFILE]`: py-spy profiles of the worker (its
+relay loop included) and the producer during a flat-out end-to-end run, as inclusive shares
+of non-idle samples (e.g. `python -m bench.profile 2000 10`, `python -m bench.profile 2000 1 batch`).
 
 Needs `pip install py-spy`. Prints the frames that explain where the time goes.
 """
@@ -20,11 +21,14 @@ from bench.harness import RESULTS, redis_prefix, scratch_database, wait_for  # n
 from bench.scenarios import PRODUCERS, _warm_up, tidings_pipeline  # noqa: E402
 
 WORKER_FRAMES = [
-    "register_relay_task.<locals>.relay_outbox",
+    "RelayLoop._run",
     "SqlOutbox.relay_batch",
     "_publish_all",
     "Celery.send_task",
     "Domain.run_handler",
+    "packed_body.<locals>.run",
+    "HandlerRunner.run_pack",
+    "mark_many",
     "SqlSession.mark_processed",
     "UnitOfWork.commit",
     "asynloop",
@@ -38,7 +42,7 @@ PRODUCER_FRAMES = [
     "SqlSession.write_outbox",
     "SqlSession.commit",
     "Domain.after_commit",
-    "KickGate.should_kick",
+    "RedisWake.signal",
 ]
 
 
@@ -72,11 +76,15 @@ def shares(raw: Path, frames: list[str]) -> dict[str, float]:
     return {frame: 100 * counts[frame] / max(total, 1) for frame in frames}
 
 
-def main(n: int = 2000) -> None:
+def main(n: int = 2000, handlers: int = 1, profile: str | None = None) -> None:
     RESULTS.mkdir(exist_ok=True)
     worker_raw, producer_raw = RESULTS / "worker.pyspy", RESULTS / "producer.pyspy"
-    with scratch_database() as url, redis_prefix() as prefix, tidings_pipeline(url, prefix) as pipe:
-        _warm_up(pipe, 1)
+    with (
+        scratch_database() as url,
+        redis_prefix() as prefix,
+        tidings_pipeline(url, prefix, handlers, profile) as pipe,
+    ):
+        _warm_up(pipe, handlers)
         pipe.reset()
         spies = [record(pipe.worker_pid, worker_raw, 10, True), record(os.getpid(), producer_raw, 8, False)]
         threads = [
@@ -87,7 +95,7 @@ def main(n: int = 2000) -> None:
             t.start()
         for t in threads:
             t.join()
-        wait_for(lambda: pipe.handled(1) >= n // PRODUCERS * PRODUCERS, 300, "the events")
+        wait_for(lambda: pipe.handled(handlers) >= n // PRODUCERS * PRODUCERS, 600, "the events")
         for spy in spies:
             spy.wait()
     for title, raw, frames in (
@@ -100,4 +108,6 @@ def main(n: int = 2000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    args = sys.argv[1:]
+    n, handlers = (int(args[0]) if args else 2000), (int(args[1]) if len(args) > 1 else 1)
+    main(n, handlers, args[2] if len(args) > 2 else None)

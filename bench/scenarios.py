@@ -144,9 +144,11 @@ def tidings_pipeline(
     profile: str | None = None,
     relay_worker: bool = False,
     after_commit: str = "kick",
+    workers: int = 1,
 ):
     """Tidings on one worker for every queue (what `tidings server` runs), or with
-    `relay_worker` the relay queue on a worker of its own (the naive pipeline's topology)."""
+    `relay_worker` the relay queue on a worker of its own (the naive pipeline's topology), or
+    `workers` workers for every queue. `.produce()` commits one event (also before entering)."""
     domain = build_domain(url, handlers, profile, after_commit=after_commit)
     celery = celery_app(domain, prefix, REDIS_URL)
     domain.drop_tables()
@@ -168,8 +170,12 @@ def tidings_pipeline(
             conn.exec_driver_sql(f"TRUNCATE {tables}")
 
     class Running:
+        produce = staticmethod(lambda: place_order(domain))
+
         def __enter__(self) -> Pipeline:
-            if relay_worker:
+            if workers > 1:
+                self.cms = [worker("bench.tidings_app:celery", queues, env) for _ in range(workers)]
+            elif relay_worker:
                 self.cms = [
                     worker("bench.tidings_app:celery", queues[1:], env),
                     worker("bench.tidings_app:celery", queues[:1], env, concurrency=1),

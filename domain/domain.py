@@ -185,10 +185,11 @@ class Domain:
     def drop_tables(self) -> None:
         self.storage.drop_tables()
 
-    def dispose(self) -> None:
-        """Close connection pools (call after a fork, or at shutdown)."""
+    def dispose(self, after_fork: bool = False) -> None:
+        """Close connection pools (at shutdown); `after_fork=True` in a forked child: forget the
+        parent's database connections without closing them (the parent still uses them)."""
         if self._built is not None:
-            self._built.dispose()
+            self._built.dispose(close=not after_fork)
         if self._brokers is not None:
             self._brokers.close()
 

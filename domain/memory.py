@@ -59,7 +59,7 @@ class MemoryDatabase:
             self.failed_positions.clear()
             self.dead_letters.clear()
 
-    def dispose(self) -> None:
+    def dispose(self, close: bool = True) -> None:
         """Nothing to release."""
 
     def ping(self) -> None:

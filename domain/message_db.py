@@ -78,9 +78,11 @@ class MessageDbDatabase:
     def drop_tables(self) -> None:
         """Never drops anything: the message store is append-only and shared."""
 
-    def dispose(self) -> None:
+    def dispose(self, close: bool = True) -> None:
+        # close=False after a fork: drop the pool without closing the connections, which
+        # belong to the parent (closing one from a child ends the parent's session too)
         if self._engine is not None:
-            self._engine.dispose()
+            self._engine.dispose(close=close)
             self._engine = None
 
     def read_events(self, stream_or_category: str, from_position: int = 0, limit: int = 1000) -> list[dict]:

@@ -75,10 +75,11 @@ class Storage:
         for store in self.stores.values():
             store.drop_tables()
 
-    def dispose(self) -> None:
-        """Close every connection pool (after a fork, or at shutdown); they reopen on use."""
+    def dispose(self, close: bool = True) -> None:
+        """Close every connection pool (at shutdown; `close=False` after a fork: forget the
+        parent's connections without closing them); they reopen on use."""
         for store in self.stores.values():
-            store.dispose()
+            store.dispose(close)
 
 
 def load_storage(

@@ -15,10 +15,18 @@ from tidings.domain.errors import (
     CommandExpiredError,
     ExpectedVersionError,
 )
-from tidings.domain.inbox import METHOD_SEP
+from tidings.domain.inbox import METHOD_SEP, mark_many
 from tidings.domain.uow import UnitOfWork
 
 log = logging.getLogger("tidings")
+
+
+class PackMemberFailed(Exception):  # noqa: N818 - a signal to the pack's caller, not an error kind
+    """One message of a pack raised: the pack's transaction rolled back; `index` says which."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(f"pack member {index} failed: {error!r}")
+        self.index, self.error = index, error
 
 
 class HandlerRunner(BusBase):
@@ -87,6 +95,35 @@ class HandlerRunner(BusBase):
             with self.context(), self.unit_of_work() as uow:
                 uow.mark_processed(idempotency_key, message.id)
         return result
+
+    def packable(self, handler: type, messages: list[Message]) -> bool:
+        """Can `messages` run as one pack? Only when the handler has at most one method for
+        each: several methods keep an inbox row each (`run_handler`), one unit per method."""
+        return all(len(self.routes.methods_for(handler, m.type)) <= 1 for m in messages)
+
+    def run_pack(self, handler: type, messages: list[Message], *, idempotency_key: str) -> set[str]:
+        """Run `handler` for every message of a pack in ONE unit of work: one multi-row inbox
+        insert skips what was applied before, then the new messages' effects, one commit.
+        Returns the ids applied now (the rest were duplicates).
+
+        If a message raises, the whole transaction rolls back (nothing of the pack is applied)
+        and `PackMemberFailed` names it: the caller splits it out and runs the rest again as
+        a pack. A version conflict counts as a failure here; the single-message task that the
+        member is split out to re-runs it (`version_retry`)."""
+        applied: set[str] = set()
+        with self.context(), self.unit_of_work() as uow:
+            new = mark_many(uow, idempotency_key, [m.id for m in messages])
+            for index, message in enumerate(messages):
+                if message.id not in new or message.id in applied:  # a duplicate applies once
+                    continue
+                try:
+                    obj = self.routes.decode(message)
+                    self._call(handler, message, obj, self.routes.methods_for(handler, message.type))
+                except Exception as exc:
+                    call_handle_error(handler, exc, message)
+                    raise PackMemberFailed(index, exc) from exc
+                applied.add(message.id)
+        return applied
 
     def _applied(self, key: str, message_id: str) -> bool:
         """Has `key` applied `message_id` already? (Tried in a transaction that rolls back.)"""

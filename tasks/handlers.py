@@ -27,6 +27,7 @@ from tidings.tasks.breaker import install as install_breakers
 from tidings.tasks.dead_letter import dead_letter
 from tidings.tasks.naming import batch_task_name, specs
 from tidings.tasks.ordering import in_turn, release
+from tidings.tasks.packs import packed_body
 from tidings.tasks.retrying import NOT_RETRIED, TransientPolicy, final_errors, with_transient_retry
 
 if TYPE_CHECKING:
@@ -115,43 +116,10 @@ def _handler_body(domain: Domain, spec: HandlerSpec, stats: Counter[str]) -> Any
 
 
 def _batch_body(domain: Domain, spec: HandlerSpec, stats: Counter[str]) -> Any:
-    """A pack of messages for one handler: each in its own unit of work with its own inbox row.
+    """A pack of messages for one handler, applied in ONE transaction (tasks/packs.py).
     A message that fails is split out to the single-message task, with one attempt counted,
-    and retried alone there; its siblings are not re-run."""
-    handler, name, queue = spec.cls, spec.task_name, spec.queue
-    delay = spec.subscription.retry_delay_seconds
-
-    def run(task: Task, envelopes: list) -> dict[str, int]:
-        stats["packs"] += 1
-        outcomes: Counter = Counter()
-        for envelope in envelopes:
-            try:
-                message = Message.from_dict(envelope)
-                if _expired(name, message, stats):
-                    outcomes["expired"] += 1
-                    continue
-                result = domain.run_handler(handler, message, idempotency_key=name)
-            except InvalidMessageError as exc:
-                _poison(task, queue, envelope, stats, exc)
-                outcomes["dead-lettered"] += 1
-                continue
-            except Exception as exc:  # noqa: BLE001 - retried alone, by the single task
-                log.warning(
-                    "%s: message %s failed in a pack (%s); retried alone",
-                    name,
-                    envelope.get("id") if isinstance(envelope, dict) else None,
-                    exc,
-                )
-                task.app.tasks[name].apply_async(
-                    args=[envelope], queue=queue, retries=1, countdown=delay or None
-                )
-                outcomes["split"] += 1
-                continue
-            outcomes[_count(name, envelope, result, stats)] += 1
-        return dict(outcomes)
-
-    run.__name__ = f"{handler.__name__}_batch"
-    return run
+    and retried alone there; the rest of the pack runs again without it."""
+    return packed_body(domain, spec, stats, count=_count, poison=_poison, expired=_expired)
 
 
 def _subscriber_body(domain: Domain, spec: HandlerSpec, stats: Counter[str]) -> Any:

@@ -1,4 +1,8 @@
-"""The outbox relay as a Celery task: scheduled by beat and kicked after each commit."""
+"""The outbox relay's steps (relay, purge) and the relay task.
+
+Workers relay from their relay loop (app/relay_loop.py), not from a task; the task is kept for
+eager mode (it runs inline after each commit) and for running a round by hand
+(`celery call tidings.<domain>.relay_outbox`)."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from tidings.tasks.ordering import purge_sequences
 if TYPE_CHECKING:
     from tidings.domain.domain import Domain
 
-_PURGE_EVERY = 60.0  # seconds between deletions of old published rows and inbox rows, per process
+PURGE_EVERY = 60.0  # seconds between deletions of old published rows and inbox rows, per process
 
 
 def outbox_store(domain: Domain) -> OutboxStore:
@@ -54,7 +58,8 @@ def purge_bookkeeping(domain: Domain, outbox: OutboxSettings, now: datetime | No
 def register_relay_task(
     celery: Celery, domain: Domain, before_relay: Callable[[], None] | None = None
 ) -> Task:
-    """The relay task; `before_relay` runs before each claim (the app's kick gate)."""
+    """The relay task (not scheduled: see the module docstring); `before_relay` runs before
+    each claim."""
     last_purge = [0.0]
     outbox = domain.settings.outbox
 
@@ -63,7 +68,7 @@ def register_relay_task(
         if before_relay is not None:
             before_relay()
         published = relay_with(celery, domain, outbox)
-        if time.monotonic() - last_purge[0] > _PURGE_EVERY:
+        if time.monotonic() - last_purge[0] > PURGE_EVERY:
             last_purge[0] = time.monotonic()
             purge_bookkeeping(domain, outbox)
         return published

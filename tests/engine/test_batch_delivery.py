@@ -69,3 +69,65 @@ def test_on_a_worker_packs_apply_everything_once_and_a_poison_member_reaches_the
     assert entry["task"] == "tidings.ledger.Apply"  # the pack and the split-out task
     assert applied(domain, doomed) is None
     assert [applied(domain, i) for i in good] == [1] * 25
+
+
+def _inbox_inserts(domain):
+    """A list that grows by one per INSERT into the inbox table, on the domain's engine."""
+    import sqlalchemy as sa
+
+    seen: list[str] = []
+    engine = domain.outbox_database.engine
+
+    def count(conn, cursor, statement, *_):
+        if statement.lstrip().upper().startswith("INSERT INTO TIDINGS_INBOX"):
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    return seen
+
+
+def _envelopes(domain) -> list[dict]:
+    import json
+
+    import sqlalchemy as sa
+
+    from tidings.domain.envelope import Message
+
+    t = domain.outbox_database.outbox_table
+    with domain.outbox_database.engine.connect() as conn:
+        rows = conn.execute(sa.select(t.c.envelope).order_by(t.c.id)).scalars().all()
+    return [Message.from_dict(json.loads(r) if isinstance(r, str) else r).to_dict() for r in rows]
+
+
+@pytest.mark.parametrize("provider", ["postgresql", "sqlite"], indirect=True)
+def test_a_pack_is_one_inbox_statement_and_a_redelivered_pack_applies_nothing_twice(use_provider, tmp_path):
+    from tidings.tasks.naming import batch_task_name
+
+    domain = packed_ledger(use_provider, tmp_path, messages_per_tick=10)
+    ids = [make_entry(domain, f"e{n}") for n in range(8)]  # no engine yet: rows wait
+    celery = eager_app(domain)
+    stats = celery.tidings_runtime.stats
+    Apply = domain.registry["event_handler"]["Apply"]
+    pack = celery.tasks[batch_task_name(domain, Apply)]
+    inserts = _inbox_inserts(domain)
+    assert pack.apply(args=[_envelopes(domain)[:7]]).get() == {"handled": 7}
+    assert len(inserts) == 1  # seven messages, one pack, one multi-row inbox insert
+
+    # the relay sends all eight again in one pack (as a re-delivery or an audit re-send would)
+    before = stats["duplicates"], stats["handled"]
+    assert relay_now(celery, domain) == 8
+    assert (stats["duplicates"] - before[0], stats["handled"] - before[1]) == (7, 1)
+    assert len(inserts) == 2
+    assert [applied(domain, i) for i in ids] == [1] * 8
+
+
+@pytest.mark.parametrize("provider", ["postgresql"], indirect=True)
+def test_a_failing_member_rolls_its_pack_back_and_the_rest_commit_without_it(use_provider, tmp_path):
+    domain = packed_ledger(use_provider, tmp_path, messages_per_tick=10, max_retries=0)
+    good = [make_entry(domain, f"g{n}") for n in range(4)]
+    doomed = make_failing_entry(domain, "doomed", failures=10**6)
+    celery = eager_app(domain)
+    relay_now(celery, domain)
+    assert [applied(domain, i) for i in good] == [1] * 4
+    assert applied(domain, doomed) is None
+    assert len(ledger.ERRORS_SEEN) == 2  # once in the pack, once alone (max_retries = 0)

@@ -1,4 +1,4 @@
-"""The composition root: one bootstrap per process, and commits wake the relay without it."""
+"""The composition root: one bootstrap per process, and commits wake the relay loop without it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from tests.engine.ledger import applied, build_ledger, make_entry
 from tests.services import REDIS_URL
 from tests.waiting import wait_until
 from tidings.app.bootstrap import Runtime, bootstrap, runtime_for
-from tidings.tasks.naming import relay_queue
 
 
 def ledger_on_redis(tmp_path, prefix: str):
@@ -39,13 +38,15 @@ def test_a_process_that_never_bootstrapped_wakes_the_relay_on_its_first_async_co
 
     entry_id = make_entry(domain, "from-a-script")
 
-    # the commit loaded the engine (entry point tidings.engines) and queued one relay kick
+    # the commit loaded the engine (entry point tidings.engines) and pushed one relay wake-up
     assert domain.engine is not None
     client = redis.Redis.from_url(REDIS_URL)
-    wait_until(lambda: client.llen(f"{redis_prefix}{relay_queue(domain)}") == 1, message="one relay kick")
-    # a worker without beat relays it: only the kick can have woken the relay
+    wake = f"{redis_prefix}tidings:{domain.name}:relay-wake"
+    wait_until(lambda: client.llen(wake) == 1, message="one relay wake-up")
+    # a worker without beat relays it from its relay loop, and consumes the wake-up
     with running_worker(runtime_for(domain).celery):
-        wait_until(lambda: applied(domain, entry_id) == 1, message="handled after the kick")
+        wait_until(lambda: applied(domain, entry_id) == 1, message="handled after the wake-up")
+        assert client.llen(wake) == 0
     domain.dispose()
 
 
@@ -64,19 +65,20 @@ def test_a_commit_never_touches_the_broker_from_the_committing_thread(tmp_path, 
     domain = ledger_on_redis(tmp_path, redis_prefix)
     runtime = bootstrap(domain)
     senders: list[threading.Thread] = []
-    relay = runtime.engine.relay
-    original = relay.apply_async
+    wake = runtime.engine.wake
+    assert wake is not None
+    original = wake.signal
 
-    def recording_apply_async(*args, **kwargs):
+    def recording_signal() -> None:
         senders.append(threading.current_thread())
-        return original(*args, **kwargs)
+        original()
 
-    relay.apply_async = recording_apply_async
+    wake.signal = recording_signal  # type: ignore[method-assign]
     try:
         make_entry(domain, "one")
-        wait_until(lambda: senders, message="the relay kick was sent")
+        wait_until(lambda: senders, message="the relay wake-up was sent")
     finally:
-        relay.apply_async = original
+        wake.signal = original  # type: ignore[method-assign]
     # a frozen or refusing broker therefore blocks the kicker's thread, never the producer
     assert senders[0] is not threading.current_thread()
     assert senders[0].name.startswith("tidings-kick-")

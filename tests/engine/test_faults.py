@@ -21,7 +21,6 @@ import pytest
 import redis
 import sqlalchemy as sa
 from kombu import Connection, Exchange, Queue
-from kombu.exceptions import OperationalError
 
 from tests.engine import ledger
 from tests.engine.conftest import running_worker
@@ -262,8 +261,11 @@ def test_a_worker_killed_with_sigkill_mid_handler_applies_every_entry_exactly_on
             timeout=20,
         )
         after = [make_entry(domain, f"after-{i}") for i in range(3)]
-        relay_now(celery, domain)  # the worker's processes are busy: relay from here
-        assert {r["status"] for r in outbox_rows_of(domain)} == {PUBLISHED}  # all in the broker
+        relay_now(celery, domain)  # beside the worker's relay loop, which may hold some rows
+        wait_until(
+            lambda: {r["status"] for r in outbox_rows_of(domain)} == {PUBLISHED},
+            message="every row in the broker",
+        )
 
         assert first.kill() == -signal.SIGKILL
         assert applied(domain, slow) is None  # killed before its commit
@@ -325,9 +327,9 @@ def test_commits_succeed_while_the_broker_is_down_and_every_row_is_delivered_onc
         if r.name == "tidings.kick"
         and r.levelname == "WARNING"
         and r.exc_info
-        and isinstance(r.exc_info[1], OperationalError)
+        and isinstance(r.exc_info[1], redis.ConnectionError)
     ]
-    # the relay kicks failed and were logged (wake-ups arriving meanwhile are merged into one)
+    # the relay wake-ups failed and were logged (wake-ups arriving meanwhile are merged into one)
     assert 1 <= len(kick_failures) <= len(entries)
     rows = outbox_rows_of(domain)
     assert [r["status"] for r in rows] == [PENDING] * len(entries)
@@ -352,18 +354,10 @@ def test_commits_succeed_while_the_broker_is_down_and_every_row_is_delivered_onc
     t = domain.outbox_database.outbox_table
     with domain.outbox_database.engine.begin() as conn:
         conn.execute(sa.update(t).values(next_attempt_at=datetime.now(UTC)))
-    with running_worker(live):
-        published: list[int] = []  # one relay tick per poll, as beat would run them
-
-        def relay_tick() -> bool:
-            published.append(relay_now(live, domain))
-            return sum(published) >= len(entries)
-
-        wait_until(relay_tick, timeout=15, message="the relay to publish every pending row")
+    with running_worker(live):  # its relay loop publishes them; no kick needed
         wait_until(
             lambda: all(applied(domain, e) is not None for e in entries), message="every entry applied"
         )
-    assert sum(published) == len(entries)
     assert [applied(domain, e) for e in entries] == [1] * len(entries)
     assert inbox_count(domain) == len(entries)
     rows = outbox_rows_of(domain)

@@ -1,5 +1,5 @@
 """The relay's hot path: pipelined publishing that never marks unsent rows, and one pending
-relay kick at a time instead of one per commit."""
+relay wake-up at a time instead of one per commit."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import threading
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 import redis
 
 from tests.services import REDIS_URL, require_redis
 from tests.shop import build_shop
-from tidings.app.kick import KickGate
+from tidings.app.kick import RedisWake
 from tidings.outbox.relay import Backoff, MemoryOutbox
 from tidings.outbox.tables import PENDING, PUBLISHED
-from tidings.tasks.naming import queue_name, relay_queue
+from tidings.tasks.naming import queue_name
 from tidings.tasks.relay import relay_now
 
 
@@ -68,24 +69,26 @@ def test_a_failed_flush_leaves_the_whole_batch_pending_with_the_error_recorded()
     assert "broker went away" in outbox.rows[0]["last_error"]
 
 
-def test_a_commit_while_a_kick_is_pending_does_not_kick_again_until_the_relay_starts():
+def test_many_signals_leave_one_wake_up_and_a_wait_consumes_it():
     require_redis()
-    gate = KickGate(REDIS_URL, f"tidings-test-{uuid.uuid4().hex[:8]}:relay-kick")
+    key = f"tidings-test-{uuid.uuid4().hex[:8]}:relay-wake"
+    wake, client = RedisWake(REDIS_URL, key), redis.Redis.from_url(REDIS_URL)
     try:
-        assert gate.should_kick() is True
-        assert gate.should_kick() is False
-        gate.relay_starting()
-        assert gate.should_kick() is True
+        for _ in range(5):
+            wake.signal()
+        assert client.llen(key) == 1
+        assert wake.wait(1.0) is True
+        assert wake.wait(0.05) is False  # nothing pending: it times out
     finally:
-        gate.relay_starting()
+        client.delete(key)
 
 
-def test_the_gate_kicks_anyway_when_redis_cannot_be_reached():
-    gate = KickGate("redis://127.0.0.1:1/0", "unreachable:relay-kick")
-    assert gate.should_kick() is True
+def test_a_wait_on_an_unreachable_redis_raises_so_the_loop_falls_back_to_polling():
+    with pytest.raises(redis.ConnectionError):
+        RedisWake("redis://127.0.0.1:1/0", "unreachable:relay-wake").wait(0.05)
 
 
-def test_many_commits_queue_one_relay_kick_and_one_relay_publishes_them_all(
+def test_many_commits_push_one_wake_up_and_one_relay_publishes_them_all(
     use_provider, redis_app, redis_prefix
 ):
     shop = use_provider(build_shop("async", "sync"))
@@ -97,8 +100,9 @@ def test_many_commits_queue_one_relay_kick_and_one_relay_publishes_them_all(
         for order in orders:
             order.ship_order()
             shop.repository_for(Order).add(order)
-    assert shop.engine.kicker.wait_idle(timeout=10)  # kicks are sent from the kicker's thread
-    assert client.llen(f"{redis_prefix}{relay_queue(shop)}") == 1
+    assert shop.engine.kicker.wait_idle(timeout=10)  # wake-ups are sent from the kicker's thread
+    assert client.llen(f"{redis_prefix}tidings:{shop.name}:relay-wake") == 1
+    assert not any(k.endswith(b".outbox") for k in client.keys(f"{redis_prefix}*"))  # no relay task
 
     handler = shop.registry["event_handler"]["ManageInventory"]
     assert relay_now(celery, shop) == 5
