@@ -186,7 +186,7 @@ def _age(oldest: datetime | None, now: datetime) -> float:
         return 0.0
     if oldest.tzinfo is None:  # SQLite returns naive datetimes
         oldest = oldest.replace(tzinfo=UTC)
-    return round(max(0.0, (now - oldest).total_seconds()), 1)
+    return max(0.0, (now - oldest).total_seconds())  # rounded where it is shown
 
 
 @contextmanager

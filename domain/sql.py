@@ -62,7 +62,9 @@ def make_engine(uri: str) -> sa.Engine:
     def _on_begin(conn: sa.Connection) -> None:
         # SQLite has no row locks: taking the write lock up front serialises writers safely
         # (a deferred transaction that upgrades later can fail at once with SQLITE_BUSY).
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # ... except a transaction that only reads (outbox.tables.READ_ONLY)
+        reading = conn.get_execution_options().get("tidings_read_only", False)
+        conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from tidings.outbox.relay import HasEngine
+from tidings.outbox.tables import READ_ONLY
 
 
 class DeadLetters(Protocol):
@@ -168,7 +169,7 @@ class SqlDeadLetters:
     def counts(self) -> dict[str, int]:
         t = self.table
         query = sa.select(t.c.queue, sa.func.count()).where(*self._own(None)).group_by(t.c.queue)
-        with self.source.engine.connect() as conn:
+        with self.source.engine.connect().execution_options(**READ_ONLY) as conn:
             return {queue: int(n) for queue, n in conn.execute(query).all()}
 
 

@@ -26,7 +26,7 @@ from tidings.outbox.delivery import (
     grouped,
 )
 from tidings.outbox.relay import HasEngine
-from tidings.outbox.tables import PENDING, PUBLISHED
+from tidings.outbox.tables import PENDING, PUBLISHED, READ_ONLY
 from tidings.outbox.writer import EXTERNAL_PREFIX, is_external
 
 __all__ = [
@@ -172,7 +172,7 @@ class SqlDeliveryLog:
         query = sa.select(sa.func.count(), failed, sa.func.min(o.c.created_at)).where(
             o.c.domain == self.domain, o.c.status == PENDING
         )
-        with self.source.engine.connect() as conn:
+        with self.source.engine.connect().execution_options(**READ_ONLY) as conn:
             pending, failing, oldest = conn.execute(query).one()
         return PendingSummary(int(pending), int(failing), oldest)
 
@@ -196,7 +196,7 @@ class SqlDeliveryLog:
             .group_by(r.c.handler)
         )
         found: dict[str, Backlog] = {}
-        with self.source.engine.connect() as conn:
+        with self.source.engine.connect().execution_options(**READ_ONLY) as conn:
             for handler, n, oldest in conn.execute(sa.union_all(pending, unhandled)).all():
                 found[handler] = found.get(handler, Backlog()).plus(int(n), oldest)
         return found
@@ -214,7 +214,7 @@ class SqlDeliveryLog:
             .order_by(o.c.published_at)
             .limit(1)
         )
-        with self.source.engine.connect() as conn:
+        with self.source.engine.connect().execution_options(**READ_ONLY) as conn:
             return conn.execute(query).scalar()
 
 

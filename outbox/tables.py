@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+# Execution options of a transaction that only reads (`tidings status`, the metrics' gauges):
+# on SQLite it begins DEFERRED instead of IMMEDIATE, so a reading never waits for the write
+# lock a running handler or relay round holds (WAL readers do not block). Other databases
+# ignore it.
+READ_ONLY = {"tidings_read_only": True}
+
 PENDING, PUBLISHED = "pending", "published"
 
 
