@@ -171,14 +171,8 @@ def replay_entries(celery: Celery, queue: str, message_id: str | None = None, li
             entry = decoded(message, queue)
             if not matches(entry, message_id):
                 continue
-            reason = unreplayable(celery, entry)
-            if reason:
-                outcome.skipped.append((entry.get("entry_id"), reason))
-                log.warning("%s: DLQ entry %s not replayed: %s", queue, entry.get("entry_id"), reason)
+            if not _republish(celery, producer, queue, entry, outcome):
                 continue
-            celery.send_task(
-                entry["task"], args=[entry["body"]], queue=entry["queue"], producer=producer, retries=0
-            )
             message.ack()
             outcome.replayed += 1
     return outcome
@@ -193,14 +187,8 @@ def _replay_table(celery: Celery, store: Any, queue: str, message_id: str | None
         for entry in list_entries(celery, queue, limit):
             if not matches(entry, message_id):
                 continue
-            reason = unreplayable(celery, entry)
-            if reason:
-                outcome.skipped.append((entry.get("entry_id"), reason))
-                log.warning("%s: DLQ entry %s not replayed: %s", queue, entry.get("entry_id"), reason)
+            if not _republish(celery, producer, queue, entry, outcome):
                 continue
-            celery.send_task(
-                entry["task"], args=[entry["body"]], queue=entry["queue"], producer=producer, retries=0
-            )
             store.delete([entry["entry_id"]])
             gone.append(entry["entry_id"])
             outcome.replayed += 1
@@ -242,3 +230,15 @@ def purge(celery: Celery, queue: str) -> int:
 
 def as_text(entry: dict[str, Any]) -> str:
     return json.dumps(entry, indent=2, default=str)
+
+
+def _republish(celery: Celery, producer: Any, queue: str, entry: dict[str, Any], outcome: Replayed) -> bool:
+    """Send one entry back to its handler with the retry count reset; False (recorded in
+    `outcome.skipped`, logged) when it cannot be replayed. The caller then removes it."""
+    reason = unreplayable(celery, entry)
+    if reason:
+        outcome.skipped.append((entry.get("entry_id"), reason))
+        log.warning("%s: DLQ entry %s not replayed: %s", queue, entry.get("entry_id"), reason)
+        return False
+    celery.send_task(entry["task"], args=[entry["body"]], queue=entry["queue"], producer=producer, retries=0)
+    return True

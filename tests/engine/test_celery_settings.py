@@ -36,9 +36,9 @@ WEAKENING: dict[str, Any] = {
     "task_reject_on_worker_lost": None,
     "task_retry_on_worker_lost": False,
     "task_acks_on_timeout": False,
-    "task_serializer": "pickle",
+    "task_serializer": "msgpack",
     "result_serializer": "yaml",
-    "event_serializer": "pickle",
+    "event_serializer": "yaml",
     "accept_content": ["json", "application/x-python-serialize"],  # Python object serialization
     "result_accept_content": ["application/x-python-serialize"],
 }
