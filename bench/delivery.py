@@ -20,7 +20,16 @@ import sqlalchemy as sa
 
 from bench import naive
 from bench.harness import REDIS_URL, Report, engine_for, percentile, redis_prefix, scratch_database, wait_for
-from bench.scenarios import PRODUCERS, Pipeline, _drain, _paced, _warm_up, naive_pipeline, tidings_pipeline
+from bench.scenarios import (
+    PRODUCERS,
+    Pipeline,
+    _drain,
+    _flat_out,
+    _paced,
+    _warm_up,
+    naive_pipeline,
+    tidings_pipeline,
+)
 
 TEN = 10
 LATENCY_EVENTS = 1000  # per run, at 100/s: 10 s
@@ -47,27 +56,6 @@ def _cpu_seconds() -> dict[str, float]:
             continue
         totals[role] = totals.get(role, 0.0) + times.user + times.system
     return totals
-
-
-def _flat_out(pipe: Pipeline, n: int, per_event: int) -> tuple[float, float, dict[str, float]]:
-    """bench.scenarios._flat_out plus the CPU ms per event of each process."""
-    pipe.reset()
-    counts = [n // PRODUCERS + (i < n % PRODUCERS) for i in range(PRODUCERS)]
-    threads = [threading.Thread(target=lambda k=k: [pipe.produce() for _ in range(k)]) for k in counts]
-    cpu_before = _cpu_seconds()
-    start = time.time()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    produced = time.time() - start
-    wait_for(lambda: pipe.handled(per_event) >= n, 60 + n / 10, f"{n} events handled", interval=0.05)
-    cpu_after = _cpu_seconds()
-    time.sleep(0.5)  # a duplicate delivery would show up as a second application
-    pipe.check_exactly_once(n, per_event)
-    last = max(pipe.handled_at().values())
-    cpu = {k: (cpu_after[k] - cpu_before.get(k, 0.0)) * 1000 / n for k in cpu_after}
-    return n / (last - start), n / produced, cpu
 
 
 def _drain_rate(pipe: Pipeline) -> float:
@@ -131,7 +119,7 @@ def _naive_round(report: Report, n: int) -> None:
     with scratch_database() as url, redis_prefix() as prefix:
         with naive_pipeline(url, prefix) as pipe:
             _warm_up(pipe, 1)
-            handled, committed, cpu = _flat_out(pipe, n, 1)
+            handled, committed, cpu = _flat_out(pipe, n, 1, _cpu_seconds)
             report.add("naive: live handled/s", "events/s", handled)
             report.add("naive: producer commits/s", "events/s", committed)
             for role, ms in cpu.items():
@@ -160,7 +148,7 @@ def _tidings_round(report: Report, n: int) -> None:
             tidings_pipeline(url, prefix, handlers, profile, workers=workers) as pipe,
         ):
             _warm_up(pipe, handlers)
-            handled, committed, cpu = _flat_out(pipe, n, handlers)
+            handled, committed, cpu = _flat_out(pipe, n, handlers, _cpu_seconds)
             report.add(f"{label}: live handled/s", "events/s", handled)
             report.add(f"{label}: producer commits/s", "events/s", committed)
             for role, ms in cpu.items():

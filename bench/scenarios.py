@@ -197,23 +197,29 @@ def tidings_pipeline(
     return Running()
 
 
-def _flat_out(pipe: Pipeline, n: int, per_event: int) -> tuple[float, float]:
+def _flat_out(
+    pipe: Pipeline, n: int, per_event: int, cpu_seconds: Callable[[], dict[str, float]] = dict
+) -> tuple[float, float, dict[str, float]]:
     """N events committed by PRODUCERS threads; (events/s first commit -> last handled,
-    producer commits/s). Fails unless every event was applied exactly `per_event` times."""
+    producer commits/s, CPU ms per event of each process `cpu_seconds` reads: role -> seconds).
+    Fails unless every event was applied exactly `per_event` times."""
     pipe.reset()
     counts = [n // PRODUCERS + (i < n % PRODUCERS) for i in range(PRODUCERS)]
     threads = [threading.Thread(target=lambda k=k: [pipe.produce() for _ in range(k)]) for k in counts]
+    cpu_before = cpu_seconds()
     start = time.time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     produced = time.time() - start
-    wait_for(lambda: pipe.handled(per_event) >= n, 60 + n / 20, f"{n} events handled", interval=0.05)
+    wait_for(lambda: pipe.handled(per_event) >= n, 60 + n / 10, f"{n} events handled", interval=0.05)
+    cpu_after = cpu_seconds()
     time.sleep(0.5)  # a duplicate delivery would show up as a second application
     pipe.check_exactly_once(n, per_event)
     last = max(pipe.handled_at().values())
-    return n / (last - start), n / produced
+    cpu = {k: (cpu_after[k] - cpu_before.get(k, 0.0)) * 1000 / n for k in cpu_after}
+    return n / (last - start), n / produced, cpu
 
 
 def _warm_up(pipe: Pipeline, per_event: int) -> None:
@@ -229,7 +235,7 @@ def naive_baseline(n: int, runs: int) -> Report:
     with scratch_database() as url, redis_prefix() as prefix, naive_pipeline(url, prefix) as pipe:
         _warm_up(pipe, 1)
         for _ in range(runs):
-            handled, committed = _flat_out(pipe, n, 1)
+            handled, committed, _ = _flat_out(pipe, n, 1)
             report.add("end-to-end handled/s", "events/s", handled)
             report.add("producer commits/s", "events/s", committed)
         for _ in range(runs):
@@ -263,7 +269,7 @@ def end_to_end(n: int, runs: int) -> Report:
         ):
             _warm_up(pipe, handlers)
             for _ in range(runs):
-                handled, committed = _flat_out(pipe, n, handlers)
+                handled, committed, _ = _flat_out(pipe, n, handlers)
                 report.add(f"{label}: handled/s", "events/s", handled)
                 report.add(f"{label}: producer commits/s", "events/s", committed)
     return report
