@@ -162,8 +162,8 @@ def relay_loop_step(loop: RelayLoop, queue: str) -> type[bootsteps.StartStopStep
         label = "tidings relay loop"
 
         def include_if(self, worker: Any) -> bool:
-            selected = worker.app.amqp.queues.consume_from  # None: no -Q, every queue
-            return selected is None or queue in selected
+            # without -Q a worker consumes every declared queue, the relay's among them
+            return queue in worker.app.amqp.queues.consume_from
 
         def create(self, worker: Any) -> RelayLoop:
             return loop  # bootsteps start, stop and terminate `obj`

@@ -153,3 +153,29 @@ def test_while_traffic_is_live_a_lingering_loop_waits_before_its_next_round():
         loop.stop()
     gaps = [b - a for a, b in zip(first, first[1:], strict=False)]
     assert min(gaps) >= 0.05  # a sleep's lower bound: each live round waited for more rows
+
+
+def test_only_a_worker_consuming_the_relay_queue_runs_the_loop():
+    """Under `tidings server` each lane is a worker with its own -Q list: the relay's lane runs
+    the loop, a handler's lane does not (every one would claim each second otherwise)."""
+    from celery import Celery
+    from kombu import Queue
+
+    from tidings.app.relay_loop import relay_loop_step
+
+    step_class = relay_loop_step(RelayLoop(lambda: 0, PollWake(poll=60.0), idle=60.0, name="t"), "t.outbox")
+    verdicts = {}
+    for selected in (None, ["t.outbox", "t.apply"], ["t.apply"]):
+        app = Celery("t", broker="memory://", set_as_current=False)
+        app.conf.task_queues = [Queue("t.outbox"), Queue("t.apply")]
+        app.conf.task_default_queue = "t.outbox"  # as app/factory.py declares them
+        if selected is not None:
+            app.amqp.queues.select(selected)  # what `celery worker -Q` does before the bootsteps
+
+        class Worker:  # the part of a WorkController the step reads
+            pass
+
+        worker = Worker()
+        worker.app = app  # type: ignore[attr-defined]
+        verdicts[tuple(selected or ())] = step_class(worker).include_if(worker)
+    assert verdicts == {(): True, ("t.outbox", "t.apply"): True, ("t.apply",): False}
