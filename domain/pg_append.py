@@ -15,13 +15,16 @@ version k+1 under a smaller position. The append refuses that in the same statem
 inserts only where the stream's last event has a smaller position), and the caller raises
 ExpectedVersionError: the unit of work re-runs in a new transaction, whose id is newer.
 
-The events and the commit's outbox rows go in one statement (one round trip); the statement
-text is built once per shape (number of events, number of outbox rows) and cached.
+The events, the commit's outbox rows and the rows of the aggregates it created go in one
+statement (one round trip); the statement text is built once per shape (number of events and
+outbox rows, the tables of the new rows) and cached, and sent as a prepared statement
+(`tidings.domain.pg_prepared`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -57,11 +60,23 @@ _OUTBOX_COLUMNS = (
 )
 
 
+Insert = tuple[str, tuple[str, ...]]  # a new row's table and its columns (quoted names)
+
+
 @lru_cache(maxsize=256)
-def append_statement(event_table: str, outbox_table: str, events: int, rows: int) -> str:
-    """The text (pyformat parameters) appending `events` events and inserting `rows` outbox rows;
-    it returns one row: how many events it appended (fewer than `events`: out of stream order)."""
-    parts = []
+def append_statement(
+    event_table: str, outbox_table: str, events: int, rows: int, inserts: tuple[Insert, ...] = ()
+) -> str:
+    """The text (pyformat parameters) appending `events` events, inserting `rows` outbox rows
+    and one row per `inserts` (`ON CONFLICT DO NOTHING`); it returns one row: how many events
+    it appended (fewer than `events`: out of stream order), then 0 or 1 per new row (0: its
+    key or a unique value is taken)."""
+    parts = [
+        f"new{i} AS (INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(f'%(n{i}_{j})s' for j in range(len(columns)))}) "
+        f"ON CONFLICT DO NOTHING RETURNING 1)"
+        for i, (table, columns) in enumerate(inserts)
+    ]
     if events:
         values = ", ".join(
             "(" + ", ".join(_cast(f, f"%(e{i}_{f})s") for f in _EVENT_FIELDS) + ")" for i in range(events)
@@ -85,8 +100,9 @@ def append_statement(event_table: str, outbox_table: str, events: int, rows: int
             f"relayed AS (INSERT INTO {outbox_table} ({', '.join(_OUTBOX_COLUMNS)}) VALUES {values} "
             f"RETURNING 1)"
         )
-    counted = "(SELECT count(*) FROM appended)" if events else "0"
-    return f"WITH {', '.join(parts)} SELECT {counted}"
+    counted = ["(SELECT count(*) FROM appended)" if events else "0"]
+    counted += [f"(SELECT count(*) FROM new{i})" for i in range(len(inserts))]
+    return f"WITH {', '.join(parts)} SELECT {', '.join(counted)}"
 
 
 def _cast(field: str, placeholder: str) -> str:
@@ -95,11 +111,17 @@ def _cast(field: str, placeholder: str) -> str:
 
 
 def append_parameters(
-    records: list[dict[str, Any]], first_rank: int, rows: list[dict[str, Any]]
+    records: list[dict[str, Any]],
+    first_rank: int,
+    rows: list[dict[str, Any]],
+    new_rows: Sequence[tuple[Any, ...]] = (),
 ) -> dict[str, Any]:
     """The parameters of `append_statement` for these records (ranked from `first_rank` in this
-    transaction) and outbox rows."""
+    transaction), outbox rows and new rows (their values, as the driver takes them, in the
+    order of their `inserts` columns)."""
     params: dict[str, Any] = {}
+    for i, values in enumerate(new_rows):
+        params.update({f"n{i}_{j}": value for j, value in enumerate(values)})
     seen: dict[str, int] = {}
     for i, record in enumerate(records):
         seq = seen.get(record["stream"], 0)

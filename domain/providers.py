@@ -130,7 +130,7 @@ def _database(name: str, settings: DatabaseSettings) -> Database:
     if provider == "memory":
         return MemoryDatabase(name)
     if provider in SQL_PROVIDERS and settings.database_uri:
-        return SqlDatabase(name, settings.database_uri)
+        return SqlDatabase(name, settings.database_uri, prepared=settings.prepared_statements)
     raise ConfigurationError(
         f"databases.{name}.provider {provider!r} is not one of memory, {', '.join(SQL_PROVIDERS)}"
     )
@@ -149,7 +149,8 @@ def _event_store(settings: EventStoreSettings, default: Database) -> EventStore:
     uri = settings.database_uri
     shared = isinstance(default, SqlDatabase) and uri in (None, "", default.uri)
     # parsing does not require the URI of a SQL event store apart from a non-SQL default yet
-    store = default if shared else SqlDatabase("event_store", uri)  # type: ignore[arg-type]
+    prepared = default.prepared if isinstance(default, SqlDatabase) else True
+    store = default if shared else SqlDatabase("event_store", uri, prepared=prepared)  # type: ignore[arg-type]
     assert isinstance(store, SqlDatabase)
     store.add_event_store()
     return store

@@ -96,10 +96,15 @@ class BrokerSettings(FrozenModel):
 
 # ---- storage -----------------------------------------------------------------------------------
 class DatabaseSettings(FrozenModel):
-    """`[databases.<name>]`: `memory`, or `sqlite`/`postgresql` with a `database_uri`."""
+    """`[databases.<name>]`: `memory`, or `sqlite`/`postgresql` with a `database_uri`.
+
+    `prepared_statements` (PostgreSQL): the write path's statements are prepared once per
+    connection (`tidings.domain.pg_prepared`); switch off behind a pooler that shares server
+    connections between clients (PgBouncer in transaction mode)."""
 
     provider: DatabaseProvider = "memory"
     database_uri: str | None = None
+    prepared_statements: Flag = True
 
 
 class EventStoreSettings(FrozenModel):

@@ -72,9 +72,12 @@ def make_engine(uri: str) -> sa.Engine:
 class SqlDatabase:
     """Tables for the models it stores, plus the event store, outbox and inbox when asked."""
 
-    def __init__(self, name: str, uri: str, metadata: sa.MetaData | None = None) -> None:
+    def __init__(
+        self, name: str, uri: str, metadata: sa.MetaData | None = None, prepared: bool = True
+    ) -> None:
         self.name = name
         self.uri = uri
+        self.prepared = prepared  # PostgreSQL: the write path's statements prepared once per connection
         self.metadata = metadata or sa.MetaData()
         self._engine: sa.Engine | None = None
         self.event_store_table: sa.Table | None = None

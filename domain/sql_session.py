@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from tidings.domain import pg_append
+from tidings.domain import pg_append, pg_prepared
 from tidings.domain.database import Row
 from tidings.domain.errors import ExpectedVersionError, IncorrectUsageError, TidingsError
 from tidings.domain.ports import CommandKey
@@ -28,8 +28,15 @@ class TransactionSession:
 
     def __init__(self, db: Any) -> None:
         self.db = db
-        self.conn = db.engine.connect()
-        self.trans = self.conn.begin()
+        self._conn = db.engine.connect()
+        self.trans = self._conn.begin()
+
+    @property
+    def conn(self) -> sa.Connection:
+        """The transaction's connection, once the writes held back are sent: whoever uses it
+        (a read of this session, a handler's own SQL) sees them."""
+        self.flush()
+        return self._conn
 
     def flush(self) -> None:
         """Send the writes held back for one round trip (none here)."""
@@ -39,24 +46,26 @@ class TransactionSession:
             self.flush()
             self.trans.commit()
         finally:
-            self.conn.close()
+            self._conn.close()
 
     def rollback(self) -> None:
         try:
             self.trans.rollback()
         finally:
-            self.conn.close()
+            self._conn.close()
 
 
 class SqlSession(TransactionSession):
-    """On PostgreSQL the events and outbox rows of a commit are held back and sent as one
-    statement by `flush` (see `tidings.domain.pg_append`); SQLite writes them at once."""
+    """On PostgreSQL the rows of new aggregates, the events and the outbox rows of a commit are
+    held back and sent as one statement by `flush` (see `tidings.domain.pg_append`), before
+    anything else uses the connection; SQLite writes them at once."""
 
     def __init__(self, db: Any) -> None:
         super().__init__(db)
-        self.batched = self.conn.dialect.name == "postgresql"
+        self.batched = self._conn.dialect.name == "postgresql"
         self.events: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
+        self.new_rows: list[tuple[sa.Table, dict[str, Any]]] = []  # versioned rows to insert
         self.ranked = 0  # events this transaction appended so far (their rank in it)
 
     @staticmethod
@@ -109,13 +118,22 @@ class SqlSession(TransactionSession):
             if self.conn.execute(update, {**data, _IDENTITY: identity}).rowcount == 1:
                 return 0
         values = {**data, **({VERSION_COLUMN: 0} if versioned else {})}
+        if versioned and self.batched:
+            self.new_rows.append((t, values))  # sent by `flush`, with the events and outbox rows
+            return 0
         # ON CONFLICT DO NOTHING instead of a savepoint: one round trip instead of three on the
         # write path, and the transaction stays usable to find out which value clashed.
         if self._insert_new(t, values) == 1:
             return 0
-        if self.conn.execute(sa.select(pk).where(pk == identity)).first():
-            raise ExpectedVersionError(f"{table} {identity} already exists")
-        raise DuplicateValueError(f"{table}: a unique value is already taken")
+        self._refuse_insert(t, identity)
+        return 0  # unreachable: _refuse_insert raises
+
+    def _refuse_insert(self, t: sa.Table, identity: Any) -> None:
+        """A new row was not inserted: its identity, or else a unique value, is taken."""
+        pk = _pk(t)
+        if self._conn.execute(sa.select(pk).where(pk == identity)).first():
+            raise ExpectedVersionError(f"{t.name} {identity} already exists")
+        raise DuplicateValueError(f"{t.name}: a unique value is already taken")
 
     def _insert_new(self, t: sa.Table, values: dict[str, Any]) -> int:
         """Insert unless a unique key clashes; returns the number of rows inserted (0 or 1)."""
@@ -165,15 +183,17 @@ class SqlSession(TransactionSession):
             self.conn.execute(sa.insert(self.db.outbox_table), rows)
 
     def flush(self) -> None:
-        """PostgreSQL: append the held-back events and insert the outbox rows in one statement.
+        """PostgreSQL: insert the held-back new rows, append the events and insert the outbox
+        rows in one statement.
 
         Raises ExpectedVersionError when an event would land out of its stream's order (see
-        `tidings.domain.pg_append`) or a concurrent transaction took its stream position.
+        `tidings.domain.pg_append`), a concurrent transaction took its stream position or a new
+        row's identity is taken; DuplicateValueError when a new row's unique value is taken.
         """
-        events, rows = self.events, self.outbox
-        if not events and not rows:
+        events, rows, new = self.events, self.outbox, self.new_rows
+        if not events and not rows and not new:
             return
-        self.events, self.outbox = [], []
+        self.events, self.outbox, self.new_rows = [], [], []
         first = self.ranked
         self.ranked += len(events)
         if self.ranked > pg_append.MAX_RANK:
@@ -185,25 +205,49 @@ class SqlSession(TransactionSession):
             self._name(self.db.outbox_table) if rows else "",
             len(events),
             len(rows),
+            tuple(self._insert_shape(t, values) for t, values in new),
+        )
+        params = pg_append.append_parameters(
+            events, first, rows, [self._driver_values(t, values) for t, values in new]
         )
         try:
-            appended = self.conn.exec_driver_sql(
-                statement, pg_append.append_parameters(events, first, rows)
-            ).scalar_one()
+            if self.db.prepared:
+                counts = pg_prepared.execute(self._conn, statement, params).one()
+            else:
+                counts = self._conn.exec_driver_sql(statement, params).one()
         except IntegrityError as exc:
             if _constraint(exc) == STREAM_POSITION_KEY:
                 raise ExpectedVersionError(
                     "a concurrent transaction appended to the same stream; run again"
                 ) from exc
             raise
-        if appended != len(events):
+        inserted: tuple[int, ...] = tuple(counts[1:])
+        for (t, values), count in zip(new, inserted, strict=True):
+            if count != 1:
+                self._refuse_insert(t, values[_pk(t).name])
+        if counts[0] != len(events):
             raise ExpectedVersionError(
                 "a newer transaction appended to the same stream first; run again in a new one"
             )
 
     def _name(self, table: sa.Table | None) -> str:
         assert table is not None
-        return self.conn.dialect.identifier_preparer.format_table(table)
+        return self._conn.dialect.identifier_preparer.format_table(table)
+
+    def _insert_shape(self, t: sa.Table, values: dict[str, Any]) -> pg_append.Insert:
+        quote = self._conn.dialect.identifier_preparer.quote
+        return self._name(t), tuple(quote(c) for c in values)
+
+    def _driver_values(self, t: sa.Table, values: dict[str, Any]) -> tuple[Any, ...]:
+        """The values as SQLAlchemy would bind them (JSON columns serialised, ...)."""
+        processors = self.db.prebuilt(
+            ("bind processors", t.name),
+            lambda: {c.name: c.type.bind_processor(self._conn.dialect) for c in t.columns},
+        )
+        return tuple(
+            value if (process := processors[name]) is None else process(value)
+            for name, value in values.items()
+        )
 
     def mark_processed(self, handler: str, message_id: str) -> bool:
         return (

@@ -15,10 +15,14 @@ from tidings.tasks.naming import task_name
 ran: list[str] = []
 
 
-def build_notes(url: str) -> Domain:
+def build_notes(url: str, prepared: bool = True) -> Domain:
     domain = Domain("notes")
     domain.config["event_processing"] = "async"
-    domain.config["databases"]["default"] = {"provider": "postgresql", "database_uri": url}
+    domain.config["databases"]["default"] = {
+        "provider": "postgresql",
+        "database_uri": url,
+        "prepared_statements": prepared,
+    }
     domain.config["event_store"] = {"provider": "postgresql"}
 
     @domain.event(part_of="Note")
@@ -88,12 +92,50 @@ def write_note(domain: Domain) -> str:
         return domain.repository_for(note_cls).add(note_cls.write()).id
 
 
-def test_a_producer_commit_of_an_aggregate_and_its_event_is_four_round_trips(notes):
+def _stored(domain: Domain) -> tuple[int, ...]:
+    with domain.databases["default"].engine.connect() as conn:
+        return tuple(
+            conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one()
+            for t in ("note", "tidings_event_store", "tidings_outbox")
+        )
+
+
+def test_a_producer_commit_of_an_aggregate_and_its_event_is_three_round_trips(notes):
     domain, trips = notes
-    write_note(domain)  # the first commit connects; the count is for every later one
+    first = trips.during(lambda: write_note(domain))  # a new connection prepares the statement
+    assert [s.split()[0] for s in first] == ["BEGIN", "PREPARE", "EXECUTE", "COMMIT"]
     sent = trips.during(lambda: write_note(domain))
-    # the aggregate row; then the event, its stream position and its outbox row in one statement
-    assert sent == ["BEGIN", "INSERT INTO note", "WITH appended AS", "COMMIT"]
+    # the aggregate row, the event, its stream position and its outbox row: one statement
+    assert [s.split()[0] for s in sent] == ["BEGIN", "EXECUTE", "COMMIT"]
+    assert first[1].split()[1] == sent[1].split()[1]  # the statement prepared first
+    assert _stored(domain) == (2, 2, 2)
+
+
+def test_without_prepared_statements_the_commit_sends_the_statement_text(postgres_url):
+    domain = build_notes(postgres_url, prepared=False)
+    domain.drop_tables()
+    domain.create_tables()
+    trips = RoundTrips(domain.databases["default"].engine)
+    try:
+        for _ in range(2):  # the first commit too: nothing is prepared
+            assert trips.during(lambda: write_note(domain)) == ["BEGIN", "WITH new0 AS", "COMMIT"]
+        assert _stored(domain) == (2, 2, 2)
+    finally:
+        domain.drop_tables()
+        domain.dispose()
+
+
+def test_a_statement_deallocated_behind_the_pool_fails_one_commit_then_is_prepared_again(notes):
+    domain, trips = notes
+    write_note(domain)
+    with domain.databases["default"].engine.connect() as conn:  # the pool's one connection
+        conn.exec_driver_sql("DEALLOCATE ALL")  # what a pooler's DISCARD ALL does
+        conn.commit()
+    with pytest.raises(sa.exc.DBAPIError, match="does not exist"):
+        write_note(domain)
+    sent = trips.during(lambda: write_note(domain))  # the caller's retry
+    assert [s.split()[0] for s in sent] == ["BEGIN", "PREPARE", "EXECUTE", "COMMIT"]
+    assert _stored(domain) == (2, 2, 2)  # the failed commit wrote nothing
 
 
 def test_a_handled_message_is_three_round_trips_around_the_handler(notes):
