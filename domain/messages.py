@@ -37,6 +37,10 @@ class Envelopes:
         event._message = message
         return message
 
+    def stream_of(self, event: Any, aggregate: Any) -> str:
+        """The stream `event` goes to when `aggregate` raised it (as `event` builds it)."""
+        return f"{self.names.category(self.names.part_of(type(event)))}-{aggregate.identity}"
+
     def command(
         self,
         command: Any,

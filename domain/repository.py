@@ -73,13 +73,16 @@ class Repository(Generic[T]):
         """The envelopes to commit; an event that got its envelope at `raise_()` keeps that
         envelope's id, time and causation (the sequence is the version just saved)."""
         messages, ids = [], set()
+        envelopes = self.bus.envelopes
         for event in events:
             raised = event._message if event._raised else None
-            message = self.bus.envelopes.event(event, obj)
-            if raised is not None and raised.stream == message.stream and raised.id not in ids:
-                keep = ("id", "time", "correlation_id", "causation_id", "origin_stream")
-                message = message.model_copy(update={k: getattr(raised, k) for k in keep})
+            if raised is not None and raised.stream == envelopes.stream_of(event, obj) and raised.id not in ids:
+                # the envelope built at raise_(), numbered now: the event is frozen, so its
+                # data and checksum stand (building it again was a tenth of a commit's Python)
+                message = raised.model_copy(update={"sequence": obj.version})
                 event._message = message
+            else:
+                message = envelopes.event(event, obj)
             event._raised = False
             ids.add(message.id)
             messages.append(message)
