@@ -99,7 +99,7 @@ EXIT_GRACE_SECONDS = 5.0  # how long an exiting process waits for its last wake-
 # due anyway, and each wake-up is a broker round trip for the committing process (a fifth of a
 # flat-out producer's Python time when every commit sent one). At 100 commits/s and below no
 # wake-up waits; above, one waits at most this long.
-MIN_GAP_SECONDS = 0.003
+MIN_GAP_SECONDS = 0.005
 
 
 class Kicker:

@@ -139,6 +139,7 @@ def _tidings_round(report: Report, n: int) -> None:
         ("tidings 1 handler", 1, None, 1),
         (f"tidings {TEN} handlers", TEN, None, 1),
         ("tidings batch profile", 1, "batch", 1),
+        (f"tidings batch profile, {TEN} handlers", TEN, "batch", 1),
         ("tidings 2 workers", 1, None, 2),
     ]
     for label, handlers, profile, workers in variants:
@@ -184,6 +185,11 @@ def _ratios(report: Report) -> None:
             f"tidings {TEN} handlers: {live}",
             f"tidings 1 handler: {live}",
         ),
+        (
+            f"batch {TEN} handlers / batch 1 handler",
+            f"tidings batch profile, {TEN} handlers: {live}",
+            f"tidings batch profile: {live}",
+        ),
         ("2 workers / 1 worker", f"tidings 2 workers: {live}", f"tidings 1 handler: {live}"),
         ("1 handler live / ceiling", f"tidings 1 handler: {live}", "ceiling: no-op tasks drained/s"),
         ("naive live / ceiling", f"naive: {live}", "ceiling: no-op tasks drained/s"),
@@ -206,10 +212,12 @@ def targets(report: Report) -> list[str]:
         get("ratio: batch backlog / naive backlog"),
     )
     fan = get(f"ratio: {TEN} handlers / 1 handler")
+    packed_fan = get(f"ratio: batch {TEN} handlers / batch 1 handler")
     p50, p99 = get("tidings default 100/s: latency p50"), get("tidings default 100/s: latency p99")
     check("batch live / naive >= 2", batch_live, (batch_live or 0) >= 2)
     check("batch backlog / naive backlog >= 3", batch_backlog, (batch_backlog or 0) >= 3)
     check(f"{TEN} handlers / 1 handler >= 0.3", fan, (fan or 0) >= 0.3)
+    check(f"`batch` profile: {TEN} handlers / 1 handler >= 0.3", packed_fan, (packed_fan or 0) >= 0.3)
     if p50 is not None and p99 is not None:
         rows.append(
             f"| default @100/s p50 <= 10 ms, p99 <= 25 ms | {p50:.1f} / {p99:.1f} ms | "
