@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from tidings.domain.database import Database
@@ -27,7 +28,7 @@ class Repository(Generic[T]):
         self.database = database
         self.table = table_name(model)
         self.versioned = model.element_kind == "aggregate"
-        self._json_fields = {n for n in model.model_fields if column_kind(model, n) == "json"}
+        self._json_fields = _json_fields(model)
 
     def _run(self, work: Callable[[UnitOfWork], R]) -> R:
         uow = self.bus.active_uow()
@@ -76,7 +77,8 @@ class Repository(Generic[T]):
         envelopes = self.bus.envelopes
         for event in events:
             raised = event._message if event._raised else None
-            if raised is not None and raised.stream == envelopes.stream_of(event, obj) and raised.id not in ids:
+            own = raised is not None and raised.stream == envelopes.stream_of(event, obj)
+            if raised is not None and own and raised.id not in ids:
                 # the envelope built at raise_(), numbered now: the event is frozen, so its
                 # data and checksum stand (building it again was a tenth of a commit's Python)
                 message = raised.model_copy(update={"sequence": obj.version})
@@ -113,3 +115,10 @@ class Repository(Generic[T]):
 
     def remove(self, obj: T) -> None:
         self._run(lambda uow: uow.session_for(self.database).delete(self.table, obj.identity))
+
+
+@lru_cache(maxsize=1024)
+def _json_fields(model: type[_Identified]) -> frozenset[str]:
+    """The fields stored as JSON (a model's fields are fixed once its class is built; a
+    repository is made per call of `repository_for`, so this is worked out once per model)."""
+    return frozenset(n for n in model.model_fields if column_kind(model, n) == "json")
