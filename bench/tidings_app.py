@@ -46,6 +46,8 @@ def build_domain(
     if profile:
         domain.config["server"]["default_subscription_profile"] = profile
     domain.config["outbox"]["after_commit"] = after_commit
+    if os.environ.get("BENCH_AUDIT_INTERVAL"):  # a knob for experiments: the audit's period
+        domain.config["outbox"]["audit_interval"] = float(os.environ["BENCH_AUDIT_INTERVAL"])
 
     @domain.event(part_of="BenchOrder")
     class OrderPlaced:
