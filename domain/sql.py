@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg2.extras  # type: ignore[import-untyped]  # noqa: F401 - see below
 import sqlalchemy as sa
 
 from tidings.domain import pg_append, schema
@@ -24,6 +25,12 @@ from tidings.outbox.tables import (
 )
 
 Statement = TypeVar("Statement")
+
+# psycopg2.extras is imported above, at start-up, instead of lazily by SQLAlchemy when a
+# process builds its first PostgreSQL engine: in a worker, that may happen on a thread (the
+# metrics server answering a scrape, the relay loop) while the prefork pool forks a child,
+# and the child is then born holding that module's import lock and hangs on its first
+# connection until the task's time limit kills it (seen as a 30 s stall, then dead letters).
 
 
 def normalize_uri(uri: str) -> str:
