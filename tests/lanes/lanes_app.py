@@ -2,7 +2,7 @@
 and `tidings server`'s children (`TIDINGS_DOMAIN=tests.lanes.lanes_app`) build the same one.
 
 LANES_DOMAIN (its name: its queues), LANES_DATABASE_URL (PostgreSQL), LANES_BROKER_URL,
-LANES_KEYPREFIX (Redis), LANES_BREAKER_STORE, LANES_PRIORITY_LANES ("1": on),
+LANES_KEYPREFIX (Redis), LANES_BREAKER_STORE, LANES_AUDIT_GRACE (seconds), LANES_PRIORITY_LANES ("1": on),
 LANES_DOWN_FILE (while it exists, `Charge` fails: its dependency is down), LANES_GATE_FILE
 (while it exists, `SlowReport` waits: its lane's threads are all busy).
 
@@ -47,7 +47,9 @@ def build_domain(env: dict[str, str] | os._Environ[str] = os.environ) -> Domain:
     domain.config["server"]["stream_subscription"] = {"max_retries": 2, "retry_delay_seconds": 0.2}
     # The delivery audit re-sends what is unconfirmed after audit_grace; a backlog that waits
     # in its queue longer (the backfill test's 5,000) would be re-sent while it is measured.
-    domain.config["outbox"]["audit_grace"] = 120
+    # LANES_AUDIT_GRACE: shorter, for a test whose kills can lose a delivery in kombu's BRPOP
+    # window (README, "The worker or beat process dies") and that waits for the audit.
+    domain.config["outbox"]["audit_grace"] = float(env.get("LANES_AUDIT_GRACE", "120"))
     if env.get("LANES_KEYPREFIX"):
         domain.config["celery"] = {"broker_transport_options": {"global_keyprefix": env["LANES_KEYPREFIX"]}}
     if env.get("LANES_BREAKER_STORE"):
