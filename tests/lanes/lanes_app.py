@@ -2,9 +2,10 @@
 and `tidings server`'s children (`TIDINGS_DOMAIN=tests.lanes.lanes_app`) build the same one.
 
 LANES_DOMAIN (its name: its queues), LANES_DATABASE_URL (PostgreSQL), LANES_BROKER_URL,
-LANES_KEYPREFIX (Redis), LANES_BREAKER_STORE, LANES_AUDIT_GRACE (seconds), LANES_PRIORITY_LANES ("1": on),
-LANES_DOWN_FILE (while it exists, `Charge` fails: its dependency is down), LANES_GATE_FILE
-(while it exists, `SlowReport` waits: its lane's threads are all busy).
+LANES_KEYPREFIX (Redis), LANES_BREAKER_STORE, LANES_AUDIT_GRACE (seconds),
+LANES_PRIORITY_LANES ("1": on), LANES_DOWN_FILE (while it exists, `Charge` fails: its
+dependency is down), LANES_GATE_FILE (while it exists, `SlowReport` waits: its lane's threads
+are all busy).
 
 Every handler run that commits inserts one row in `lanes_effect` (handler, message id, kind,
 the database's clock): the audit counts runs, not states, so a double application shows.
